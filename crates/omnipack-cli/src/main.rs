@@ -1,0 +1,54 @@
+//! `omnipack`: package on-device models for iOS apps. The only crate that prints.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Package on-device models for iOS apps: validate a bundle manifest, plan each device
+/// tier's memory budget, quantize, and build lazily loadable bundles and asset packs.
+#[derive(Debug, Parser)]
+#[command(name = "omnipack", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check manifests against the schema and the semantic rules.
+    Validate(commands::validate::ValidateArgs),
+    /// Print a JSON schema (byte-identical to the committed file).
+    Schema(commands::schema::SchemaArgs),
+    /// Show each tier's memory budget, the chosen variants and the stages, without heavy work.
+    Plan(commands::plan::PlanArgs),
+    /// Run the whole pipeline: export, quantize, package, summarize.
+    Build(commands::build::BuildArgs),
+    /// Re-hash every bundle and file of an output folder against its summary.
+    Verify(commands::verify::VerifyArgs),
+    /// Describe a safetensors file, a bundle zip or a summary.
+    Inspect(commands::inspect::InspectArgs),
+    /// Quantize one safetensors file, with the same layout as in bundles.
+    Quantize(commands::quantize::QuantizeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(a) => commands::validate::run(a),
+        Command::Schema(a) => commands::schema::run(a),
+        Command::Plan(a) => commands::plan::run(a),
+        Command::Build(a) => commands::build::run(a),
+        Command::Verify(a) => commands::verify::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The bundle manifest as written by users (`omnipack: 1`).
+//!
+//! These types are the single source of truth for the manifest format: the JSON schema in
+//! `schemas/omnipack-manifest.schema.json` is generated from them, so every doc comment here
+//! becomes the description an editor shows on hover. Optional fields stay `Option` here;
+//! defaults are applied in one place, [`crate::resolved`].
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Duration};
+
+/// An omnipack bundle manifest: the components of an on-device model, how each is quantized
+/// and delivered, and the device memory tiers it must fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "omnipack bundle manifest")]
+pub struct Manifest {
+    /// Manifest format version. Always `1`.
+    pub omnipack: ManifestVersion,
+    /// Name, version and App Store bundle identifier of the package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<Package>,
+    /// A base manifest this one extends, relative to this file. Maps merge key by key, lists
+    /// replace the base's list as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    /// Memory taken by the app and the runtime itself, counted in every tier's peak
+    /// (for example `300MiB`). Default `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_overhead: Option<ByteSize>,
+    /// Device memory tiers: one budget and load plan per class of device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<Vec<Tier>>,
+    /// The model components shipped as separate bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<Component>>,
+}
+
+/// The manifest format version; only `1` exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct ManifestVersion;
+
+impl JsonSchema for ManifestVersion {
+    fn schema_name() -> Cow<'static, str> {
+        "ManifestVersion".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Manifest format version. Always `1`.",
+            "type": "integer",
+            "enum": [1]
+        })
+    }
+}
+
+impl TryFrom<u64> for ManifestVersion {
+    type Error = String;
+    fn try_from(v: u64) -> Result<Self, String> {
+        if v == 1 {
+            Ok(ManifestVersion)
+        } else {
+            Err(format!("unsupported manifest version {v}; this omnipack reads `omnipack: 1`"))
+        }
+    }
+}
+
+impl From<ManifestVersion> for u64 {
+    fn from(_: ManifestVersion) -> u64 {
+        1
+    }
+}
+
+/// Identity of the package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    /// Package name: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub name: String,
+    /// Package version, for example `1.0.0`.
+    pub version: String,
+    /// Reverse-DNS prefix of every asset-pack ID, for example `com.example.omnicoder`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$"))]
+    pub bundle_id: String,
+}
+
+/// One class of devices and the memory an app may use on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Tier {
+    /// Tier name, used in bundle ids and overrides (for example `iphone-3gb`).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub name: String,
+    /// Physical memory of the device class (for example `3GiB`).
+    pub device_memory: ByteSize,
+    /// Memory the app may use before iOS terminates it (for example `1.4GiB`).
+    pub memory_limit: ByteSize,
+    /// Safety margin kept free below `memory_limit`. Default `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_headroom: Option<ByteSize>,
+    /// Cap on the context length (tokens) for this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_seq_len: Option<u64>,
+    /// The components this tier ships, by name. Default: every component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
+}
+
+/// What a component is, which decides its defaults and sidecars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The text model's decode step; gets the `.io.json`, `.kvq.json` and `.kv_paging.json` sidecars.
+    TextDecodeStep,
+    /// An image decoder, loaded on demand.
+    ImageDecoder,
+    /// A video decoder, loaded on demand.
+    VideoDecoder,
+    /// Tokenizers, configs or any other files shipped as they are.
+    Data,
+}
+
+/// The runtime that loads a component on device; drives the memory model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    /// MLX / MLX Swift: weights resident as stored, MLX affine quantization.
+    Mlx,
+    /// Core ML: weights decompressed to f16 at load unless running on the Neural Engine.
+    Coreml,
+    /// MLC-LLM: weights resident as stored, f16 paged KV cache.
+    Mlc,
+    /// llama.cpp: weights resident as stored.
+    LlamaCpp,
+    /// Your own runtime: weights resident as stored; every native format allowed.
+    Custom,
+}
+
+/// Core ML compute units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeUnits {
+    /// CPU only: weights decompressed to f16 at load.
+    CpuOnly,
+    /// CPU and GPU: weights decompressed to f16 at load.
+    CpuAndGpu,
+    /// CPU and Neural Engine: weights stay compressed in memory.
+    CpuAndNe,
+    /// Any compute unit: weights decompressed to f16 at load.
+    All,
+}
+
+/// When the App Store delivers a component's asset pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Downloaded with the app, before first launch.
+    Essential,
+    /// Downloaded in the background right after install.
+    Prefetch,
+    /// Downloaded only when the app asks for it.
+    OnDemand,
+}
+
+/// Whether a component stays in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Residency {
+    /// Loaded at launch and kept resident.
+    Always,
+    /// Loaded when needed, one lazy component at a time.
+    Lazy,
+}
+
+/// A weight format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// 32-bit IEEE float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// MLX affine 2-bit (mlx and custom runtimes only).
+    Int2,
+    /// MLX affine 3-bit (mlx and custom runtimes only).
+    Int3,
+    /// MLX affine 4-bit (mlx and custom runtimes only).
+    Int4,
+    /// MLX affine 6-bit (mlx and custom runtimes only).
+    Int6,
+    /// MLX affine 8-bit (mlx and custom runtimes only).
+    Int8,
+    /// bitsandbytes NF4 (custom runtime only).
+    Nf4,
+}
+
+impl Format {
+    /// Every format, in declaration order.
+    pub const ALL: [Format; 9] = [
+        Format::F32,
+        Format::F16,
+        Format::Bf16,
+        Format::Int2,
+        Format::Int3,
+        Format::Int4,
+        Format::Int6,
+        Format::Int8,
+        Format::Nf4,
+    ];
+
+    /// The name used in manifests and bundle ids.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::F32 => "f32",
+            Format::F16 => "f16",
+            Format::Bf16 => "bf16",
+            Format::Int2 => "int2",
+            Format::Int3 => "int3",
+            Format::Int4 => "int4",
+            Format::Int6 => "int6",
+            Format::Int8 => "int8",
+            Format::Nf4 => "nf4",
+        }
+    }
+
+    /// Bits per code for MLX affine formats, `None` otherwise.
+    pub fn affine_bits(self) -> Option<u32> {
+        match self {
+            Format::Int2 => Some(2),
+            Format::Int3 => Some(3),
+            Format::Int4 => Some(4),
+            Format::Int6 => Some(6),
+            Format::Int8 => Some(8),
+            _ => None,
+        }
+    }
+
+    /// True for formats that use a group size (affine and NF4).
+    pub fn is_grouped(self) -> bool {
+        self.affine_bits().is_some() || self == Format::Nf4
+    }
+}
+
+impl std::fmt::Display for Format {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A dtype for tensors left unquantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FloatDtype {
+    /// 32-bit IEEE float.
+    F32,
+    /// 16-bit IEEE float.
+    F16,
+    /// bfloat16.
+    Bf16,
+}
+
+/// One value or a list of values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list of values.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// The values as a list.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// A model component: one bundle per chosen quantization variant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Component {
+    /// Component name, used in bundle ids (for example `text`).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    pub name: String,
+    /// What the component is.
+    pub role: Role,
+    /// Stem of the decode-step files and sidecars. Default: the component name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub artifact: Option<String>,
+    /// Runtime that loads it on device. Default `mlx`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// Core ML compute units (only with `runtime: coreml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compute_units: Option<ComputeUnits>,
+    /// Where the component's weights or files come from: exactly one of `safetensors`,
+    /// `command` or `files`.
+    pub source: Source,
+    /// Shape of a text decode step, needed by the KV-cache and activation memory model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<Architecture>,
+    /// Longest context (tokens) the component supports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_seq_len: Option<u64>,
+    /// Download policy of its asset pack. Default: `essential` for text and data,
+    /// `on_demand` for decoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
+    /// Memory policy. Default: `always` for text and data, `lazy` for decoders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub residency: Option<Residency>,
+    /// Activation memory while it runs. Default for a decode step:
+    /// `4 * (vocab_size + 16 * hidden_size)` bytes; otherwise `0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_memory: Option<ByteSize>,
+    /// Override of the memory model: the bytes this component keeps resident once loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_memory: Option<ByteSize>,
+    /// Declared size of an exporter's outputs, used to plan before the export has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
+    /// How the weights are quantized. Default: `f16`, group size 64, nothing kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<Quantization>,
+    /// KV-cache quantization and paging of a text decode step. Default: f16 without paging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<KvCache>,
+}
+
+/// Where a component comes from: exactly one of `safetensors`, `command` or `files`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A safetensors checkpoint: one path or a list of shards, relative to the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safetensors: Option<OneOrMany<String>>,
+    /// Select the tensors whose names start with this prefix, and strip it (for example `text.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// An external exporter (coremltools, MLC compile, ...) run without a shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<CommandSource>,
+    /// Files copied into the bundle as they are, relative to the manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<String>>,
+}
+
+/// An external exporter command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSource {
+    /// The argv to run (no shell). Placeholders: `{out}` `{tier}` `{format}` `{group_size}`
+    /// `{max_seq_len}` `{component}`.
+    #[schemars(length(min = 1))]
+    pub run: Vec<String>,
+    /// Files or folders the exporter reads, relative to the manifest; hashed into the cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<String>>,
+    /// Files or folders the exporter writes, relative to its `{out}` folder; packaged as they are.
+    #[schemars(length(min = 1))]
+    pub outputs: Vec<String>,
+    /// How long the exporter may run (for example `30m`). Default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// Shape of a text decode step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Architecture {
+    /// Number of transformer layers.
+    #[schemars(range(min = 1))]
+    pub layers: u64,
+    /// Number of key/value heads.
+    #[schemars(range(min = 1))]
+    pub kv_heads: u64,
+    /// Dimension of one key/value head.
+    #[schemars(range(min = 1))]
+    pub kv_head_dim: u64,
+    /// Hidden size of the model.
+    #[schemars(range(min = 1))]
+    pub hidden_size: u64,
+    /// Vocabulary size (length of the logits).
+    #[schemars(range(min = 1))]
+    pub vocab_size: u64,
+}
+
+/// Weight quantization of a component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quantization {
+    /// One format, or a preference list (best quality first): the planner picks, per tier,
+    /// the first that fits.
+    pub format: OneOrMany<Format>,
+    /// Elements per quantization group along the last axis: 32, 64 or 128. Default `64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<GroupSize>,
+    /// Tensor-name globs (`*` and `?`) left unquantized, in `keep_dtype`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<Vec<String>>,
+    /// Dtype of tensors left unquantized. Default: each tensor's source dtype.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_dtype: Option<FloatDtype>,
+    /// Per-tier overrides, keyed by tier name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<BTreeMap<String, QuantizationOverride>>,
+}
+
+/// A per-tier override of `format` and `group_size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationOverride {
+    /// Format (or preference list) for this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<OneOrMany<Format>>,
+    /// Group size for this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<GroupSize>,
+}
+
+/// Quantization group size: 32, 64 or 128 elements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct GroupSize(u32);
+
+impl JsonSchema for GroupSize {
+    fn schema_name() -> Cow<'static, str> {
+        "GroupSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Quantization group size: 32, 64 or 128 elements.",
+            "type": "integer",
+            "enum": [32, 64, 128]
+        })
+    }
+}
+
+impl GroupSize {
+    /// The allowed group sizes.
+    pub const ALLOWED: [u32; 3] = [32, 64, 128];
+    /// The default, 64.
+    pub const DEFAULT: GroupSize = GroupSize(64);
+    /// Elements per group.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+    /// A group size, if allowed.
+    pub fn new(v: u32) -> Option<Self> {
+        Self::ALLOWED.contains(&v).then_some(GroupSize(v))
+    }
+}
+
+impl TryFrom<u64> for GroupSize {
+    type Error = String;
+    fn try_from(v: u64) -> Result<Self, String> {
+        u32::try_from(v)
+            .ok()
+            .and_then(GroupSize::new)
+            .ok_or_else(|| format!("group size {v} is not one of 32, 64, 128"))
+    }
+}
+
+impl From<GroupSize> for u64 {
+    fn from(g: GroupSize) -> u64 {
+        g.0 as u64
+    }
+}
+
+/// KV-cache storage format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KvFormat {
+    /// 16-bit floats: `2 * g` bytes per group.
+    F16,
+    /// 8-bit affine with an f16 scale and zero point per group: `g + 4` bytes per group.
+    U8,
+    /// NF4 with an f16 absmax per group: `g / 2 + 2` bytes per group.
+    Nf4,
+}
+
+/// Dtype of the KV-cache copies a Core ML decode step takes as inputs and returns as outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDtype {
+    /// 32-bit floats (the default, as in the seed's Swift code).
+    F32,
+    /// 16-bit floats.
+    F16,
+}
+
+/// KV-cache quantization and paging of a text decode step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvCache {
+    /// Storage format of the cache. Default `f16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<KvFormat>,
+    /// Elements per group along `kv_head_dim`, per token and head; must divide `kv_head_dim`.
+    /// Default: 32, or `kv_head_dim` when that is smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub group_size: Option<u64>,
+    /// Dtype of the cache copies passed in and out of a Core ML decode step. Default `f32`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_dtype: Option<IoDtype>,
+    /// Keep only a window of pages resident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paging: Option<Paging>,
+}
+
+/// KV-cache paging: only `page_len * resident_pages` tokens stay resident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Paging {
+    /// Tokens per page.
+    #[schemars(range(min = 1))]
+    pub page_len: u64,
+    /// Pages kept resident.
+    #[schemars(range(min = 1))]
+    pub resident_pages: u64,
+}

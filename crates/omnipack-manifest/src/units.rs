@@ -1,0 +1,270 @@
+//! Sizes (`300MiB`, `1.4GiB`, `1048576`) and durations (`30s`, `20m`, `1h`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// The unit syntax shown in help messages.
+pub const SIZE_SYNTAX: &str = "a size is a whole number of bytes or a number followed by one of \
+KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000), for example `300MiB` or `1.4GiB`";
+
+/// The duration syntax shown in help messages.
+pub const DURATION_SYNTAX: &str =
+    "a duration is a whole number followed by s, m or h, for example `30s`, `20m` or `1h`";
+
+const SIZE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?$";
+const DURATION_PATTERN: &str = r"^[0-9]+(s|m|h)$";
+
+/// A number of bytes, written as an integer or a string with a unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The number of bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+/// Why a size or duration string was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitError(pub String);
+
+impl fmt::Display for UnitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses `1.4GiB`, `300 MiB`, `64KB`, `1024` or `1024B` into bytes, rounding down.
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim_start();
+    let mult: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => {
+            return Err(UnitError(format!("unknown size unit `{other}` in `{text}`")));
+        }
+    };
+    let bad = || UnitError(format!("`{text}` is not a size"));
+    let (int_part, frac_part) = match num.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (num, ""),
+    };
+    if int_part.is_empty() || !int_part.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if num.contains('.') && (frac_part.is_empty() || !frac_part.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad());
+    }
+    let too_big = || UnitError(format!("`{text}` is larger than 2^64 bytes"));
+    let int: u64 = int_part.parse().map_err(|_| too_big())?;
+    let mut total = int.checked_mul(mult).ok_or_else(too_big)?;
+    // Exact decimal arithmetic for the fraction: floor(0.frac * mult).
+    if !frac_part.is_empty() {
+        let digits = &frac_part[..frac_part.len().min(18)];
+        let numer: u128 = digits.parse().map_err(|_| bad())?;
+        let denom: u128 = 10u128.pow(digits.len() as u32);
+        let extra = (numer * mult as u128) / denom;
+        total = total.checked_add(extra as u64).ok_or_else(too_big)?;
+    }
+    Ok(total)
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&format_bytes(self.0))
+    }
+}
+
+/// Human form of a byte count with binary units, for example `1.40 GiB` or `512 B`.
+pub fn format_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (name, size) in UNITS {
+        if n >= size {
+            return format!("{:.2} {name}", n as f64 / size as f64);
+        }
+    }
+    format!("{n} B")
+}
+
+/// Human form of a signed byte count (negative headroom).
+pub fn format_signed_bytes(n: i64) -> String {
+    if n < 0 {
+        format!("-{}", format_bytes(n.unsigned_abs()))
+    } else {
+        format_bytes(n as u64)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SIZE_SYNTAX)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<ByteSize, E> {
+                if v.is_finite() && v >= 0.0 && v < 1.8e19 {
+                    Ok(ByteSize(v.floor() as u64))
+                } else {
+                    Err(E::custom(format!("`{v}` is not a size")))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                parse_size(v).map(ByteSize).map_err(|e| E::custom(e.0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: whole bytes, or a number with a unit KiB, MiB, GiB (1024-based) or KB, MB, GB (1000-based), such as `300MiB` or `1.4GiB` (rounded down to whole bytes).",
+            "anyOf": [
+                { "type": "integer", "minimum": 0 },
+                { "type": "string", "pattern": SIZE_PATTERN }
+            ]
+        })
+    }
+}
+
+/// A duration in whole seconds, written `30s`, `20m` or `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    /// The duration in seconds.
+    pub fn seconds(self) -> u64 {
+        self.0
+    }
+}
+
+/// Parses `30s`, `20m` or `1h` into seconds.
+pub fn parse_duration(text: &str) -> Result<u64, UnitError> {
+    let t = text.trim();
+    let bad = || UnitError(format!("`{text}` is not a duration"));
+    let (num, unit) = t.split_at(t.len().saturating_sub(1));
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(bad()),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(bad)
+}
+
+impl fmt::Display for Duration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 % 3600 == 0 && self.0 > 0 {
+            write!(f, "{}h", self.0 / 3600)
+        } else if self.0 % 60 == 0 && self.0 > 0 {
+            write!(f, "{}m", self.0 / 60)
+        } else {
+            write!(f, "{}s", self.0)
+        }
+    }
+}
+
+impl Serialize for Duration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(DURATION_SYNTAX)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v).map(Duration).map_err(|e| E::custom(e.0))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl JsonSchema for Duration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration: a whole number followed by s, m or h, such as `30s`, `20m` or `1h`.",
+            "type": "string",
+            "pattern": DURATION_PATTERN
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("300MiB").unwrap(), 300 << 20);
+        assert_eq!(parse_size("1.4GiB").unwrap(), 1_503_238_553);
+        assert_eq!(parse_size("64KB").unwrap(), 64_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("2 GiB").unwrap(), 2 << 30);
+        assert!(parse_size("1.4 GiBs").is_err());
+        assert!(parse_size("-3MiB").is_err());
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("1.GiB").is_err());
+        assert!(parse_size("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), 30);
+        assert_eq!(parse_duration("20m").unwrap(), 1200);
+        assert_eq!(parse_duration("1h").unwrap(), 3600);
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+}

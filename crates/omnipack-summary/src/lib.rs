@@ -1,0 +1,236 @@
+//! Output types of omnipack: `mobile_packager_summary.json`, each bundle's `bundle.json`, and
+//! the per-tier memory breakdown shared with `omnipack plan --format json`.
+//!
+//! The JSON schema committed at `schemas/mobile_packager_summary.schema.json` is generated
+//! from these types; doc comments become its descriptions. Every map is ordered and every
+//! byte count is an integer, so the same inputs give byte-identical JSON.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Current `summary_version`.
+pub const SUMMARY_VERSION: u32 = 1;
+
+/// File name of the summary inside an output folder.
+pub const SUMMARY_FILE: &str = "mobile_packager_summary.json";
+
+/// The memory budget and contents of one omnipack build: what an app reads at run time to
+/// decide which tier it is on and what it can load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "mobile_packager_summary.json")]
+pub struct Summary {
+    /// Version of this summary format.
+    pub summary_version: u32,
+    /// The tool that wrote it, for example `omnipack 0.1.0`.
+    pub generator: String,
+    /// The package built.
+    pub package: PackageInfo,
+    /// sha256 (hex) of the resolved manifest (its `extends` chain merged) as canonical JSON.
+    pub manifest_sha256: String,
+    /// Every input file read, relative to the manifest, with its sha256.
+    pub inputs: Vec<InputFile>,
+    /// Every bundle built, sorted by id.
+    pub bundles: Vec<BundleEntry>,
+    /// Every tier, in manifest order, with its load plan and memory breakdown.
+    pub tiers: Vec<TierEntry>,
+}
+
+/// Package identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageInfo {
+    /// Package name.
+    pub name: String,
+    /// Package version.
+    pub version: String,
+    /// Prefix of every asset-pack ID.
+    pub bundle_id: String,
+}
+
+/// An input file and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InputFile {
+    /// Path relative to the manifest's folder, with `/` separators.
+    pub path: String,
+    /// sha256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// One bundle: a zip under `bundles/` and its asset-pack folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEntry {
+    /// Bundle id: `<component>-<format>[-g<group>][-<tier>]`.
+    pub id: String,
+    /// Component name.
+    pub component: String,
+    /// Component role: `text_decode_step`, `image_decoder`, `video_decoder` or `data`.
+    pub role: String,
+    /// Runtime that loads it: `mlx`, `coreml`, `mlc`, `llama_cpp` or `custom`.
+    pub runtime: String,
+    /// Download policy: `essential`, `prefetch` or `on_demand`.
+    pub delivery: String,
+    /// Memory policy: `always` or `lazy`.
+    pub residency: String,
+    /// Path of the zip relative to the output folder, for example `bundles/text-int4-g64.zip`.
+    pub file: String,
+    /// Size of the zip in bytes.
+    pub size_bytes: u64,
+    /// sha256 of the zip, lowercase hex.
+    pub sha256: String,
+    /// The Background Assets asset pack built from this bundle.
+    pub asset_pack: AssetPackRef,
+    /// How the weights are stored.
+    pub quantization: QuantizationInfo,
+    /// Number of weight parameters (elements of the source tensors); 0 when unknown.
+    pub parameters: u64,
+    /// Tensor data bytes of the stored weights (codes, scales, biases, absmax, kept tensors),
+    /// excluding safetensors headers.
+    pub weights_bytes: u64,
+    /// Bytes the weights take in memory once loaded, by the runtime's memory model.
+    pub resident_bytes: u64,
+    /// Every file inside the bundle, sorted by path.
+    pub files: Vec<FileEntry>,
+}
+
+/// Reference to an asset pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssetPackRef {
+    /// The asset-pack ID: `<package.bundle_id>.<bundle id>`.
+    pub id: String,
+    /// Path of its `Manifest.json`, relative to the output folder.
+    pub manifest: String,
+}
+
+/// How a bundle's weights are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizationInfo {
+    /// Weight format: `f32`, `f16`, `bf16`, `int2`..`int8` (MLX affine) or `nf4`.
+    pub format: String,
+    /// Elements per group for grouped formats, absent for float formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_size: Option<u32>,
+    /// Bits per code for integer formats, absent for float formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bits: Option<u32>,
+    /// `affine` for MLX integer formats, `nf4` for NF4, absent for float formats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+/// A file inside a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    /// Path inside the bundle, with `/` separators.
+    pub path: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// sha256, lowercase hex.
+    pub sha256: String,
+}
+
+/// One device tier: what it loads and whether it fits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TierEntry {
+    /// Tier name.
+    pub name: String,
+    /// Physical memory of the device class, in bytes.
+    pub device_memory_bytes: u64,
+    /// Memory the app may use before iOS terminates it, in bytes. At launch, pick the tier
+    /// with the largest `memory_limit_bytes` not above `os_proc_available_memory()`.
+    pub memory_limit_bytes: u64,
+    /// Bundle ids this tier uses, in load order (resident components first, then lazy ones).
+    pub bundles: Vec<String>,
+    /// The text decode step's KV cache on this tier; absent when the tier has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<KvCacheInfo>,
+    /// The memory breakdown.
+    pub memory: MemoryBreakdown,
+    /// True when `peak_bytes + min_headroom_bytes <= memory_limit_bytes`.
+    pub fits: bool,
+}
+
+/// The KV cache a tier budgets for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KvCacheInfo {
+    /// Tokens resident: min(component max_seq_len, tier max_seq_len, page_len * resident_pages).
+    pub tokens: u64,
+    /// Storage format: `f16`, `u8` or `nf4`.
+    pub format: String,
+    /// Paging, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paging: Option<PagingInfo>,
+}
+
+/// KV-cache paging.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PagingInfo {
+    /// Tokens per page.
+    pub page_len: u64,
+    /// Pages kept resident.
+    pub resident_pages: u64,
+}
+
+/// A tier's peak memory, by part (DESIGN section 4). `peak_bytes` is the sum of the parts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBreakdown {
+    /// App and runtime baseline.
+    pub runtime_overhead_bytes: u64,
+    /// Resident weights of every `always` component.
+    pub weights_resident_bytes: u64,
+    /// Activations of every `always` component.
+    pub activations_bytes: u64,
+    /// KV cache (with a Core ML decode step's input and output copies).
+    pub kv_cache_bytes: u64,
+    /// The largest `lazy` component's weights plus activations (decoders load one at a time).
+    pub lazy_peak_bytes: u64,
+    /// Sum of the above.
+    pub peak_bytes: u64,
+    /// Safety margin the tier keeps free.
+    pub min_headroom_bytes: u64,
+    /// `memory_limit_bytes - peak_bytes`; negative when the tier does not fit.
+    pub headroom_bytes: i64,
+}
+
+/// `bundle.json`, the first entry of every bundle zip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BundleManifest {
+    /// Bundle id.
+    pub bundle_id: String,
+    /// Component name.
+    pub component: String,
+    /// Component role.
+    pub role: String,
+    /// Runtime that loads it.
+    pub runtime: String,
+    /// How the weights are stored.
+    pub quantization: QuantizationInfo,
+    /// Every other file of the bundle, sorted by path, with size and sha256.
+    pub files: Vec<FileEntry>,
+    /// The tool that wrote it.
+    pub generator: String,
+}
+
+/// The `generator` string of this omnipack build.
+pub fn generator() -> String {
+    format!("omnipack {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The summary's JSON schema (draft-07), as committed in `schemas/`.
+pub fn summary_schema_json() -> String {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let schema = generator.into_root_schema_for::<Summary>();
+    let mut text = serde_json::to_string_pretty(&schema).expect("a schema always serializes");
+    text.push('\n');
+    text
+}
