@@ -1,14 +1,6 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Resolution of a manifest into a [`Plan`]: the memory model per device tier, the best-fit
+//! choice of quantization, and the stage graph. Pure data; nothing heavy is done here.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod model;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use model::*;

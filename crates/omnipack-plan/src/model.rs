@@ -1,0 +1,155 @@
+//! The Plan: plain serialisable data computed entirely up front from a manifest.
+//! `omnipack plan --format json` prints it; `omnipack build` executes its stages in a loop.
+
+use serde::{Deserialize, Serialize};
+
+use omnipack_manifest::{Format, ResolvedComponent};
+use omnipack_summary::{MemoryBreakdown, PackageInfo, QuantizationInfo, TierEntry};
+
+/// Everything a build will do and every tier's budget, computed without heavy work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Package identity.
+    pub package: PackageInfo,
+    /// Components with defaults applied, in manifest order.
+    pub components: Vec<ComponentPlan>,
+    /// Every bundle the build produces, sorted by id.
+    pub bundles: Vec<BundlePlan>,
+    /// Every tier, in manifest order: chosen variants, load order, memory, fits.
+    pub tiers: Vec<TierPlan>,
+    /// Stages in a valid execution order (every stage after its dependencies).
+    pub stages: Vec<Stage>,
+    /// Warnings found while planning (essential bundles used by some tiers only, pack limits, ...).
+    pub warnings: Vec<PlanWarning>,
+}
+
+/// A component and what the plan knows of its source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentPlan {
+    /// The component with every default applied.
+    pub component: ResolvedComponent,
+    /// Parameters (elements of the selected source tensors); 0 when unknown before export.
+    pub parameters: u64,
+    /// Where sizes come from: `safetensors_headers`, `declared_size`, `resident_memory` or `unknown`.
+    pub size_source: String,
+}
+
+/// One bundle: a component in one variant (and, for `{tier}` exporters, one tier).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundlePlan {
+    /// `<component>-<format>[-g<group>][-<tier>]`.
+    pub id: String,
+    /// Component name.
+    pub component: String,
+    /// Weight format of this variant.
+    pub format: Format,
+    /// Group size, for grouped formats (affine and NF4).
+    pub group_size: Option<u32>,
+    /// For an exporter whose command uses `{tier}`: the tier it was exported for.
+    pub tier: Option<String>,
+    /// Download policy after planning (an `essential` bundle used by only some tiers is
+    /// delivered `on_demand`, with a warning).
+    pub delivery: omnipack_manifest::Delivery,
+    /// Memory policy.
+    pub residency: omnipack_manifest::Residency,
+    /// How the weights are stored, as written in `bundle.json` and the summary.
+    pub quantization: QuantizationInfo,
+    /// Parameters of the component.
+    pub parameters: u64,
+    /// Planned tensor data bytes (exact for native variants); 0 when unknown before export.
+    pub weights_bytes: u64,
+    /// Planned resident bytes by the runtime's memory model.
+    pub resident_bytes: u64,
+    /// Tiers that use this bundle, in manifest order.
+    pub used_by: Vec<String>,
+}
+
+/// A tier's plan. `entry` is exactly the summary's `tiers[]` element.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TierPlan {
+    /// Name, limits, bundles in load order, KV cache, memory breakdown and `fits`.
+    #[serde(flatten)]
+    pub entry: TierEntry,
+    /// `min_headroom` of the tier, in bytes.
+    pub min_headroom_bytes: u64,
+    /// The variant chosen for each shipped component.
+    pub choices: Vec<VariantChoice>,
+}
+
+impl TierPlan {
+    /// The memory breakdown.
+    pub fn memory(&self) -> &MemoryBreakdown {
+        &self.entry.memory
+    }
+}
+
+/// The variant a tier uses for one component.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantChoice {
+    /// Component name.
+    pub component: String,
+    /// Bundle id used.
+    pub bundle: String,
+    /// Format chosen.
+    pub format: Format,
+    /// Position of the format in the component's preference list (0 = best).
+    pub preference_rank: usize,
+}
+
+/// A unit of work. Stages run once every stage in `depends_on` has finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// Unique id, for example `export:text`, `quantize:text-int4-g64`, `package:text-int4-g64`.
+    pub id: String,
+    /// What to do.
+    pub kind: StageKind,
+    /// Ids of the stages whose outputs this one reads.
+    pub depends_on: Vec<String>,
+}
+
+/// What a stage does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StageKind {
+    /// Produce a component's working weights or files (tensor selection, exporter run, copy).
+    Export {
+        component: String,
+        /// For `{tier}` exporters: the tier exported for.
+        tier: Option<String>,
+    },
+    /// Turn working weights into one variant.
+    Quantize {
+        component: String,
+        bundle: String,
+        format: Format,
+        group_size: Option<u32>,
+    },
+    /// Write the bundle zip and its asset-pack folder.
+    Package { bundle: String },
+}
+
+/// A planning warning, located in the manifest when possible.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanWarning {
+    /// What is wrong and what to do.
+    pub message: String,
+    /// Manifest path of the offending value, for example `components[1].delivery`.
+    pub path: Option<String>,
+}
+
+impl Plan {
+    /// The component plan named `name`.
+    pub fn component(&self, name: &str) -> Option<&ComponentPlan> {
+        self.components.iter().find(|c| c.component.name == name)
+    }
+
+    /// The bundle named `id`.
+    pub fn bundle(&self, id: &str) -> Option<&BundlePlan> {
+        self.bundles.iter().find(|b| b.id == id)
+    }
+
+    /// The resolved component named `name`.
+    pub fn resolved_component(&self, name: &str) -> Option<&ResolvedComponent> {
+        self.component(name).map(|c| &c.component)
+    }
+}
