@@ -1,14 +1,19 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! The build pipeline of omnipack: runs a [`omnipack_plan::Plan`]'s stages in parallel with a
+//! content-addressed cache, runs exporters, writes deterministic bundle zips and asset packs,
+//! writes `mobile_packager_summary.json` last, and swaps the finished tree into the output
+//! folder. Also `verify` and bundle/summary inspection. Never prints: progress goes through
+//! [`Progress`].
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+pub mod fsutil;
+pub mod hash;
+pub mod zipper;
+pub mod cache;
+pub mod executor;
+pub mod exporter;
+pub mod output;
+pub mod pipeline;
+pub mod progress;
+pub mod sidecars;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use pipeline::{BuildError, BuildOptions, BuildReport, StageFailure, StageReport, build};
+pub use progress::{Event, NoProgress, Progress};

@@ -1,0 +1,222 @@
+//! The content-addressed stage cache.
+//!
+//! An entry lives in `<cache>/<kind>/<key>/`: its files plus `entry.json` (written last) with
+//! each file's size, sha256 and [`FileStamp`], and stage-specific metadata. The key is the
+//! sha256 of the stage's input digests, its parameters and the omnipack version. A hit is
+//! validated without reading the files when their stamps are unchanged; a changed stamp means
+//! the file is re-hashed, and a truncated or modified entry is deleted and rebuilt.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::fsutil::{remove_any, write_atomic};
+use crate::hash::{FileStamp, sha256_bytes, sha256_file};
+
+/// A file of a cache entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CachedFile {
+    /// Path inside the entry folder, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 (hex).
+    pub sha256: String,
+    /// Stamp when written (so a valid entry is checked without reading it).
+    pub stamp: FileStamp,
+}
+
+/// `entry.json` of a cache entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryRecord {
+    /// The key.
+    pub key: String,
+    /// Files of the entry, sorted by path.
+    pub files: Vec<CachedFile>,
+    /// Stage-specific results (sizes, parameters, ...).
+    pub meta: Value,
+}
+
+/// A validated cache entry.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    /// Folder of the entry.
+    pub dir: PathBuf,
+    /// Its record.
+    pub record: EntryRecord,
+}
+
+impl CacheEntry {
+    /// Absolute path of a file of the entry.
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The record of file `rel`.
+    pub fn get(&self, rel: &str) -> Option<&CachedFile> {
+        self.record.files.iter().find(|f| f.path == rel)
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A valid entry.
+    Hit(CacheEntry),
+    /// No entry.
+    Miss,
+    /// An entry that failed validation (and was removed): why.
+    Corrupt(String),
+}
+
+/// The cache folder.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+/// Key material: hashed as canonical JSON together with the omnipack version.
+pub fn key_of(kind: &str, material: &Value) -> String {
+    let v = serde_json::json!({
+        "kind": kind,
+        "omnipack": env!("CARGO_PKG_VERSION"),
+        "material": material,
+    });
+    sha256_bytes(&crate::sidecars::to_canonical_compact(&v))
+}
+
+impl Cache {
+    /// A cache rooted at `root` (created on demand).
+    pub fn new(root: PathBuf) -> Cache {
+        Cache { root }
+    }
+
+    /// The root folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn entry_dir(&self, kind: &str, key: &str) -> PathBuf {
+        self.root.join(kind).join(key)
+    }
+
+    /// Looks up and validates an entry.
+    pub fn lookup(&self, kind: &str, key: &str) -> Lookup {
+        let dir = self.entry_dir(kind, key);
+        let rec_path = dir.join("entry.json");
+        let bytes = match fs::read(&rec_path) {
+            Ok(b) => b,
+            Err(_) => {
+                if dir.exists() {
+                    let _ = remove_any(&dir);
+                    return Lookup::Corrupt(format!("{}: incomplete entry", dir.display()));
+                }
+                return Lookup::Miss;
+            }
+        };
+        let record: EntryRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = remove_any(&dir);
+                return Lookup::Corrupt(format!("{}: unreadable entry.json: {e}", rec_path.display()));
+            }
+        };
+        for f in &record.files {
+            let p = dir.join(&f.path);
+            match FileStamp::of(&p) {
+                Ok(s) if s == f.stamp => continue,
+                Ok(_) => match sha256_file(&p) {
+                    Ok((sha, size)) if sha == f.sha256 && size == f.size => continue,
+                    Ok((sha, size)) => {
+                        let _ = remove_any(&dir);
+                        return Lookup::Corrupt(format!(
+                            "{}: {} bytes with sha256 {sha}, expected {} bytes with sha256 {}",
+                            p.display(),
+                            size,
+                            f.size,
+                            f.sha256
+                        ));
+                    }
+                    Err(e) => {
+                        let _ = remove_any(&dir);
+                        return Lookup::Corrupt(format!("{}: {e}", p.display()));
+                    }
+                },
+                Err(e) => {
+                    let _ = remove_any(&dir);
+                    return Lookup::Corrupt(format!("{}: {e}", p.display()));
+                }
+            }
+        }
+        Lookup::Hit(CacheEntry { dir, record })
+    }
+
+    /// A fresh, empty work folder for producing an entry.
+    pub fn work_dir(&self, kind: &str, key: &str) -> io::Result<PathBuf> {
+        let d = self.root.join("tmp").join(format!("{kind}-{key}-{}", std::process::id()));
+        remove_any(&d)?;
+        fs::create_dir_all(&d)?;
+        Ok(d)
+    }
+
+    /// Turns a work folder into the entry `kind/key`: records the listed files (their digests
+    /// known from writing them, or computed here when `None`) and renames it into place.
+    pub fn commit(
+        &self,
+        kind: &str,
+        key: &str,
+        work: &Path,
+        files: Vec<(String, Option<(String, u64)>)>,
+        meta: Value,
+    ) -> io::Result<CacheEntry> {
+        let mut recs = Vec::with_capacity(files.len());
+        for (rel, known) in files {
+            let p = work.join(&rel);
+            let (sha256, size) = match known {
+                Some(k) => k,
+                None => sha256_file(&p)?,
+            };
+            let stamp = FileStamp::of(&p)?;
+            recs.push(CachedFile { path: rel, size, sha256, stamp });
+        }
+        recs.sort_by(|a, b| a.path.cmp(&b.path));
+        let record = EntryRecord { key: key.to_string(), files: recs, meta };
+        let dir = self.entry_dir(kind, key);
+        // Stamps include the inode and mtime, which a rename keeps.
+        write_atomic(&work.join("entry.json"), &serde_json::to_vec_pretty(&record).map_err(io::Error::other)?)?;
+        if let Some(p) = dir.parent() {
+            fs::create_dir_all(p)?;
+        }
+        remove_any(&dir)?;
+        fs::rename(work, &dir)?;
+        Ok(CacheEntry { dir, record })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_lookup_and_corruption() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path().to_path_buf());
+        assert!(matches!(c.lookup("q", "k"), Lookup::Miss));
+        let w = c.work_dir("q", "k").unwrap();
+        fs::write(w.join("a.bin"), b"hello").unwrap();
+        c.commit("q", "k", &w, vec![("a.bin".into(), None)], serde_json::json!({"n": 1})).unwrap();
+        let Lookup::Hit(e) = c.lookup("q", "k") else { panic!("expected hit") };
+        assert_eq!(e.record.meta["n"], 1);
+        // Same bytes, new stamp: still valid.
+        fs::write(e.file("a.bin"), b"hello").unwrap();
+        assert!(matches!(c.lookup("q", "k"), Lookup::Hit(_)));
+        // Truncated: corrupt, removed.
+        fs::write(e.file("a.bin"), b"hell").unwrap();
+        assert!(matches!(c.lookup("q", "k"), Lookup::Corrupt(_)));
+        assert!(matches!(c.lookup("q", "k"), Lookup::Miss));
+        assert_ne!(key_of("a", &serde_json::json!(1)), key_of("a", &serde_json::json!(2)));
+    }
+}

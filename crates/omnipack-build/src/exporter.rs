@@ -1,0 +1,268 @@
+//! Running an external exporter: argv without a shell, placeholders filled, its own stage
+//! folder, a timeout that kills its whole process group, output and error kept in a log, and
+//! declared outputs checked to exist and to stay inside the folder.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fsutil::is_safe_relative;
+
+/// Why an exporter failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The command could not be started.
+    #[error("could not start `{program}`: {source}")]
+    Spawn { program: String, source: io::Error },
+    /// Non-zero exit.
+    #[error("exporter exited with {status}; its log ({log}):\n{tail}")]
+    Failed { status: String, log: String, tail: String },
+    /// Timeout.
+    #[error("exporter did not finish within {timeout}s and was killed; its log ({log}):\n{tail}")]
+    Timeout { timeout: u64, log: String, tail: String },
+    /// A declared output is missing.
+    #[error("declared output `{output}` does not exist after the exporter ran (expected under {dir})")]
+    MissingOutput { output: String, dir: String },
+    /// A declared output escapes the stage folder.
+    #[error("declared output `{0}` is not a relative path inside the exporter's folder")]
+    UnsafeOutput(String),
+    /// A symlink pointing out of the stage folder.
+    #[error("exporter output `{path}` is a symlink to `{target}`, outside the exporter's folder: refused")]
+    SymlinkOut { path: String, target: String },
+    /// Something written next to the stage folder.
+    #[error("exporter wrote outside its folder: `{0}` (write only under {{out}})")]
+    WroteOutside(String),
+    /// Other I/O.
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+    /// No command.
+    #[error("exporter command is empty")]
+    Empty,
+}
+
+/// Fills `{out} {tier} {format} {group_size} {max_seq_len} {component}` in each argument.
+pub fn fill_placeholders(run: &[String], values: &BTreeMap<&str, String>) -> Vec<String> {
+    run.iter()
+        .map(|a| {
+            let mut s = a.clone();
+            for (k, v) in values {
+                s = s.replace(&format!("{{{k}}}"), v);
+            }
+            s
+        })
+        .collect()
+}
+
+/// Result of a successful exporter run.
+#[derive(Debug)]
+pub struct ExportRun {
+    /// Files produced (relative to the out folder, `/`-separated), sorted, from the declared
+    /// outputs (folders expanded).
+    pub files: Vec<String>,
+}
+
+/// Runs `argv` in `cwd` with `{out}` = `stage/out`. `stage` must be an empty, dedicated folder.
+pub fn run_exporter(
+    argv: &[String],
+    cwd: &Path,
+    stage: &Path,
+    outputs: &[String],
+    timeout: Duration,
+    log_path: &Path,
+) -> Result<ExportRun, ExportError> {
+    let io_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| ExportError::Io { path, source }
+    };
+    let (program, args) = argv.split_first().ok_or(ExportError::Empty)?;
+    for o in outputs {
+        if !is_safe_relative(o) {
+            return Err(ExportError::UnsafeOutput(o.clone()));
+        }
+    }
+    let out_dir = stage.join("out");
+    fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    if let Some(p) = log_path.parent() {
+        fs::create_dir_all(p).map_err(io_err(p))?;
+    }
+    let log = fs::File::create(log_path).map_err(io_err(log_path))?;
+    let log2 = log.try_clone().map_err(io_err(log_path))?;
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| ExportError::Spawn { program: program.clone(), source })?;
+    let pid = child.id() as i32;
+    let start = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => return Err(io_err(log_path)(e)),
+        }
+        if start.elapsed() >= timeout {
+            // SAFETY: killpg on the process group we created for this child.
+            unsafe {
+                libc::killpg(pid, libc::SIGKILL);
+            }
+            let _ = child.wait();
+            return Err(ExportError::Timeout {
+                timeout: timeout.as_secs(),
+                log: log_path.display().to_string(),
+                tail: log_tail(log_path),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Children left behind in the group must not outlive the stage.
+    // SAFETY: as above; ESRCH when the group is already gone is fine.
+    unsafe {
+        libc::killpg(pid, libc::SIGKILL);
+    }
+    if !status.success() {
+        return Err(ExportError::Failed {
+            status: status.to_string(),
+            log: log_path.display().to_string(),
+            tail: log_tail(log_path),
+        });
+    }
+    // Nothing may appear next to `out` in the stage folder.
+    let mut extra: Vec<String> = fs::read_dir(stage)
+        .map_err(io_err(stage))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "out")
+        .collect();
+    extra.sort();
+    if let Some(x) = extra.first() {
+        return Err(ExportError::WroteOutside(stage.join(x).display().to_string()));
+    }
+    let files = collect_outputs(&out_dir, outputs)?;
+    Ok(ExportRun { files })
+}
+
+/// Checks declared outputs under `out_dir` (exist, no symlink leaves the folder) and lists
+/// their files.
+pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>, ExportError> {
+    let root = fs::canonicalize(out_dir).map_err(|source| ExportError::Io { path: out_dir.display().to_string(), source })?;
+    let mut files = Vec::new();
+    for o in outputs {
+        if !is_safe_relative(o) {
+            return Err(ExportError::UnsafeOutput(o.clone()));
+        }
+        let p = out_dir.join(o);
+        if fs::symlink_metadata(&p).is_err() {
+            return Err(ExportError::MissingOutput { output: o.clone(), dir: out_dir.display().to_string() });
+        }
+        check_inside(&root, &p, o)?;
+        let meta = fs::metadata(&p).map_err(|source| ExportError::Io { path: p.display().to_string(), source })?;
+        if meta.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(d) = stack.pop() {
+                let rd = fs::read_dir(&d).map_err(|source| ExportError::Io { path: d.display().to_string(), source })?;
+                for e in rd {
+                    let e = e.map_err(|source| ExportError::Io { path: d.display().to_string(), source })?;
+                    let ep = e.path();
+                    let rel = crate::fsutil::slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
+                    check_inside(&root, &ep, &rel)?;
+                    let m = fs::metadata(&ep).map_err(|source| ExportError::Io { path: ep.display().to_string(), source })?;
+                    if m.is_dir() {
+                        stack.push(ep);
+                    } else {
+                        files.push(rel);
+                    }
+                }
+            }
+        } else {
+            files.push(crate::fsutil::slash(Path::new(o)));
+        }
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn check_inside(root: &Path, p: &Path, rel: &str) -> Result<(), ExportError> {
+    let is_link = fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    match fs::canonicalize(p) {
+        Ok(real) if real.starts_with(root) => Ok(()),
+        Ok(real) => Err(ExportError::SymlinkOut { path: rel.to_string(), target: real.display().to_string() }),
+        Err(_) if is_link => Err(ExportError::SymlinkOut {
+            path: rel.to_string(),
+            target: fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default(),
+        }),
+        Err(source) => Err(ExportError::Io { path: p.display().to_string(), source }),
+    }
+}
+
+/// The last 40 lines (at most 8 KiB) of a log.
+pub fn log_tail(path: &Path) -> String {
+    let mut f = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(_) => return String::new(),
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(8192);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(40);
+    let tail = lines[from..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
+    if tail.is_empty() { "  | (empty)".into() } else { tail }
+}
+
+/// Absolute form of `p` (for `{out}`).
+pub fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[test]
+    fn runs_and_collects() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("st");
+        let out = absolute(&stage.join("out"));
+        let argv = sh(&format!("mkdir -p {0}/pkg && echo hi > {0}/pkg/a && echo x > {0}/b && echo log", out.display()));
+        let r = run_exporter(&argv, d.path(), &stage, &["pkg".into(), "b".into()], Duration::from_secs(10), &d.path().join("l.log")).unwrap();
+        assert_eq!(r.files, ["b", "pkg/a"]);
+    }
+
+    #[test]
+    fn failure_timeout_outside_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("l.log");
+        let e = run_exporter(&sh("echo boom >&2; exit 3"), d.path(), &d.path().join("s1"), &[], Duration::from_secs(10), &log).unwrap_err();
+        assert!(e.to_string().contains("boom"), "{e}");
+        let t0 = Instant::now();
+        let e = run_exporter(&sh("sleep 30 & sleep 30"), d.path(), &d.path().join("s2"), &[], Duration::from_millis(300), &log).unwrap_err();
+        assert!(matches!(e, ExportError::Timeout { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        let s3 = absolute(&d.path().join("s3"));
+        let e = run_exporter(&sh(&format!("echo x > {}/evil", s3.display())), d.path(), &s3, &[], Duration::from_secs(10), &log).unwrap_err();
+        assert!(matches!(e, ExportError::WroteOutside(_)), "{e}");
+        let s4 = absolute(&d.path().join("s4"));
+        let e = run_exporter(&sh(&format!("ln -s /etc/passwd {}/out/p", s4.display())), d.path(), &s4, &["p".into()], Duration::from_secs(10), &log).unwrap_err();
+        assert!(matches!(e, ExportError::SymlinkOut { .. }), "{e}");
+        let e = run_exporter(&sh("true"), d.path(), &d.path().join("s5"), &["missing".into()], Duration::from_secs(10), &log).unwrap_err();
+        assert!(matches!(e, ExportError::MissingOutput { .. }), "{e}");
+        let e = run_exporter(&sh("true"), d.path(), &d.path().join("s6"), &["../x".into()], Duration::from_secs(10), &log).unwrap_err();
+        assert!(matches!(e, ExportError::UnsafeOutput(_)), "{e}");
+    }
+}

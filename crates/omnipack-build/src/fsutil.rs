@@ -1,0 +1,137 @@
+//! Small file-system helpers: atomic writes, hard links with a copy fallback, lexical paths.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// Writes `bytes` to a temporary file next to `path` and renames it into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+    }
+    fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+/// Hard-links `src` to `dst` (same file system), else copies it.
+pub fn link_or_copy(src: &Path, dst: &Path) -> io::Result<()> {
+    if let Some(p) = dst.parent() {
+        fs::create_dir_all(p)?;
+    }
+    match fs::hard_link(src, dst) {
+        Ok(()) => Ok(()),
+        Err(_) => fs::copy(src, dst).map(|_| ()),
+    }
+}
+
+/// Removes a file or a folder tree if it exists.
+pub fn remove_any(path: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lexically normalises `p`: drops `.`, folds `a/..` (keeps leading `..`).
+pub fn normalize(p: &Path) -> PathBuf {
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => match out.last() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                Some(Component::RootDir) => {}
+                _ => out.push(c),
+            },
+            other => out.push(other),
+        }
+    }
+    out.iter().collect()
+}
+
+/// `/`-separated form of a relative path.
+pub fn slash(p: &Path) -> String {
+    p.components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// `path` relative to `base`, lexically (both made absolute first).
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let abs = |p: &Path| normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
+    let path = abs(path);
+    let base = abs(base);
+    let pc: Vec<_> = path.components().collect();
+    let bc: Vec<_> = base.components().collect();
+    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}
+
+/// True when `p` is relative and stays inside its base: no root, no `..`, not empty.
+pub fn is_safe_relative(p: &str) -> bool {
+    let path = Path::new(p);
+    !p.is_empty()
+        && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && path.components().any(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Every regular file under `root` (following no symlinks), as `/`-separated paths relative
+/// to `root`, sorted by bytes. Symlinks are reported as errors by the caller's checks.
+pub fn walk_files(root: &Path) -> io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    fn rec(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+        let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                rec(root, &p, out)?;
+            } else {
+                let rel = p.strip_prefix(root).map_err(io::Error::other)?;
+                out.push(slash(rel));
+            }
+        }
+        Ok(())
+    }
+    if fs::metadata(root)?.is_dir() {
+        rec(root, root, &mut out)?;
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_paths() {
+        assert_eq!(normalize(Path::new("a/./b/../c")), PathBuf::from("a/c"));
+        assert_eq!(normalize(Path::new("../x/../y")), PathBuf::from("../y"));
+        assert_eq!(relative_to(Path::new("/a/b/c"), Path::new("/a/d")), PathBuf::from("../b/c"));
+        assert!(is_safe_relative("a/b.txt"));
+        assert!(!is_safe_relative("../x"));
+        assert!(!is_safe_relative("/etc/passwd"));
+        assert!(!is_safe_relative("a/../../x"));
+        assert!(!is_safe_relative(""));
+    }
+}

@@ -1,0 +1,220 @@
+//! Output-folder safety: the lock, the staging tree and the swap.
+//!
+//! Everything omnipack needs besides the deliverables lives in `OUT/.omnipack/`. A build
+//! assembles the complete new tree in `OUT/.omnipack/swap/new/`, writes the summary last,
+//! then marks the tree complete with `OUT/.omnipack/swap/READY`. Only then are the three
+//! deliverables (`bundles/`, `asset-packs/`, `mobile_packager_summary.json`) replaced, each by
+//! two renames (old one out to `swap/old/`, new one in). Until `READY` exists the previous
+//! output is untouched; once it exists the swap is rolled forward, by this build or, after a
+//! kill, by the next one: a deliverable still present in `swap/new/` is not installed yet.
+//! The old tree is deleted only after the swap.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::fsutil::remove_any;
+
+/// The deliverables, in the order they are swapped (the summary last).
+pub const DELIVERABLES: [&str; 3] = ["bundles", "asset-packs", omnipack_summary::SUMMARY_FILE];
+
+/// Name of the private folder inside the output folder.
+pub const PRIVATE_DIR: &str = ".omnipack";
+
+/// Errors of the output folder.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// Another build holds the lock.
+    #[error("another omnipack build is using {out}: it holds the lock {lock}{holder}; wait for it to finish or use another --out")]
+    Locked { out: String, lock: String, holder: String },
+    /// I/O on a named path.
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+fn io_err(p: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io { path: p.display().to_string(), source }
+}
+
+/// An exclusive lock on an output folder, released when dropped (or when the process dies).
+#[derive(Debug)]
+pub struct OutputLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl OutputLock {
+    /// Takes the lock `OUT/.omnipack/lock` without waiting.
+    pub fn acquire(out: &Path) -> Result<OutputLock, OutputError> {
+        let private = out.join(PRIVATE_DIR);
+        fs::create_dir_all(&private).map_err(io_err(&private))?;
+        let path = private.join("lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(OutputError::Locked {
+                    out: out.display().to_string(),
+                    lock: path.display().to_string(),
+                    holder: if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                });
+            }
+            return Err(io_err(&path)(err));
+        }
+        file.set_len(0).map_err(io_err(&path))?;
+        let _ = write!(file, "{}", std::process::id());
+        Ok(OutputLock { _file: file, path })
+    }
+
+    /// Path of the lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Paths of the swap area.
+#[derive(Debug, Clone)]
+pub struct SwapArea {
+    out: PathBuf,
+    root: PathBuf,
+}
+
+impl SwapArea {
+    /// The swap area of `out`.
+    pub fn new(out: &Path) -> SwapArea {
+        SwapArea { out: out.to_path_buf(), root: out.join(PRIVATE_DIR).join("swap") }
+    }
+
+    /// Where the new tree is assembled.
+    pub fn new_tree(&self) -> PathBuf {
+        self.root.join("new")
+    }
+
+    fn old_tree(&self) -> PathBuf {
+        self.root.join("old")
+    }
+
+    fn ready(&self) -> PathBuf {
+        self.root.join("READY")
+    }
+
+    /// Called under the lock before a build: finishes an interrupted swap whose new tree was
+    /// complete, and removes an incomplete one. Returns a note when something was recovered.
+    pub fn recover(&self) -> Result<Option<String>, OutputError> {
+        if self.ready().exists() {
+            self.roll_forward()?;
+            return Ok(Some(format!(
+                "finished installing the complete output of an interrupted build into {}",
+                self.out.display()
+            )));
+        }
+        if self.root.exists() {
+            remove_any(&self.root).map_err(io_err(&self.root))?;
+            return Ok(Some("removed the incomplete staging tree of an interrupted build".into()));
+        }
+        Ok(None)
+    }
+
+    /// Prepares an empty staging tree.
+    pub fn prepare(&self) -> Result<PathBuf, OutputError> {
+        remove_any(&self.root).map_err(io_err(&self.root))?;
+        let n = self.new_tree();
+        fs::create_dir_all(&n).map_err(io_err(&n))?;
+        Ok(n)
+    }
+
+    /// Marks the staged tree complete and installs it.
+    pub fn commit(&self) -> Result<(), OutputError> {
+        sync_dir(&self.new_tree());
+        File::create(self.ready()).map_err(io_err(&self.ready()))?;
+        sync_dir(&self.root);
+        self.roll_forward()
+    }
+
+    fn roll_forward(&self) -> Result<(), OutputError> {
+        let new = self.new_tree();
+        let old = self.old_tree();
+        fs::create_dir_all(&old).map_err(io_err(&old))?;
+        for name in DELIVERABLES {
+            let staged = new.join(name);
+            if fs::symlink_metadata(&staged).is_err() {
+                continue; // already installed
+            }
+            let dest = self.out.join(name);
+            if fs::symlink_metadata(&dest).is_ok() {
+                let parked = old.join(name);
+                remove_any(&parked).map_err(io_err(&parked))?;
+                fs::rename(&dest, &parked).map_err(io_err(&dest))?;
+            }
+            fs::rename(&staged, &dest).map_err(io_err(&staged))?;
+        }
+        sync_dir(&self.out);
+        fs::remove_file(self.ready()).map_err(io_err(&self.ready()))?;
+        // Stale files of the previous output go only now.
+        remove_any(&self.root).map_err(io_err(&self.root))?;
+        Ok(())
+    }
+}
+
+fn sync_dir(p: &Path) {
+    if let Ok(f) = File::open(p) {
+        let _ = f.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_excludes_second_holder() {
+        let d = tempfile::tempdir().unwrap();
+        let l = OutputLock::acquire(d.path()).unwrap();
+        let e = OutputLock::acquire(d.path()).unwrap_err();
+        assert!(e.to_string().contains("lock"), "{e}");
+        drop(l);
+        OutputLock::acquire(d.path()).unwrap();
+    }
+
+    #[test]
+    fn swap_and_recovery() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path();
+        fs::create_dir_all(out.join("bundles")).unwrap();
+        fs::write(out.join("bundles/old.zip"), b"old").unwrap();
+        fs::write(out.join(omnipack_summary::SUMMARY_FILE), b"old").unwrap();
+        let s = SwapArea::new(out);
+        // An incomplete staging tree is discarded; the output is untouched.
+        let n = s.prepare().unwrap();
+        fs::create_dir_all(n.join("bundles")).unwrap();
+        assert!(s.recover().unwrap().is_some());
+        assert_eq!(fs::read(out.join("bundles/old.zip")).unwrap(), b"old");
+        // A complete one interrupted after the first rename is rolled forward.
+        let n = s.prepare().unwrap();
+        fs::create_dir_all(n.join("bundles")).unwrap();
+        fs::create_dir_all(n.join("asset-packs")).unwrap();
+        fs::write(n.join("bundles/new.zip"), b"new").unwrap();
+        fs::write(n.join(omnipack_summary::SUMMARY_FILE), b"new").unwrap();
+        File::create(s.ready()).unwrap();
+        fs::create_dir_all(s.old_tree()).unwrap();
+        fs::rename(out.join("bundles"), s.old_tree().join("bundles")).unwrap();
+        fs::rename(n.join("bundles"), out.join("bundles")).unwrap();
+        assert!(s.recover().unwrap().is_some());
+        assert!(!out.join("bundles/old.zip").exists());
+        assert_eq!(fs::read(out.join("bundles/new.zip")).unwrap(), b"new");
+        assert_eq!(fs::read(out.join(omnipack_summary::SUMMARY_FILE)).unwrap(), b"new");
+        assert!(!out.join(PRIVATE_DIR).join("swap").exists());
+    }
+}

@@ -1,0 +1,254 @@
+//! Generated JSON files of a bundle: `config.json`, the decode-step sidecars
+//! (`<artifact>.io.json`, `<artifact>.kvq.json`, `<artifact>.kv_paging.json`) and the
+//! asset pack's Background Assets `Manifest.json`. All depend only on the component (never on
+//! a tier), with sorted keys, so a bundle's bytes are the same for every tier.
+
+use omnipack_manifest::{Delivery, Format, IoDtype, KvFormat, ResolvedComponent, Role};
+use serde_json::{Map, Value, json};
+
+/// Serialises with sorted keys, two-space indentation and a final newline.
+pub fn to_canonical_pretty(v: &Value) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(&sort_keys(v)).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
+/// Compact JSON with sorted keys (the canonical form hashed for `manifest_sha256`).
+pub fn to_canonical_compact(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(&sort_keys(v)).unwrap_or_default()
+}
+
+/// A copy of `v` with every object's keys sorted by bytes.
+pub fn sort_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let mut out = Map::new();
+            for k in keys {
+                out.insert(k.clone(), sort_keys(&m[k]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sort_keys).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `config.json` of a native variant: the architecture in the names mlx-lm reads, and for
+/// MLX affine formats `"quantization": {"group_size", "bits", "mode": "affine"}`.
+pub fn config_json(c: &ResolvedComponent, format: Format, group_size: Option<u32>) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert("omnipack_component".into(), json!(c.name));
+    m.insert("omnipack_role".into(), json!(role_str(c.role)));
+    if let Some(a) = c.architecture {
+        m.insert("num_hidden_layers".into(), json!(a.layers));
+        m.insert("num_key_value_heads".into(), json!(a.kv_heads));
+        m.insert("head_dim".into(), json!(a.kv_head_dim));
+        m.insert("hidden_size".into(), json!(a.hidden_size));
+        m.insert("vocab_size".into(), json!(a.vocab_size));
+    }
+    if let Some(t) = c.max_seq_len {
+        m.insert("max_position_embeddings".into(), json!(t));
+    }
+    if let (Some(bits), Some(g)) = (format.affine_bits(), group_size) {
+        m.insert("quantization".into(), json!({"group_size": g, "bits": bits, "mode": "affine"}));
+    }
+    if format == Format::Nf4 {
+        m.insert(
+            "quantization_config".into(),
+            json!({"quant_method": "bitsandbytes", "load_in_4bit": true, "bnb_4bit_quant_type": "nf4",
+                   "bnb_4bit_blocksize": group_size}),
+        );
+    }
+    if matches!(format, Format::F32 | Format::F16 | Format::Bf16) {
+        m.insert("torch_dtype".into(), json!(match format {
+            Format::F32 => "float32",
+            Format::Bf16 => "bfloat16",
+            _ => "float16",
+        }));
+    }
+    to_canonical_pretty(&Value::Object(m))
+}
+
+/// The role's manifest name.
+pub fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::TextDecodeStep => "text_decode_step",
+        Role::ImageDecoder => "image_decoder",
+        Role::VideoDecoder => "video_decoder",
+        Role::Data => "data",
+    }
+}
+
+/// Tokens of KV cache the decode step's inputs hold, from the component alone:
+/// `min(max_seq_len, page_len * resident_pages)` (either when the other is absent).
+pub fn component_kv_tokens(c: &ResolvedComponent) -> Option<u64> {
+    let paged = c.kv_cache.paging.map(|p| p.page_len.saturating_mul(p.resident_pages));
+    match (c.max_seq_len, paged) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The sidecars of a `text_decode_step` (empty for other roles): `(path, bytes)`.
+pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
+    if c.role != Role::TextDecodeStep {
+        return Vec::new();
+    }
+    let Some(a) = c.architecture else { return Vec::new() };
+    let t: Value = component_kv_tokens(c).map(Value::from).unwrap_or(json!(-1));
+    let io = match c.kv_cache.io_dtype {
+        IoDtype::F32 => "float32",
+        IoDtype::F16 => "float16",
+    };
+    let cache_shape = json!([1, a.kv_heads, t, a.kv_head_dim]);
+    let mut inputs = vec![json!({"name": "input_ids", "shape": [1, 1], "dtype": "int64"})];
+    let mut outputs = vec![json!({"name": "logits", "shape": [1, 1, a.vocab_size], "dtype": "float32"})];
+    for kv in ["k", "v"] {
+        for i in 0..a.layers {
+            inputs.push(json!({"name": format!("{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
+            outputs.push(json!({"name": format!("n{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
+        }
+    }
+    let mut out = Vec::new();
+    let io_json = json!({
+        "artifact": c.artifact,
+        "io_version": 1,
+        "layers": a.layers,
+        "kv_heads": a.kv_heads,
+        "kv_head_dim": a.kv_head_dim,
+        "hidden_size": a.hidden_size,
+        "vocab_size": a.vocab_size,
+        "cache_tokens": t,
+        "max_seq_len": c.max_seq_len,
+        "cache_layout": "[batch, kv_heads, tokens, kv_head_dim]; -1 tokens means flexible",
+        "inputs": inputs,
+        "outputs": outputs,
+    });
+    out.push((format!("{}.io.json", c.artifact), to_canonical_pretty(&io_json)));
+    let g = c.kv_cache.group_size;
+    match c.kv_cache.format {
+        KvFormat::F16 => {}
+        KvFormat::U8 => {
+            let kvq = json!({
+                "format": "u8",
+                "group_size": g,
+                "axis": "kv_head_dim",
+                "axis_index": -1,
+                "groups_per_row": a.kv_head_dim / g.max(1),
+                "scale_dtype": "float16",
+                "zero_point_dtype": "float16",
+                "code_dtype": "uint8",
+                "packing": "one code per byte, row-major [batch, kv_heads, tokens, kv_head_dim]",
+                "dequantize": "x = code * scale + zero_point",
+                "quantize": "scale = max((max - min) / 255, 1e-7); zero_point = min; code = clamp(rint((x - zero_point) / scale), 0, 255)",
+                "rounding": "nearest_even",
+                "bytes_per_group": g + 4,
+            });
+            out.push((format!("{}.kvq.json", c.artifact), to_canonical_pretty(&kvq)));
+        }
+        KvFormat::Nf4 => {
+            let kvq = json!({
+                "format": "nf4",
+                "group_size": g,
+                "axis": "kv_head_dim",
+                "axis_index": -1,
+                "groups_per_row": a.kv_head_dim / g.max(1),
+                "scale_dtype": "float16",
+                "scale": "absmax",
+                "zero_point_dtype": null,
+                "code_dtype": "uint4",
+                "packing": "two codes per byte, first element in the high nibble",
+                "quant_map": NF4_TABLE,
+                "dequantize": "x = quant_map[code] * absmax",
+                "quantize": "code = number of midpoints between sorted quant_map values that are < clamp(x / absmax, -1, 1)",
+                "rounding": "nearest",
+                "bytes_per_group": g / 2 + 2,
+            });
+            out.push((format!("{}.kvq.json", c.artifact), to_canonical_pretty(&kvq)));
+        }
+    }
+    if let Some(p) = c.kv_cache.paging {
+        let paging = json!({
+            "page_len": p.page_len,
+            "resident_pages": p.resident_pages,
+            "resident_tokens": p.page_len.saturating_mul(p.resident_pages),
+            "max_seq_len": c.max_seq_len,
+            "tail_truncation": {
+                "policy": "drop_oldest_page",
+                "description": "when the context needs more than resident_pages pages, the oldest full page is dropped; the last page may be partly filled",
+            },
+        });
+        out.push((format!("{}.kv_paging.json", c.artifact), to_canonical_pretty(&paging)));
+    }
+    out
+}
+
+/// The bitsandbytes NF4 code table.
+const NF4_TABLE: [f64; 16] = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+];
+
+/// The Background Assets `Manifest.json` of one asset pack (`ba-package` input).
+pub fn asset_pack_manifest(pack_id: &str, bundle_id: &str, delivery: Delivery) -> Vec<u8> {
+    let events = json!({"installationEventTypes": ["firstInstallation", "subsequentUpdate"]});
+    let policy = match delivery {
+        Delivery::Essential => json!({"essential": events}),
+        Delivery::Prefetch => json!({"prefetch": events}),
+        Delivery::OnDemand => json!({"onDemand": {}}),
+    };
+    let v = json!({
+        "assetPackID": pack_id,
+        "downloadPolicy": policy,
+        "fileSelectors": [{"directory": bundle_id}],
+        "platforms": ["iOS"],
+    });
+    to_canonical_pretty(&v)
+}
+
+/// `<package.bundle_id>.<bundle id>`.
+pub fn asset_pack_id(package_bundle_id: &str, bundle_id: &str) -> String {
+    format!("{package_bundle_id}.{bundle_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_pack_manifest_shape() {
+        let v: Value = serde_json::from_slice(&asset_pack_manifest("com.x.text-f16", "text-f16", Delivery::OnDemand)).unwrap();
+        assert_eq!(v["assetPackID"], "com.x.text-f16");
+        assert_eq!(v["downloadPolicy"], json!({"onDemand": {}}));
+        assert_eq!(v["fileSelectors"], json!([{"directory": "text-f16"}]));
+        assert_eq!(v["platforms"], json!(["iOS"]));
+        let e: Value = serde_json::from_slice(&asset_pack_manifest("a.b", "b", Delivery::Essential)).unwrap();
+        assert_eq!(e["downloadPolicy"]["essential"]["installationEventTypes"][0], "firstInstallation");
+        assert_eq!(e["downloadPolicy"].as_object().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn canonical_sorts_keys() {
+        let v = json!({"b": 1, "a": {"d": 2, "c": [ {"z": 1, "y": 2} ]}});
+        assert_eq!(
+            String::from_utf8(to_canonical_compact(&v)).unwrap(),
+            r#"{"a":{"c":[{"y":2,"z":1}],"d":2},"b":1}"#
+        );
+    }
+}
