@@ -1,0 +1,76 @@
+//! Planning errors: located in the manifest by a path such as `tiers[1].memory_limit`, so the
+//! command line can render them at the offending line and column.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::Plan;
+
+/// A planning error (or a note attached to one), located by manifest path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanDiagnostic {
+    /// What is wrong.
+    pub message: String,
+    /// Manifest path of the offending value, for example `tiers[0].memory_limit`; `None` for
+    /// errors about the command line or the whole manifest.
+    pub path: Option<String>,
+    /// Context lines, for example the memory breakdown of the smallest plan found.
+    pub notes: Vec<String>,
+    /// How to fix it: one line per concrete suggestion.
+    pub help: Vec<String>,
+}
+
+impl PlanDiagnostic {
+    /// A diagnostic at `path` (or unlocated).
+    pub fn new(path: Option<String>, message: impl Into<String>) -> Self {
+        PlanDiagnostic {
+            message: message.into(),
+            path,
+            notes: Vec::new(),
+            help: Vec::new(),
+        }
+    }
+
+    /// Adds a help line.
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help.push(help.into());
+        self
+    }
+}
+
+impl std::fmt::Display for PlanDiagnostic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(p) = &self.path {
+            write!(f, "{p}: ")?;
+        }
+        f.write_str(&self.message)?;
+        for n in &self.notes {
+            write!(f, "\n  note: {n}")?;
+        }
+        for h in &self.help {
+            write!(f, "\n  help: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why planning failed: the errors, and the plan as far as it could be computed (present
+/// when the manifest could be sized, for example when only a tier does not fit), so that
+/// `omnipack plan` can still show every tier's breakdown.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.diagnostics.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct PlanFailure {
+    /// The errors, in manifest order.
+    pub diagnostics: Vec<PlanDiagnostic>,
+    /// The partial plan (non-fitting tiers carry the smallest combination found).
+    pub plan: Option<Box<Plan>>,
+}
+
+impl PlanFailure {
+    /// A failure with one diagnostic and no plan.
+    pub fn one(d: PlanDiagnostic) -> Self {
+        PlanFailure {
+            diagnostics: vec![d],
+            plan: None,
+        }
+    }
+}

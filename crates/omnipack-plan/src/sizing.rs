@@ -1,0 +1,264 @@
+//! Exact sizes without reading weights.
+//!
+//! A native component's variants are sized from the safetensors headers alone, with the
+//! quantizer's own output layout ([`omnipack_quant::plan_outputs`]), so the planned
+//! `weights_bytes` equals what the quantizer writes by construction. Exporter components are
+//! sized from their declared `size` (else `resident_memory`, else unknown), file components
+//! from the files' sizes.
+
+use std::path::Path;
+
+use omnipack_manifest::{FloatDtype, Format, ResolvedComponent, ResolvedSource};
+use omnipack_quant::{Dtype, QuantSpec, TensorInfo, WeightFormat};
+
+/// Where a component's sizes come from (the `size_source` of the plan).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SizeSource {
+    /// Shapes and dtypes of the selected safetensors tensors.
+    SafetensorsHeaders,
+    /// The component's declared `size`.
+    DeclaredSize,
+    /// The component's `resident_memory` (no `size` declared).
+    ResidentMemory,
+    /// The sizes of the component's files on disk.
+    FileSizes,
+    /// Nothing known before the export runs: counted as 0.
+    Unknown,
+}
+
+impl SizeSource {
+    /// The name written in the plan.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SizeSource::SafetensorsHeaders => "safetensors_headers",
+            SizeSource::DeclaredSize => "declared_size",
+            SizeSource::ResidentMemory => "resident_memory",
+            SizeSource::FileSizes => "file_sizes",
+            SizeSource::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the planner knows of one component's size.
+#[derive(Debug, Clone)]
+pub struct ComponentSizer {
+    /// Parameters: elements of the selected tensors (0 when unknown).
+    pub parameters: u64,
+    /// Where the sizes come from.
+    pub source: SizeSource,
+    kind: SizerKind,
+}
+
+#[derive(Debug, Clone)]
+enum SizerKind {
+    /// Tensors of the component (prefix stripped), sized per variant by the quantizer layout.
+    Native {
+        tensors: Vec<TensorInfo>,
+        keep: Vec<String>,
+        keep_dtype: Option<Dtype>,
+    },
+    /// The same size whatever the variant.
+    Fixed(u64),
+}
+
+/// Why a component could not be sized; `field` is the manifest path below the component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizingError {
+    /// For example `source.safetensors`.
+    pub field: &'static str,
+    /// What went wrong, naming the file.
+    pub message: String,
+    /// How to fix it.
+    pub help: Option<String>,
+}
+
+/// The quantizer's format for a manifest format.
+pub fn weight_format(f: Format) -> WeightFormat {
+    match f {
+        Format::F32 => WeightFormat::F32,
+        Format::F16 => WeightFormat::F16,
+        Format::Bf16 => WeightFormat::Bf16,
+        Format::Nf4 => WeightFormat::Nf4,
+        other => WeightFormat::Affine {
+            bits: other.affine_bits().unwrap_or(8) as u8,
+        },
+    }
+}
+
+/// The quantizer's dtype for a `keep_dtype`.
+pub fn keep_dtype(d: FloatDtype) -> Dtype {
+    match d {
+        FloatDtype::F32 => Dtype::F32,
+        FloatDtype::F16 => Dtype::F16,
+        FloatDtype::Bf16 => Dtype::BF16,
+    }
+}
+
+/// The spec the quantizer uses for one variant of `c`.
+pub fn quant_spec(c: &ResolvedComponent, format: Format, group_size: u32) -> QuantSpec {
+    QuantSpec {
+        format: weight_format(format),
+        group_size,
+        keep: c.quantization.keep.clone(),
+        keep_dtype: c.quantization.keep_dtype.map(keep_dtype),
+    }
+}
+
+/// The tensors a component selects from its shards: names starting with `prefix`, prefix
+/// stripped, in shard order then file order.
+pub fn select_tensors(
+    dir: &Path,
+    shards: &[String],
+    prefix: &str,
+) -> Result<Vec<TensorInfo>, SizingError> {
+    let mut out = Vec::new();
+    for shard in shards {
+        let path = dir.join(shard);
+        let infos = omnipack_quant::read_header(&path).map_err(|e| SizingError {
+            field: "source.safetensors",
+            message: format!("cannot read the safetensors header of `{shard}`: {e}"),
+            help: None,
+        })?;
+        for mut t in infos {
+            if let Some(rest) = t.name.strip_prefix(prefix) {
+                t.name = rest.to_string();
+                out.push(t);
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(SizingError {
+            field: "source.prefix",
+            message: format!(
+                "no tensor in {} starts with prefix `{prefix}`",
+                shards.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+            ),
+            help: Some("check `source.prefix` against the tensor names (`omnipack inspect FILE` lists them)".into()),
+        });
+    }
+    Ok(out)
+}
+
+fn path_size(path: &Path) -> std::io::Result<u64> {
+    let meta = std::fs::metadata(path)?;
+    if meta.is_dir() {
+        let mut total = 0u64;
+        for entry in std::fs::read_dir(path)? {
+            total = total.saturating_add(path_size(&entry?.path())?);
+        }
+        Ok(total)
+    } else {
+        Ok(meta.len())
+    }
+}
+
+impl ComponentSizer {
+    /// Sizes component `c`, reading only safetensors headers and file metadata.
+    pub fn new(c: &ResolvedComponent, dir: &Path) -> Result<ComponentSizer, SizingError> {
+        match &c.source {
+            ResolvedSource::Safetensors { shards, prefix } => {
+                let tensors = select_tensors(dir, shards, prefix)?;
+                let parameters = tensors
+                    .iter()
+                    .fold(0u64, |a, t| a.saturating_add(t.numel()));
+                Ok(ComponentSizer {
+                    parameters,
+                    source: SizeSource::SafetensorsHeaders,
+                    kind: SizerKind::Native {
+                        tensors,
+                        keep: c.quantization.keep.clone(),
+                        keep_dtype: c.quantization.keep_dtype.map(keep_dtype),
+                    },
+                })
+            }
+            ResolvedSource::Command { .. } => {
+                let (bytes, source) = match (c.size, c.resident_memory) {
+                    (Some(s), _) => (s, SizeSource::DeclaredSize),
+                    (None, Some(r)) => (r, SizeSource::ResidentMemory),
+                    (None, None) => (0, SizeSource::Unknown),
+                };
+                Ok(ComponentSizer {
+                    parameters: 0,
+                    source,
+                    kind: SizerKind::Fixed(bytes),
+                })
+            }
+            ResolvedSource::Files { files } => {
+                let mut total = 0u64;
+                for f in files {
+                    let size = path_size(&dir.join(f)).map_err(|e| SizingError {
+                        field: "source.files",
+                        message: format!("cannot read `{f}`: {e}"),
+                        help: Some("every file listed in `source.files` must exist, relative to the manifest".into()),
+                    })?;
+                    total = total.saturating_add(size);
+                }
+                Ok(ComponentSizer {
+                    parameters: 0,
+                    source: SizeSource::FileSizes,
+                    kind: SizerKind::Fixed(total),
+                })
+            }
+        }
+    }
+
+    /// A sizer with a fixed size for every variant (tests, exporters).
+    pub fn fixed(parameters: u64, source: SizeSource, bytes: u64) -> ComponentSizer {
+        ComponentSizer {
+            parameters,
+            source,
+            kind: SizerKind::Fixed(bytes),
+        }
+    }
+
+    /// A native sizer over already selected tensors.
+    pub fn native(
+        tensors: Vec<TensorInfo>,
+        keep: Vec<String>,
+        keep_dtype: Option<FloatDtype>,
+    ) -> ComponentSizer {
+        let parameters = tensors
+            .iter()
+            .fold(0u64, |a, t| a.saturating_add(t.numel()));
+        ComponentSizer {
+            parameters,
+            source: SizeSource::SafetensorsHeaders,
+            kind: SizerKind::Native {
+                tensors,
+                keep,
+                keep_dtype: keep_dtype.map(self::keep_dtype),
+            },
+        }
+    }
+
+    /// True when the variants are quantized natively (sizes differ per format).
+    pub fn is_native(&self) -> bool {
+        matches!(self.kind, SizerKind::Native { .. })
+    }
+
+    /// Tensor data bytes of one variant.
+    pub fn weights_bytes(&self, format: Format, group_size: u32) -> Result<u64, SizingError> {
+        match &self.kind {
+            SizerKind::Fixed(b) => Ok(*b),
+            SizerKind::Native {
+                tensors,
+                keep,
+                keep_dtype,
+            } => {
+                let spec = QuantSpec {
+                    format: weight_format(format),
+                    group_size,
+                    keep: keep.clone(),
+                    keep_dtype: *keep_dtype,
+                };
+                let outputs =
+                    omnipack_quant::plan_outputs(tensors, &spec).map_err(|e| SizingError {
+                        field: "quantization",
+                        message: format!("cannot plan {format} with group size {group_size}: {e}"),
+                        help: None,
+                    })?;
+                Ok(omnipack_quant::data_bytes(&outputs))
+            }
+        }
+    }
+}
