@@ -1,14 +1,30 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! omnipack-quant: safetensors I/O and bit-exact weight quantization.
+//!
+//! * [`read_header`], [`read_shard_set`], [`resolve_shards`]: header-only reading, validated.
+//! * [`plan_outputs`], [`data_bytes`], [`file_bytes`]: the exact output layout of a
+//!   [`QuantSpec`] as a pure function of input headers (used by the planner and the writer).
+//! * [`quantize_to_file`], [`quantize_file`]: the streaming, parallel quantizer.
+//! * [`kernels`]: MLX affine (`mx.quantize`), bitsandbytes NF4/FP4 and float casts.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod dtype;
+mod error;
+mod header;
+pub mod kernels;
+mod spec;
+mod writer;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use dtype::{Dtype, TensorInfo};
+pub use error::QuantError;
+pub use header::{
+    Header, MAX_HEADER_BYTES, SafetensorsFile, SourceTensor, TensorEntry, parse_header,
+    read_full_header, read_header, read_headers, read_shard_set, resolve_shards,
+};
+pub use kernels::ErrorStats;
+pub use spec::{
+    OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
+    file_bytes, glob_match, header_bytes, plan_outputs,
+};
+pub use writer::{
+    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, quantize_file,
+    quantize_to_file, quantize_to_file_with,
+};
