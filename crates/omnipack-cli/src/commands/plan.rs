@@ -1,16 +1,259 @@
-//! `omnipack plan` (interim: being implemented).
+//! `omnipack plan MANIFEST [--tier NAME]... [--format json]`: each tier's memory budget, the
+//! chosen variants and the stages, computed from headers only.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use omnipack_manifest::diagnostic::{Diagnostic, Severity, render};
+use omnipack_manifest::{LoadedManifest, format_bytes, format_signed_bytes};
+use omnipack_plan::{Plan, PlanDiagnostic, PlanFailure, TierPlan};
 
 use super::CommandResult;
+
+/// Output format of `omnipack plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    /// Tables for people.
+    Human,
+    /// The Plan as JSON on stdout (tiers[] with the summary's field names).
+    Json,
+}
 
 /// Arguments of `omnipack plan`.
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
-    /// Remaining arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// The bundle manifest.
+    pub manifest: PathBuf,
+    /// Plan only this tier (repeatable). Default: every tier.
+    #[arg(long = "tier", value_name = "NAME")]
+    pub tiers: Vec<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
+    pub format: PlanFormat,
 }
 
 /// Runs `omnipack plan`.
-pub fn run(_args: PlanArgs) -> CommandResult {
-    Err(miette::miette!("`omnipack plan` is not available in this build yet"))
+pub fn run(args: PlanArgs) -> CommandResult {
+    let loaded = match omnipack_manifest::load(&args.manifest) {
+        Ok(l) => l,
+        Err(diags) => {
+            eprint!("{}", diags.render());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut stderr = render(&loaded.warnings);
+    let (plan, failure) = match omnipack_plan::plan(&loaded, &args.tiers) {
+        Ok(p) => (Some(p), None),
+        Err(f) => {
+            let PlanFailure { diagnostics, plan } = f;
+            (plan.map(|b| *b), Some(diagnostics))
+        }
+    };
+    if let Some(plan) = &plan {
+        let warnings: Vec<Diagnostic> = plan
+            .warnings
+            .iter()
+            .map(|w| {
+                located(
+                    &loaded,
+                    w.path.as_deref(),
+                    Severity::Warning,
+                    &w.message,
+                    None,
+                )
+            })
+            .collect();
+        stderr.push_str(&render(&warnings));
+        match args.format {
+            PlanFormat::Json => {
+                let json = serde_json::to_string_pretty(plan)
+                    .map_err(|e| miette::miette!("cannot serialize the plan: {e}"))?;
+                println!("{json}");
+            }
+            PlanFormat::Human => print!("{}", human(plan)),
+        }
+    }
+    if let Some(errors) = &failure {
+        let diags: Vec<Diagnostic> = errors.iter().map(|d| to_diagnostic(&loaded, d)).collect();
+        stderr.push_str(&render(&diags));
+    }
+    eprint!("{stderr}");
+    Ok(if failure.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn located(
+    loaded: &LoadedManifest,
+    path: Option<&str>,
+    severity: Severity,
+    message: &str,
+    help: Option<String>,
+) -> Diagnostic {
+    match path {
+        Some(p) => loaded.diagnostic_at(p, severity, message, help),
+        None => {
+            Diagnostic::new(severity, loaded.path.to_string_lossy(), message).with_help_opt(help)
+        }
+    }
+}
+
+fn to_diagnostic(loaded: &LoadedManifest, d: &PlanDiagnostic) -> Diagnostic {
+    let mut help = String::new();
+    for n in &d.notes {
+        let _ = writeln!(help, "{n}");
+    }
+    if !d.help.is_empty() {
+        if !d.notes.is_empty() {
+            help.push_str("to fit, any of:\n");
+        }
+        for h in &d.help {
+            let _ = writeln!(help, "- {h}");
+        }
+    }
+    let help = help.trim_end().to_string();
+    located(
+        loaded,
+        d.path.as_deref(),
+        Severity::Error,
+        &d.message,
+        (!help.is_empty()).then_some(help),
+    )
+}
+
+fn mib(n: u64) -> String {
+    format!("{:.2}", n as f64 / (1u64 << 20) as f64)
+}
+
+fn signed_mib(n: i64) -> String {
+    format!("{:.2}", n as f64 / (1u64 << 20) as f64)
+}
+
+/// The human report: one table per tier, then the stages.
+pub fn human(plan: &Plan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "plan for {} {} ({} tier{}, {} bundle{}, {} stage{})",
+        plan.package.name,
+        plan.package.version,
+        plan.tiers.len(),
+        if plan.tiers.len() == 1 { "" } else { "s" },
+        plan.bundles.len(),
+        if plan.bundles.len() == 1 { "" } else { "s" },
+        plan.stages.len(),
+        if plan.stages.len() == 1 { "" } else { "s" },
+    );
+    for t in &plan.tiers {
+        s.push('\n');
+        tier_table(&mut s, plan, t);
+    }
+    let _ = writeln!(s, "\nstages, in execution order:");
+    for (i, st) in plan.stages.iter().enumerate() {
+        let deps = if st.depends_on.is_empty() {
+            String::new()
+        } else {
+            format!("  (after {})", st.depends_on.join(", "))
+        };
+        let _ = writeln!(s, "  {:>3}. {}{deps}", i + 1, st.id);
+    }
+    s
+}
+
+fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
+    let e = &t.entry;
+    let m = &e.memory;
+    let _ = writeln!(
+        s,
+        "tier {}: device_memory {}, memory_limit {}{}",
+        e.name,
+        format_bytes(e.device_memory_bytes),
+        format_bytes(e.memory_limit_bytes),
+        if t.min_headroom_bytes > 0 {
+            format!(", min_headroom {}", format_bytes(t.min_headroom_bytes))
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>10}",
+        "component", "bundle", "format", "residency", "weights", "resident", "preference"
+    );
+    for c in &t.choices {
+        let b = plan.bundle(&c.bundle);
+        let comp = plan.resolved_component(&c.component);
+        let ranks = comp
+            .map(|rc| rc.quantization.for_tier(&e.name).formats.len())
+            .unwrap_or(1);
+        let _ = writeln!(
+            s,
+            "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>10}",
+            c.component,
+            c.bundle,
+            c.format.as_str(),
+            b.map(|b| match b.residency {
+                omnipack_manifest::Residency::Always => "always",
+                omnipack_manifest::Residency::Lazy => "lazy",
+            })
+            .unwrap_or("?"),
+            b.map(|b| b.weights_bytes).unwrap_or(0),
+            b.map(|b| b.resident_bytes).unwrap_or(0),
+            format!("{} of {}", c.preference_rank + 1, ranks),
+        );
+    }
+    let _ = writeln!(s, "  {:<26} {:>14} {:>10}", "memory", "bytes", "MiB");
+    let kv_note = match &e.kv_cache {
+        Some(kv) => {
+            let paging = kv
+                .paging
+                .as_ref()
+                .map(|p| format!(", paged {}x{}", p.page_len, p.resident_pages))
+                .unwrap_or_default();
+            format!("  {} tokens, {}{paging}", kv.tokens, kv.format)
+        }
+        None => String::new(),
+    };
+    for (name, v, note) in [
+        (
+            "runtime_overhead_bytes",
+            m.runtime_overhead_bytes,
+            String::new(),
+        ),
+        (
+            "weights_resident_bytes",
+            m.weights_resident_bytes,
+            String::new(),
+        ),
+        ("activations_bytes", m.activations_bytes, String::new()),
+        ("kv_cache_bytes", m.kv_cache_bytes, kv_note),
+        ("lazy_peak_bytes", m.lazy_peak_bytes, String::new()),
+        ("peak_bytes", m.peak_bytes, String::new()),
+        ("memory_limit_bytes", e.memory_limit_bytes, String::new()),
+        ("min_headroom_bytes", m.min_headroom_bytes, String::new()),
+    ] {
+        let _ = writeln!(s, "  {name:<26} {v:>14} {:>10}{note}", mib(v));
+    }
+    let _ = writeln!(
+        s,
+        "  {:<26} {:>14} {:>10}",
+        "headroom_bytes",
+        m.headroom_bytes,
+        signed_mib(m.headroom_bytes)
+    );
+    let _ = writeln!(
+        s,
+        "  fits: {} (headroom {}{})",
+        if e.fits { "yes" } else { "NO" },
+        format_signed_bytes(m.headroom_bytes),
+        if t.min_headroom_bytes > 0 {
+            format!(", min_headroom {}", format_bytes(t.min_headroom_bytes))
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(s, "  load order: {}", e.bundles.join(", "));
 }
