@@ -94,13 +94,29 @@ pub fn keep_dtype(d: FloatDtype) -> Dtype {
     }
 }
 
-/// The spec the quantizer uses for one variant of `c`.
+/// The spec the quantizer uses for one variant of `c` (what the builder passes to the
+/// quantizer, so sizes and outputs agree).
 pub fn quant_spec(c: &ResolvedComponent, format: Format, group_size: u32) -> QuantSpec {
+    quant_spec_parts(
+        format,
+        group_size,
+        &c.quantization.keep,
+        c.quantization.keep_dtype,
+    )
+}
+
+/// The quantizer spec from its parts.
+pub fn quant_spec_parts(
+    format: Format,
+    group_size: u32,
+    keep: &[String],
+    keep_dtype: Option<FloatDtype>,
+) -> QuantSpec {
     QuantSpec {
         format: weight_format(format),
         group_size,
-        keep: c.quantization.keep.clone(),
-        keep_dtype: c.quantization.keep_dtype.map(keep_dtype),
+        keep: keep.to_vec(),
+        keep_dtype: keep_dtype.map(self::keep_dtype),
     }
 }
 
