@@ -1,14 +1,20 @@
-//! Loading a manifest file and its `extends` chain.
-//!
-//! INTERIM: the manifest front-end work replaces this with span-tracking loading, schema
-//! validation and located diagnostics; the public signatures below stay.
+//! Loading a manifest: read with limits, parse with spans, merge `extends`, check the JSON
+//! schema and the semantic rules, and apply defaults. Every problem is reported, located in
+//! the file where the offending text really is.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::diagnostic::{Diagnostic, Diagnostics, Severity, SourceFile};
 use crate::model::Manifest;
+use crate::node::{self, Entry, Node, NodeValue, Segment};
 use crate::resolved::{ResolvedManifest, resolve};
+
+/// Longest `extends` chain.
+pub const MAX_EXTENDS_DEPTH: usize = 16;
 
 /// A manifest read from disk, with its `extends` chain merged and defaults applied.
 #[derive(Debug, Clone)]
@@ -19,77 +25,556 @@ pub struct LoadedManifest {
     pub dir: PathBuf,
     /// Files read, the manifest first, then its bases.
     pub files: Vec<PathBuf>,
-    /// The merged manifest as written (before defaults).
+    /// The merged manifest as written (before defaults), paths relative to `dir`.
     pub manifest: Manifest,
-    /// The merged manifest as canonical JSON (for `manifest_sha256`).
+    /// The merged manifest as canonical JSON (sorted keys, no `extends`, paths relative to
+    /// `dir`), for `manifest_sha256`.
     pub merged_json: Value,
     /// Defaults applied.
     pub resolved: ResolvedManifest,
+    /// Warnings found while validating (the manifest is usable).
+    pub warnings: Vec<Diagnostic>,
+    /// The text of every file read, in the order of `files`.
+    pub sources: Vec<Arc<SourceFile>>,
+    /// The merged tree: every key and value with its file and byte span.
+    pub tree: Arc<Node>,
 }
 
-/// Why a manifest could not be loaded.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {message}")]
-pub struct LoadError {
-    pub file: PathBuf,
-    pub message: String,
+impl LoadedManifest {
+    /// True when the manifest has no tiers or no components: a valid base for `extends`,
+    /// which `plan` and `build` cannot use.
+    pub fn is_base_only(&self) -> bool {
+        self.resolved.tiers.is_empty() || self.resolved.components.is_empty()
+    }
+
+    /// A diagnostic located at a manifest path such as `tiers[0].memory_limit` or
+    /// `components[1].delivery`, in the file where that value is written. When the path does
+    /// not exist in the files (a default value), it points at the nearest enclosing value
+    /// that does, and `path` keeps what was asked for.
+    pub fn diagnostic_at(
+        &self,
+        path: &str,
+        severity: Severity,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) -> Diagnostic {
+        let segments = node::parse_path(path).unwrap_or_default();
+        located(
+            &self.sources,
+            &self.tree,
+            &segments,
+            false,
+            severity,
+            message.into(),
+        )
+        .with_path(path)
+        .with_help_opt(help)
+    }
+
+    /// The manifest path of the tier called `name`, such as `tiers[2]`.
+    pub fn tier_path(&self, name: &str) -> Option<String> {
+        self.resolved
+            .tiers
+            .iter()
+            .position(|t| t.name == name)
+            .map(|i| format!("tiers[{i}]"))
+    }
+
+    /// The manifest path of the component called `name`, such as `components[0]`.
+    pub fn component_path(&self, name: &str) -> Option<String> {
+        self.resolved
+            .components
+            .iter()
+            .position(|c| c.name == name)
+            .map(|i| format!("components[{i}]"))
+    }
 }
 
-/// Loads `path`, merges its `extends` chain and applies defaults.
-pub fn load(path: &Path) -> Result<LoadedManifest, LoadError> {
-    let mut files = Vec::new();
-    let merged = load_value(path, &mut files)?;
-    let manifest: Manifest = serde_json::from_value(merged.clone()).map_err(|e| LoadError {
-        file: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+/// A diagnostic at `path` of the merged tree.
+pub(crate) fn located(
+    sources: &[Arc<SourceFile>],
+    tree: &Node,
+    path: &[Segment],
+    at_key: bool,
+    severity: Severity,
+    message: String,
+) -> Diagnostic {
+    let found = node::find(tree, path);
+    let (file, span) = match found.entry {
+        Some(e) if at_key && found.exact => (e.key_file, e.key_span.clone()),
+        _ => node::point_span(&found),
+    };
+    let diag = match sources.get(file) {
+        Some(src) => Diagnostic::located(severity, src, span, message),
+        None => Diagnostic::new(severity, String::new(), message),
+    };
+    diag.with_path(node::format_path(path))
+}
+
+/// Loads `path`, merges its `extends` chain, validates it (schema and semantic rules) and
+/// applies defaults. On failure, returns every problem found (warnings included).
+pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
+    let mut loader = Loader::default();
+    let display = path.to_string_lossy().to_string();
+    let Some(tree) = loader.load_file(path, &display, String::new(), None) else {
+        return Err(Diagnostics(loader.diags));
+    };
+    let mut tree = tree;
+    rebase_paths(&mut tree, &loader.prefixes);
+    let json = tree.to_json();
+    let tree = Arc::new(tree);
+    let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let ctx = crate::check::Ctx {
+        sources: &loader.sources,
+        tree: &tree,
+        dir: &dir,
+    };
+    let mut diags = loader.diags;
+    let schema_diags = crate::check::schema_diagnostics(&ctx, &json);
+    diags.extend(schema_diags);
+    diags.extend(crate::check::semantic_diagnostics(&ctx, &json));
+    dedup(&mut diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(Diagnostics(diags));
+    }
+    let manifest: Manifest = match serde_json::from_value(json.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            let d = located(
+                &loader.sources,
+                &tree,
+                &[],
+                false,
+                Severity::Error,
+                format!("invalid manifest: {e}"),
+            );
+            diags.push(d);
+            return Err(Diagnostics(diags));
+        }
+    };
     let resolved = resolve(&manifest);
     Ok(LoadedManifest {
         path: path.to_path_buf(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        files,
+        dir,
+        files: loader
+            .sources
+            .iter()
+            .map(|s| PathBuf::from(&s.name))
+            .collect(),
         manifest,
-        merged_json: merged,
+        merged_json: canonical(json),
         resolved,
+        warnings: diags,
+        sources: loader.sources,
+        tree,
     })
 }
 
-fn load_value(path: &Path, files: &mut Vec<PathBuf>) -> Result<Value, LoadError> {
-    let err = |message: String| LoadError {
-        file: path.to_path_buf(),
-        message,
-    };
-    if files.iter().any(|f| f == path) {
-        return Err(err("extends cycle".into()));
-    }
-    files.push(path.to_path_buf());
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let mut value: Value = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
-    if let Some(Value::String(base)) = value.get("extends").cloned() {
-        let base_path = path.parent().unwrap_or(Path::new("")).join(&base);
-        let mut base_value = load_value(&base_path, files)?;
-        if let Value::Object(m) = &mut value {
-            m.remove("extends");
-        }
-        merge(&mut base_value, value);
-        value = base_value;
-    }
-    Ok(value)
+fn dedup(diags: &mut Vec<Diagnostic>) {
+    let mut seen = std::collections::HashSet::new();
+    diags.retain(|d| {
+        seen.insert((
+            d.file.clone(),
+            d.span.clone().map(|r| (r.start, r.end)),
+            d.message.clone(),
+        ))
+    });
 }
 
-/// Maps merge key by key; anything else (lists included) replaces.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(b), Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
+/// Sorted keys at every level: the canonical form hashed into `manifest_sha256`.
+pub(crate) fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+#[derive(Default)]
+struct Loader {
+    sources: Vec<Arc<SourceFile>>,
+    /// Per file: the folder of that file relative to the top manifest's folder.
+    prefixes: Vec<String>,
+    /// Canonical paths of the files on the current `extends` chain, with display names.
+    chain: Vec<(PathBuf, String)>,
+    diags: Vec<Diagnostic>,
+}
+
+/// Where a base manifest is named, for errors about it.
+struct NamedAt {
+    file: usize,
+    span: std::ops::Range<usize>,
+}
+
+impl Loader {
+    fn error_at(
+        &mut self,
+        at: &Option<NamedAt>,
+        display: &str,
+        message: String,
+        help: Option<String>,
+    ) {
+        let d = match at {
+            Some(at) => Diagnostic::located(
+                Severity::Error,
+                &self.sources[at.file],
+                at.span.clone(),
+                message,
+            )
+            .with_path("extends")
+            .with_label("this base manifest"),
+            None => Diagnostic::error(display, message),
+        };
+        self.diags.push(d.with_help_opt(help));
+    }
+
+    /// Loads one file and, recursively, its bases; returns the merged tree.
+    fn load_file(
+        &mut self,
+        fs_path: &Path,
+        display: &str,
+        prefix: String,
+        named_at: Option<NamedAt>,
+    ) -> Option<Node> {
+        let canon = std::fs::canonicalize(fs_path).unwrap_or_else(|_| fs_path.to_path_buf());
+        if let Some(pos) = self.chain.iter().position(|(p, _)| *p == canon) {
+            let mut names: Vec<&str> = self.chain[pos..].iter().map(|(_, n)| n.as_str()).collect();
+            names.push(display);
+            let chain = names.join(" -> ");
+            self.error_at(
+                &named_at,
+                display,
+                format!("`extends` cycle: {chain}"),
+                Some("a manifest cannot extend itself, directly or through its bases: remove one `extends`".into()),
+            );
+            return None;
+        }
+        if self.chain.len() >= MAX_EXTENDS_DEPTH {
+            self.error_at(
+                &named_at,
+                display,
+                format!("`extends` chain is longer than {MAX_EXTENDS_DEPTH} files"),
+                None,
+            );
+            return None;
+        }
+        let text = match read_text(fs_path, display) {
+            Ok(t) => t,
+            Err(ReadError::Io(msg, help)) => {
+                let message = if named_at.is_some() {
+                    format!("cannot read base manifest `{display}`: {msg}")
+                } else {
+                    format!("cannot read `{display}`: {msg}")
+                };
+                self.error_at(&named_at, display, message, help);
+                return None;
+            }
+            Err(ReadError::Utf8(text, at)) => {
+                let src = Arc::new(SourceFile::new(display, text));
+                let end = src.text[at..]
+                    .chars()
+                    .next()
+                    .map(|c| at + c.len_utf8())
+                    .unwrap_or(at);
+                self.diags.push(
+                    Diagnostic::located(
+                        Severity::Error,
+                        &src,
+                        at..end,
+                        "the manifest is not valid UTF-8",
+                    )
+                    .with_label("invalid byte sequence")
+                    .with_help("save the file as UTF-8"),
+                );
+                self.sources.push(src);
+                self.prefixes.push(prefix);
+                return None;
+            }
+        };
+        let file = self.sources.len();
+        let src = Arc::new(SourceFile::new(display, text));
+        self.sources.push(src.clone());
+        self.prefixes.push(prefix.clone());
+        let mut tree = match node::parse(&src, file) {
+            Ok(t) => t,
+            Err(d) => {
+                self.diags.push(*d);
+                return None;
+            }
+        };
+        match &tree.value {
+            NodeValue::Map(_) => {}
+            NodeValue::Null => {
+                self.diags.push(
+                    Diagnostic::error(display, "the manifest is empty")
+                        .with_help("a manifest starts with `omnipack: 1`; see docs/manifest.md"),
+                );
+                return None;
+            }
+            _ => {
+                let d = Diagnostic::located(
+                    Severity::Error,
+                    &src,
+                    tree.span.clone(),
+                    format!("a manifest is a mapping of keys, not {}", tree.kind_name()),
+                )
+                .with_help("a manifest starts with `omnipack: 1`; see docs/manifest.md");
+                self.diags.push(d);
+                return None;
             }
         }
-        (slot, v) => *slot = v,
+        // Take `extends` out of the tree: it is not part of the merged manifest.
+        let extends = match &mut tree.value {
+            NodeValue::Map(entries) => entries
+                .iter()
+                .position(|e| e.key == "extends")
+                .map(|i| entries.remove(i)),
+            _ => None,
+        };
+        let Some(ext) = extends else {
+            return Some(tree);
+        };
+        let Some(base_rel) = ext.value.as_str().map(str::to_string) else {
+            self.diags.push(
+                Diagnostic::located(
+                    Severity::Error,
+                    &src,
+                    ext.value.span.clone(),
+                    format!("`extends` must be a path, not {}", ext.value.kind_name()),
+                )
+                .with_path("extends")
+                .with_help("write the base manifest's path relative to this file, for example `extends: base.yaml`"),
+            );
+            return Some(tree);
+        };
+        let parent = fs_path.parent().unwrap_or(Path::new(""));
+        let base_fs = parent.join(&base_rel);
+        let display_parent = parent_str(display);
+        let base_display = normalize(&join(&display_parent, &base_rel));
+        let base_prefix = normalize(&join(&prefix, &parent_str(&base_rel)));
+        self.chain.push((canon, display.to_string()));
+        let base = self.load_file(
+            &base_fs,
+            &base_display,
+            base_prefix,
+            Some(NamedAt {
+                file,
+                span: ext.value.span.clone(),
+            }),
+        );
+        self.chain.pop();
+        let base = base?;
+        Some(merge(base, tree))
+    }
+}
+
+enum ReadError {
+    Io(String, Option<String>),
+    /// Lossy text and the byte offset of the first invalid byte.
+    Utf8(String, usize),
+}
+
+fn read_text(path: &Path, display: &str) -> Result<String, ReadError> {
+    let meta = std::fs::metadata(path).map_err(|e| ReadError::Io(io_reason(&e), None))?;
+    if meta.is_dir() {
+        return Err(ReadError::Io(
+            "it is a directory, not a manifest file".into(),
+            Some(format!(
+                "give the path of a YAML manifest inside it, such as `{display}/release.yaml`"
+            )),
+        ));
+    }
+    let limit = node::MAX_FILE_BYTES;
+    let too_big = |n: u64| {
+        ReadError::Io(
+            format!(
+                "the file is {} ({n} bytes); a manifest may be at most {}",
+                crate::units::format_bytes(n),
+                crate::units::format_bytes(limit)
+            ),
+            Some("a manifest describes a model; it does not contain one: give weights as `source` paths".into()),
+        )
+    };
+    if meta.len() > limit {
+        return Err(too_big(meta.len()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| ReadError::Io(io_reason(&e), None))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ReadError::Io(io_reason(&e), None))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(bytes.len() as u64));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        ReadError::Utf8(lossy, at)
+    })
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Maps merge key by key (the child's value wins); anything else, lists included, replaces.
+fn merge(base: Node, over: Node) -> Node {
+    match (base.value, over.value) {
+        (NodeValue::Map(mut b), NodeValue::Map(o)) => {
+            for entry in o {
+                match b.iter().position(|e| e.key == entry.key) {
+                    Some(i) => {
+                        let old = std::mem::replace(
+                            &mut b[i].value,
+                            Node {
+                                value: NodeValue::Null,
+                                file: 0,
+                                span: 0..0,
+                            },
+                        );
+                        b[i] = Entry {
+                            value: merge(old, entry.value),
+                            ..entry
+                        };
+                    }
+                    None => b.push(entry),
+                }
+            }
+            Node {
+                value: NodeValue::Map(b),
+                file: base.file,
+                span: base.span,
+            }
+        }
+        (_, value) => Node {
+            value,
+            file: over.file,
+            span: over.span,
+        },
+    }
+}
+
+/// Rewrites source paths written in base files so that they are relative to the top
+/// manifest's folder.
+fn rebase_paths(tree: &mut Node, prefixes: &[String]) {
+    let rebase = |n: &mut Node| {
+        let prefix = prefixes.get(n.file).map(String::as_str).unwrap_or("");
+        if let NodeValue::Str(s) = &mut n.value
+            && !prefix.is_empty()
+            && !is_absolute(s)
+        {
+            *s = normalize(&join(prefix, s));
+        }
+    };
+    let Some(NodeValue::Seq(components)) = tree_get_mut(tree, "components").map(|n| &mut n.value)
+    else {
+        return;
+    };
+    for comp in components {
+        let Some(source) = tree_get_mut(comp, "source") else {
+            continue;
+        };
+        if let Some(st) = tree_get_mut(source, "safetensors") {
+            match &mut st.value {
+                NodeValue::Seq(items) => items.iter_mut().for_each(rebase),
+                _ => rebase(st),
+            }
+        }
+        if let Some(NodeValue::Seq(items)) = tree_get_mut(source, "files").map(|n| &mut n.value) {
+            items.iter_mut().for_each(rebase);
+        }
+        if let Some(cmd) = tree_get_mut(source, "command")
+            && let Some(NodeValue::Seq(items)) = tree_get_mut(cmd, "inputs").map(|n| &mut n.value)
+        {
+            items.iter_mut().for_each(rebase);
+        }
+    }
+}
+
+fn tree_get_mut<'a>(n: &'a mut Node, key: &str) -> Option<&'a mut Node> {
+    match &mut n.value {
+        NodeValue::Map(m) => m.iter_mut().find(|e| e.key == key).map(|e| &mut e.value),
+        _ => None,
+    }
+}
+
+/// True for `/x`, `\x` and `C:...` paths.
+pub(crate) fn is_absolute(p: &str) -> bool {
+    p.starts_with('/') || p.starts_with('\\') || p.as_bytes().get(1) == Some(&b':')
+}
+
+fn parent_str(p: &str) -> String {
+    match p.rfind('/') {
+        Some(0) => "/".into(),
+        Some(i) => p[..i].to_string(),
+        None => String::new(),
+    }
+}
+
+fn join(a: &str, b: &str) -> String {
+    if a.is_empty() || is_absolute(b) {
+        b.to_string()
+    } else if a.ends_with('/') {
+        format!("{a}{b}")
+    } else {
+        format!("{a}/{b}")
+    }
+}
+
+/// Lexical normalisation: drops `.` and empty parts, folds `x/..`; keeps leading `..`.
+pub(crate) fn normalize(p: &str) -> String {
+    let absolute = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in p.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => match parts.last() {
+                Some(&last) if last != ".." => {
+                    parts.pop();
+                }
+                _ if absolute => {}
+                _ => parts.push(".."),
+            },
+            other => parts.push(other),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else if joined.is_empty() {
+        String::new()
+    } else {
+        joined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_paths() {
+        assert_eq!(normalize("a/./b/../c"), "a/c");
+        assert_eq!(normalize("../x/../../y"), "../../y");
+        assert_eq!(normalize("/a/../../b"), "/b");
+        assert_eq!(
+            normalize(&join("../../manifests", "../examples/m.safetensors")),
+            "../../examples/m.safetensors"
+        );
+        assert_eq!(parent_str("manifests/base.yaml"), "manifests");
+        assert_eq!(parent_str("base.yaml"), "");
     }
 }

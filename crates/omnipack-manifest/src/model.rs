@@ -64,7 +64,9 @@ impl TryFrom<u64> for ManifestVersion {
         if v == 1 {
             Ok(ManifestVersion)
         } else {
-            Err(format!("unsupported manifest version {v}; this omnipack reads `omnipack: 1`"))
+            Err(format!(
+                "unsupported manifest version {v}; this omnipack reads `omnipack: 1`"
+            ))
         }
     }
 }
@@ -113,7 +115,9 @@ pub struct Tier {
 }
 
 /// What a component is, which decides its defaults and sidecars.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// The text model's decode step; gets the `.io.json`, `.kvq.json` and `.kv_paging.json` sidecars.
@@ -127,7 +131,9 @@ pub enum Role {
 }
 
 /// The runtime that loads a component on device; drives the memory model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Runtime {
     /// MLX / MLX Swift: weights resident as stored, MLX affine quantization.
@@ -143,7 +149,9 @@ pub enum Runtime {
 }
 
 /// Core ML compute units.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ComputeUnits {
     /// CPU only: weights decompressed to f16 at load.
@@ -157,7 +165,9 @@ pub enum ComputeUnits {
 }
 
 /// When the App Store delivers a component's asset pack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     /// Downloaded with the app, before first launch.
@@ -169,7 +179,9 @@ pub enum Delivery {
 }
 
 /// Whether a component stays in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Residency {
     /// Loaded at launch and kept resident.
@@ -179,7 +191,9 @@ pub enum Residency {
 }
 
 /// A weight format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// 32-bit IEEE float.
@@ -256,7 +270,9 @@ impl std::fmt::Display for Format {
 }
 
 /// A dtype for tensors left unquantized.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FloatDtype {
     /// 32-bit IEEE float.
@@ -482,7 +498,9 @@ impl From<GroupSize> for u64 {
 }
 
 /// KV-cache storage format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum KvFormat {
     /// 16-bit floats: `2 * g` bytes per group.
@@ -494,7 +512,9 @@ pub enum KvFormat {
 }
 
 /// Dtype of the KV-cache copies a Core ML decode step takes as inputs and returns as outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IoDtype {
     /// 32-bit floats (the default, as in the seed's Swift code).

@@ -116,10 +116,13 @@ pub struct TierQuantization {
 impl ResolvedQuantization {
     /// The preference list and group size that apply to `tier`.
     pub fn for_tier(&self, tier: &str) -> TierQuantization {
-        self.tiers.get(tier).cloned().unwrap_or_else(|| TierQuantization {
-            formats: self.formats.clone(),
-            group_size: self.group_size,
-        })
+        self.tiers
+            .get(tier)
+            .cloned()
+            .unwrap_or_else(|| TierQuantization {
+                formats: self.formats.clone(),
+                group_size: self.group_size,
+            })
     }
 }
 
@@ -154,7 +157,11 @@ pub fn resolve(m: &Manifest) -> ResolvedManifest {
             max_seq_len: t.max_seq_len,
             components: match &t.components {
                 // Keep manifest component order so load order is stable.
-                Some(list) => all_names.iter().filter(|n| list.contains(n)).cloned().collect(),
+                Some(list) => all_names
+                    .iter()
+                    .filter(|n| list.contains(n))
+                    .cloned()
+                    .collect(),
                 None => all_names.clone(),
             },
         })
@@ -177,7 +184,9 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
         Role::ImageDecoder | Role::VideoDecoder => (Delivery::OnDemand, Residency::Lazy),
     };
     let q = c.quantization.as_ref();
-    let formats = q.map(|q| q.format.to_vec()).unwrap_or_else(|| vec![DEFAULT_FORMAT]);
+    let formats = q
+        .map(|q| q.format.to_vec())
+        .unwrap_or_else(|| vec![DEFAULT_FORMAT]);
     let group_size = q
         .and_then(|q| q.group_size)
         .unwrap_or(GroupSize::DEFAULT)
@@ -188,7 +197,11 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
             ov.iter()
                 .map(|(tier, o)| {
                     let tq = TierQuantization {
-                        formats: o.format.as_ref().map(|f| f.to_vec()).unwrap_or_else(|| formats.clone()),
+                        formats: o
+                            .format
+                            .as_ref()
+                            .map(|f| f.to_vec())
+                            .unwrap_or_else(|| formats.clone()),
                         group_size: o.group_size.map(|g| g.get()).unwrap_or(group_size),
                     };
                     (tier.clone(), tq)

@@ -57,7 +57,9 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
         other => {
-            return Err(UnitError(format!("unknown size unit `{other}` in `{text}`")));
+            return Err(UnitError(format!(
+                "unknown size unit `{other}` in `{text}`"
+            )));
         }
     };
     let bad = || UnitError(format!("`{text}` is not a size"));
@@ -68,7 +70,8 @@ pub fn parse_size(text: &str) -> Result<u64, UnitError> {
     if int_part.is_empty() || !int_part.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    if num.contains('.') && (frac_part.is_empty() || !frac_part.bytes().all(|b| b.is_ascii_digit())) {
+    if num.contains('.') && (frac_part.is_empty() || !frac_part.bytes().all(|b| b.is_ascii_digit()))
+    {
         return Err(bad());
     }
     let too_big = || UnitError(format!("`{text}` is larger than 2^64 bytes"));
@@ -93,7 +96,12 @@ impl fmt::Display for ByteSize {
 
 /// Human form of a byte count with binary units, for example `1.40 GiB` or `512 B`.
 pub fn format_bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, size) in UNITS {
         if n >= size {
             return format!("{:.2} {name}", n as f64 / size as f64);
@@ -134,7 +142,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                     .map_err(|_| E::custom(format!("a size cannot be negative ({v})")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<ByteSize, E> {
-                if v.is_finite() && v >= 0.0 && v < 1.8e19 {
+                if v.is_finite() && (0.0..1.8e19).contains(&v) {
                     Ok(ByteSize(v.floor() as u64))
                 } else {
                     Err(E::custom(format!("`{v}` is not a size")))
@@ -196,9 +204,9 @@ pub fn parse_duration(text: &str) -> Result<u64, UnitError> {
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 3600 == 0 && self.0 > 0 {
+        if self.0.is_multiple_of(3600) && self.0 > 0 {
             write!(f, "{}h", self.0 / 3600)
-        } else if self.0 % 60 == 0 && self.0 > 0 {
+        } else if self.0.is_multiple_of(60) && self.0 > 0 {
             write!(f, "{}m", self.0 / 60)
         } else {
             write!(f, "{}s", self.0)

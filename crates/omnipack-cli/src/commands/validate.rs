@@ -1,16 +1,106 @@
-//! `omnipack validate` (interim: being implemented).
+//! `omnipack validate MANIFEST...`: schema and semantic checks with located diagnostics.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use omnipack_manifest::{Diagnostic, load, render};
 
 use super::CommandResult;
+
+/// Output format of `omnipack validate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable diagnostics on stderr.
+    Text,
+    /// A JSON array of diagnostics on stdout.
+    Json,
+}
 
 /// Arguments of `omnipack validate`.
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// Remaining arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Manifest files to check.
+    #[arg(required = true, value_name = "MANIFEST")]
+    pub manifests: Vec<PathBuf>,
+    /// `text` (diagnostics on stderr) or `json` (an array of `{severity, message, file,
+    /// line, column, path, help}` on stdout).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
 }
 
-/// Runs `omnipack validate`.
-pub fn run(_args: ValidateArgs) -> CommandResult {
-    Err(miette::miette!("`omnipack validate` is not available in this build yet"))
+/// Runs `omnipack validate`: exit 0 when every manifest is valid, 1 otherwise.
+pub fn run(args: ValidateArgs) -> CommandResult {
+    let mut all: Vec<Diagnostic> = Vec::new();
+    let mut ok_lines = Vec::new();
+    let mut failed = false;
+    for path in &args.manifests {
+        match load(path) {
+            Ok(m) => {
+                let what = if m.resolved.tiers.is_empty() && m.resolved.components.is_empty() {
+                    " (a base for extends: no tiers and no components)".to_string()
+                } else if m.resolved.tiers.is_empty() {
+                    format!(
+                        " (a base for extends: no tiers; {} components)",
+                        m.resolved.components.len()
+                    )
+                } else if m.resolved.components.is_empty() {
+                    format!(
+                        " (a base for extends: no components; {} tiers)",
+                        m.resolved.tiers.len()
+                    )
+                } else {
+                    format!(
+                        " ({} tiers, {} components)",
+                        m.resolved.tiers.len(),
+                        m.resolved.components.len()
+                    )
+                };
+                let warn = match m.warnings.len() {
+                    0 => String::new(),
+                    1 => ", 1 warning".to_string(),
+                    n => format!(", {n} warnings"),
+                };
+                ok_lines.push(format!("{}: valid{what}{warn}", path.display()));
+                all.extend(m.warnings);
+            }
+            Err(diags) => {
+                failed = true;
+                all.extend(diags);
+            }
+        }
+    }
+    match args.format {
+        Format::Json => {
+            let text = serde_json::to_string_pretty(&all)
+                .map_err(|e| miette::miette!("cannot encode diagnostics: {e}"))?;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+        }
+        Format::Text => {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "{}", render(&all));
+            let mut out = std::io::stdout().lock();
+            for line in &ok_lines {
+                let _ = writeln!(out, "{line}");
+            }
+            if failed {
+                let errors = all.iter().filter(|d| d.is_error()).count();
+                let _ = writeln!(err, "{errors} error(s) found");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }

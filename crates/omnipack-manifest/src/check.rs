@@ -1,0 +1,1069 @@
+//! Validation: the JSON schema (with errors mapped back to YAML locations and turned into
+//! advice), then the semantic rules no schema can express. Both run on the merged tree and
+//! report every problem they find.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, LazyLock};
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use serde_json::Value;
+
+use crate::diagnostic::{Diagnostic, Severity, SourceFile};
+use crate::load::{is_absolute, located, normalize};
+use crate::node::{self, Node, Segment};
+use crate::schema::SCHEMA;
+use crate::units::{DURATION_SYNTAX, SIZE_SYNTAX, parse_size};
+
+/// What the checks need: the files (for locations), the merged tree and the top folder.
+pub(crate) struct Ctx<'a> {
+    pub sources: &'a [Arc<SourceFile>],
+    pub tree: &'a Node,
+    pub dir: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn at(&self, path: &[Segment], severity: Severity, message: impl Into<String>) -> Diagnostic {
+        located(
+            self.sources,
+            self.tree,
+            path,
+            false,
+            severity,
+            message.into(),
+        )
+    }
+    fn at_key(
+        &self,
+        path: &[Segment],
+        severity: Severity,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        located(
+            self.sources,
+            self.tree,
+            path,
+            true,
+            severity,
+            message.into(),
+        )
+    }
+}
+
+static VALIDATOR: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft7)
+        .build(&SCHEMA)
+        .map_err(|e| e.to_string())
+});
+
+/// Checks `json` against the manifest schema.
+pub(crate) fn schema_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnostic> {
+    let validator = match &*VALIDATOR {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![Diagnostic::error(
+                "",
+                format!("internal error: the manifest schema does not compile: {e}"),
+            )];
+        }
+    };
+    let errors: Vec<jsonschema::ValidationError<'_>> = validator.iter_errors(json).collect();
+    let mut out = Vec::new();
+    map_errors(ctx, errors.iter(), &mut out);
+    out
+}
+
+/// Maps errors, skipping an `anyOf`/`oneOf` failure when a plainer error (such as "not one of
+/// the valid values") was reported for the same value.
+fn map_errors<'e, 'v: 'e>(
+    ctx: &Ctx<'_>,
+    errors: impl Iterator<Item = &'e jsonschema::ValidationError<'v>> + Clone,
+    out: &mut Vec<Diagnostic>,
+) {
+    let simple_paths: std::collections::HashSet<String> = errors
+        .clone()
+        .filter(|e| !is_combinator(e.kind()))
+        .map(|e| e.instance_path().as_str().to_string())
+        .collect();
+    for err in errors {
+        if is_combinator(err.kind()) && simple_paths.contains(err.instance_path().as_str()) {
+            continue;
+        }
+        map_error(ctx, err, out);
+    }
+}
+
+fn is_combinator(kind: &ValidationErrorKind) -> bool {
+    matches!(
+        kind,
+        ValidationErrorKind::AnyOf { .. }
+            | ValidationErrorKind::OneOfNotValid { .. }
+            | ValidationErrorKind::OneOfMultipleValid { .. }
+    )
+}
+
+/// The schema describing the value at `path`, and the name of the last `$ref` followed.
+fn subschema<'a>(path: &[Segment]) -> (Option<&'a Value>, Option<&'a str>) {
+    let root: &'a Value = &SCHEMA;
+    let mut s = root;
+    let mut last_ref = None;
+    let deref = |mut s: &'a Value, last_ref: &mut Option<&'a str>| {
+        for _ in 0..16 {
+            if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+                *last_ref = r.rsplit('/').next();
+                match r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+                    Some(t) => s = t,
+                    None => break,
+                }
+                continue;
+            }
+            // `allOf: [x]` (a described `$ref`) and `anyOf: [x, null]` (an `Option`).
+            if let Some(Value::Array(all)) = s.get("allOf")
+                && all.len() == 1
+            {
+                s = &all[0];
+                continue;
+            }
+            if let Some(Value::Array(any)) = s.get("anyOf") {
+                let non_null: Vec<&Value> = any
+                    .iter()
+                    .filter(|b| b.get("type") != Some(&Value::from("null")))
+                    .collect();
+                if non_null.len() == 1 && any.len() == 2 {
+                    s = non_null[0];
+                    continue;
+                }
+            }
+            break;
+        }
+        s
+    };
+    s = deref(s, &mut last_ref);
+    for seg in path {
+        let mut candidates: Vec<&'a Value> = vec![s];
+        for k in ["anyOf", "oneOf"] {
+            if let Some(Value::Array(branches)) = s.get(k) {
+                candidates.extend(branches.iter().map(|b| deref(b, &mut None)));
+            }
+        }
+        let next = candidates.iter().find_map(|c| match seg {
+            Segment::Key(k) => c
+                .get("properties")
+                .and_then(|p| p.get(k))
+                .or_else(|| c.get("additionalProperties").filter(|a| a.is_object())),
+            Segment::Index(_) => c.get("items").filter(|a| a.is_object()),
+        });
+        match next {
+            Some(n) => {
+                last_ref = None;
+                s = deref(n, &mut last_ref);
+            }
+            None => return (None, None),
+        }
+    }
+    (Some(s), last_ref)
+}
+
+fn valid_keys(schema: Option<&Value>) -> Vec<String> {
+    schema
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Edit distance counting a swap of two neighbours as one edit, for "did you mean".
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The closest candidate, if close enough to be a likely typo.
+pub(crate) fn nearest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (distance(&word.to_lowercase(), &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.chars().count().max(word.chars().count()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn backticked(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn last_key(path: &[Segment]) -> Option<&str> {
+    path.iter().rev().find_map(|s| match s {
+        Segment::Key(k) => Some(k.as_str()),
+        Segment::Index(_) => None,
+    })
+}
+
+fn describe(schema: Option<&Value>) -> Option<String> {
+    schema
+        .and_then(|s| s.get("description"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec<Diagnostic>) {
+    let path = node::pointer_segments(ctx.tree, err.instance_path().as_str());
+    let shown = node::format_path(&path);
+    let instance: &Value = err.instance();
+    let (schema, ref_name) = subschema(&path);
+    let what = last_key(&path).unwrap_or("value");
+    let e = Severity::Error;
+    match err.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let keys = valid_keys(schema);
+            for key in unexpected {
+                let mut key_path = path.clone();
+                key_path.push(Segment::Key(key.clone()));
+                let mut d = ctx
+                    .at_key(&key_path, e, format!("unknown key `{key}`"))
+                    .with_label("unknown key");
+                let list = format!("valid keys here: {}", backticked(&keys));
+                d = match nearest(key, keys.iter().map(String::as_str)) {
+                    Some(n) => {
+                        d.message = format!("unknown key `{key}`, did you mean `{n}`?");
+                        d.with_help(format!("rename it to `{n}`; {list}"))
+                    }
+                    None => d.with_help(list),
+                };
+                out.push(d);
+            }
+        }
+        ValidationErrorKind::Required { property } => {
+            let prop = show(property);
+            let prop_schema = schema
+                .and_then(|s| s.get("properties"))
+                .and_then(|p| p.get(&prop));
+            let mut help = if prop == "omnipack" {
+                "add `omnipack: 1` as the first key".to_string()
+            } else {
+                format!("add `{prop}:`")
+            };
+            if let Some(desc) = describe(prop_schema) {
+                help.push_str(&format!(" ({desc})"));
+            }
+            let where_ = if path.is_empty() {
+                "the manifest".to_string()
+            } else {
+                format!("`{shown}`")
+            };
+            out.push(
+                ctx.at(
+                    &path,
+                    e,
+                    format!("missing required key `{prop}` in {where_}"),
+                )
+                .with_label(format!("`{prop}` missing here"))
+                .with_help(help),
+            );
+        }
+        ValidationErrorKind::Enum { options } => {
+            let values: Vec<String> = options
+                .as_array()
+                .map(|a| a.iter().map(show).collect())
+                .unwrap_or_default();
+            let got = show(instance);
+            let d = if what == "omnipack" {
+                ctx.at(&path, e, format!("unsupported manifest version `{got}`"))
+                    .with_label("not a known version")
+                    .with_help("this omnipack reads `omnipack: 1`")
+            } else {
+                let mut help = format!("valid values: {}", backticked(&values));
+                if let Some(n) = nearest(&got, values.iter().map(String::as_str)) {
+                    help = format!("did you mean `{n}`? {help}");
+                }
+                ctx.at(&path, e, format!("`{got}` is not a valid `{what}`"))
+                    .with_label("not one of the valid values")
+                    .with_help(help)
+            };
+            out.push(d);
+        }
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            if ref_name == Some("ByteSize") {
+                out.push(size_error(ctx, &path, what, instance));
+                return;
+            }
+            // Pick the alternative that matches the value's shape and report its errors.
+            let here = err.instance_path().as_str();
+            let best = context.iter().find(|branch| {
+                !branch.is_empty()
+                    && !branch.iter().any(|b| {
+                        b.instance_path().as_str() == here
+                            && matches!(b.kind(), ValidationErrorKind::Type { .. })
+                    })
+            });
+            match best {
+                Some(branch) => map_errors(ctx, branch.iter(), out),
+                None => out.push(
+                    ctx.at(
+                        &path,
+                        e,
+                        format!("`{what}` cannot be {}", kind_of(instance)),
+                    )
+                    .with_label("wrong kind of value")
+                    .with_help_opt(describe(schema)),
+                ),
+            }
+        }
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => article(&t.to_string()),
+                TypeKind::Multiple(ts) => ts
+                    .iter()
+                    .map(|t| article(&t.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            let mut d = ctx
+                .at(
+                    &path,
+                    e,
+                    format!("`{what}` must be {expected}, not {}", kind_of(instance)),
+                )
+                .with_label(format!("expected {expected}"));
+            if ref_name == Some("Duration") {
+                d = d.with_help(DURATION_SYNTAX);
+            } else if let Some(desc) = describe(schema) {
+                d = d.with_help(format!("`{what}`: {desc}"));
+            }
+            out.push(d);
+        }
+        ValidationErrorKind::Minimum { limit }
+        | ValidationErrorKind::ExclusiveMinimum { limit } => {
+            let negative = instance.as_i64().is_some_and(|v| v < 0)
+                || instance.as_f64().is_some_and(|v| v < 0.0);
+            let msg = if negative {
+                format!("`{what}` cannot be negative ({})", show(instance))
+            } else {
+                format!("`{what}` must be at least {limit}, not {}", show(instance))
+            };
+            out.push(
+                ctx.at(&path, e, msg)
+                    .with_label("too small")
+                    .with_help(format!("use a whole number of at least {limit}")),
+            );
+        }
+        ValidationErrorKind::Maximum { limit }
+        | ValidationErrorKind::ExclusiveMaximum { limit } => {
+            out.push(
+                ctx.at(
+                    &path,
+                    e,
+                    format!("`{what}` must be at most {limit}, not {}", show(instance)),
+                )
+                .with_label("too large"),
+            );
+        }
+        ValidationErrorKind::MinItems { limit } => {
+            out.push(
+                ctx.at(&path, e, format!("`{what}` needs at least {limit} item(s)"))
+                    .with_label("empty list")
+                    .with_help_opt(describe(schema)),
+            );
+        }
+        ValidationErrorKind::Pattern { .. } => {
+            let got = show(instance);
+            let (msg, help) = match (ref_name, what) {
+                (Some("Duration"), _) | (_, "timeout") => (format!("`{got}` is not a duration"), DURATION_SYNTAX.to_string()),
+                (_, "bundle_id") => (
+                    format!("`{got}` is not a valid bundle id"),
+                    "use a reverse-DNS name of letters, digits and `-` separated by dots, such as `com.example.app`".to_string(),
+                ),
+                (_, "artifact") => (
+                    format!("`{got}` is not a valid artifact name"),
+                    "use letters, digits, `_`, `-` and `.`, starting with a letter or digit (it names files in the bundle)"
+                        .to_string(),
+                ),
+                _ => (
+                    format!("`{got}` is not a valid `{what}`"),
+                    "use lowercase letters, digits, `_` and `-`, starting with a letter or digit (names become file names and bundle ids)"
+                        .to_string(),
+                ),
+            };
+            out.push(
+                ctx.at(&path, e, msg)
+                    .with_label("not allowed here")
+                    .with_help(help),
+            );
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            out.push(
+                ctx.at(
+                    &path,
+                    e,
+                    format!("`{what}` must be `{}`", show(expected_value)),
+                )
+                .with_label("unexpected value"),
+            );
+        }
+        _ => {
+            out.push(
+                ctx.at(&path, e, format!("`{shown}`: {err}"))
+                    .with_help_opt(describe(schema)),
+            );
+        }
+    }
+}
+
+fn article(t: &str) -> String {
+    match t {
+        "integer" => "an integer".into(),
+        "object" => "a mapping".into(),
+        "array" => "a list".into(),
+        "null" => "empty".into(),
+        other => format!("a {other}"),
+    }
+}
+
+fn kind_of(v: &Value) -> String {
+    match v {
+        Value::Null => "empty".into(),
+        Value::Bool(b) => format!("a boolean (`{b}`)"),
+        Value::Number(n) if n.is_f64() => format!("a decimal number (`{n}`)"),
+        Value::Number(n) => format!("an integer (`{n}`)"),
+        Value::String(s) => format!("a string (`{s}`)"),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+fn size_error(ctx: &Ctx<'_>, path: &[Segment], what: &str, instance: &Value) -> Diagnostic {
+    let got = show(instance);
+    let reason = match instance {
+        Value::String(s) => parse_size(s).err().map(|e| e.0),
+        Value::Number(n)
+            if n.as_i64().is_some_and(|v| v < 0) || n.as_f64().is_some_and(|v| v < 0.0) =>
+        {
+            Some(format!("a size cannot be negative ({n})"))
+        }
+        _ => None,
+    };
+    let message = match reason {
+        Some(r) => format!("`{what}`: {r}"),
+        None => format!("`{what}`: `{got}` is not a size"),
+    };
+    ctx.at(path, Severity::Error, message)
+        .with_label("not a size")
+        .with_help(SIZE_SYNTAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// Semantic rules.
+
+fn key(k: &str) -> Segment {
+    Segment::Key(k.to_string())
+}
+
+fn as_list(v: Option<&Value>) -> Vec<(Option<usize>, &Value)> {
+    match v {
+        Some(Value::Array(a)) => a.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
+        Some(other) => vec![(None, other)],
+        None => Vec::new(),
+    }
+}
+
+fn size_of(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => parse_size(s).ok(),
+        _ => None,
+    }
+}
+
+const INT_FORMATS: [&str; 5] = ["int2", "int3", "int4", "int6", "int8"];
+
+/// Every semantic rule of DESIGN section 3.
+pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let e = Severity::Error;
+    let w = Severity::Warning;
+    let empty = Vec::new();
+    let tiers = json
+        .get("tiers")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let comps = json
+        .get("components")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
+    let name_of = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_string);
+    let tier_names: Vec<String> = tiers.iter().filter_map(name_of).collect();
+    let comp_names: Vec<String> = comps.iter().filter_map(name_of).collect();
+
+    if !tiers.is_empty() && !comps.is_empty() && json.get("package").is_none() {
+        out.push(
+            ctx.at(
+                &[],
+                e,
+                "missing `package`: a manifest with tiers and components needs a package identity",
+            )
+            .with_path("package")
+            .with_help(
+                "add `package: { name: myapp, version: 1.0.0, bundle_id: com.example.myapp }`",
+            ),
+        );
+    }
+
+    // Unique names.
+    for (list, what, section) in [(tiers, "tier", "tiers"), (comps, "component", "components")] {
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let Some(name) = name_of(item) else { continue };
+            if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
+                let first_loc = ctx
+                    .at(&[key(section), Segment::Index(*first), key("name")], e, "")
+                    .location();
+                out.push(
+                    ctx.at(
+                        &[key(section), Segment::Index(i), key("name")],
+                        e,
+                        format!("duplicate {what} name `{name}`"),
+                    )
+                    .with_label("used twice")
+                    .with_help(format!(
+                        "{what} names must be unique; the first `{name}` is at {first_loc}"
+                    )),
+                );
+            } else {
+                seen.push((name, i));
+            }
+        }
+    }
+
+    // Tiers.
+    for (i, t) in tiers.iter().enumerate() {
+        let base = [key("tiers"), Segment::Index(i)];
+        let tname = name_of(t).unwrap_or_default();
+        if let Some(Value::Array(list)) = t.get("components") {
+            if list.is_empty() {
+                out.push(
+                    ctx.at(
+                        &[&base[..], &[key("components")]].concat(),
+                        w,
+                        format!("tier `{tname}` ships no components"),
+                    )
+                    .with_help(
+                        "list the components it ships, or remove `components` to ship them all",
+                    ),
+                );
+            }
+            for (j, c) in list.iter().enumerate() {
+                let Some(c) = c.as_str() else { continue };
+                if !comp_names.iter().any(|n| n == c) {
+                    let mut help = format!("components: {}", backticked(&comp_names));
+                    if let Some(n) = nearest(c, comp_names.iter().map(String::as_str)) {
+                        help = format!("did you mean `{n}`? {help}");
+                    }
+                    out.push(
+                        ctx.at(
+                            &[&base[..], &[key("components"), Segment::Index(j)]].concat(),
+                            e,
+                            format!("tier `{tname}` names unknown component `{c}`"),
+                        )
+                        .with_label("no such component")
+                        .with_help(help),
+                    );
+                }
+            }
+        }
+        let device = size_of(t.get("device_memory"));
+        let limit = size_of(t.get("memory_limit"));
+        let headroom = size_of(t.get("min_headroom"));
+        if let (Some(d), Some(l)) = (device, limit)
+            && l > d
+        {
+            out.push(
+                ctx.at(
+                    &[&base[..], &[key("memory_limit")]].concat(),
+                    e,
+                    format!("tier `{tname}`: `memory_limit` is larger than `device_memory`"),
+                )
+                .with_label("more than the device has")
+                .with_help(format!(
+                    "iOS lets an app use only part of the device's memory: use at most {}",
+                    crate::units::format_bytes(d)
+                )),
+            );
+        }
+        if let (Some(h), Some(l)) = (headroom, limit)
+            && h >= l
+        {
+            out.push(
+                ctx.at(
+                    &[&base[..], &[key("min_headroom")]].concat(),
+                    e,
+                    format!("tier `{tname}`: `min_headroom` leaves no memory for the app"),
+                )
+                .with_label("not below memory_limit")
+                .with_help(
+                    "min_headroom is a safety margin kept free below memory_limit: make it smaller",
+                ),
+            );
+        }
+    }
+
+    // Components.
+    for (i, c) in comps.iter().enumerate() {
+        let base = [key("components"), Segment::Index(i)];
+        let at = |rest: &[Segment]| [&base[..], rest].concat();
+        let cname = name_of(c).unwrap_or_default();
+        let role = c.get("role").and_then(Value::as_str).unwrap_or("");
+        let runtime = c.get("runtime").and_then(Value::as_str).unwrap_or("mlx");
+        let arch = c.get("architecture");
+
+        // Source: exactly one kind.
+        if let Some(src) = c.get("source").and_then(Value::as_object) {
+            let kinds: Vec<&str> = ["safetensors", "command", "files"]
+                .into_iter()
+                .filter(|k| src.contains_key(*k))
+                .collect();
+            if kinds.is_empty() {
+                out.push(
+                    ctx.at(&at(&[key("source")]), e, format!("component `{cname}`: `source` needs one of `safetensors`, `command` or `files`"))
+                        .with_label("no source given")
+                        .with_help("for example `source: { safetensors: model.safetensors, prefix: text. }`"),
+                );
+            } else if kinds.len() > 1 {
+                out.push(
+                    ctx.at_key(
+                        &at(&[key("source"), key(kinds[1])]),
+                        e,
+                        format!(
+                            "component `{cname}`: `source` has both `{}` and `{}`",
+                            kinds[0], kinds[1]
+                        ),
+                    )
+                    .with_label("second source")
+                    .with_help("give exactly one of `safetensors`, `command` or `files`"),
+                );
+            }
+            if src.contains_key("prefix") && !src.contains_key("safetensors") {
+                out.push(
+                    ctx.at_key(
+                        &at(&[key("source"), key("prefix")]),
+                        e,
+                        format!("component `{cname}`: `prefix` only applies to `safetensors`"),
+                    )
+                    .with_label("no safetensors to select from")
+                    .with_help(
+                        "remove `prefix`, or take the weights from a safetensors checkpoint",
+                    ),
+                );
+            }
+            for (j, shard) in as_list(src.get("safetensors")) {
+                let Some(rel) = shard.as_str() else { continue };
+                let mut sp = at(&[key("source"), key("safetensors")]);
+                if let Some(j) = j {
+                    sp.push(Segment::Index(j));
+                }
+                if let Some((msg, help)) = check_safetensors(ctx.dir, rel) {
+                    out.push(
+                        ctx.at(&sp, e, format!("component `{cname}`: {msg}"))
+                            .with_label("here")
+                            .with_help(help),
+                    );
+                }
+            }
+            if let Some(Value::Array(files)) = src.get("files") {
+                for (j, f) in files.iter().enumerate() {
+                    let Some(rel) = f.as_str() else { continue };
+                    let full = ctx.dir.join(rel);
+                    let shown = display_path(ctx.dir, rel);
+                    let sp = at(&[key("source"), key("files"), Segment::Index(j)]);
+                    match std::fs::metadata(&full) {
+                        Ok(m) if m.is_file() => {}
+                        Ok(_) => out.push(
+                            ctx.at(
+                                &sp,
+                                e,
+                                format!("component `{cname}`: `{shown}` is not a file"),
+                            )
+                            .with_label("not a file")
+                            .with_help("list the files to ship one by one"),
+                        ),
+                        Err(_) => out.push(
+                            ctx.at(
+                                &sp,
+                                e,
+                                format!("component `{cname}`: `{shown}` does not exist"),
+                            )
+                            .with_label("file not found")
+                            .with_help("paths are relative to the manifest that names them"),
+                        ),
+                    }
+                }
+            }
+            if let Some(cmd) = src.get("command").and_then(Value::as_object) {
+                if let Some(Value::Array(inputs)) = cmd.get("inputs") {
+                    for (j, f) in inputs.iter().enumerate() {
+                        let Some(rel) = f.as_str() else { continue };
+                        if std::fs::metadata(ctx.dir.join(rel)).is_err() {
+                            out.push(
+                                ctx.at(
+                                    &at(&[key("source"), key("command"), key("inputs"), Segment::Index(j)]),
+                                    e,
+                                    format!("component `{cname}`: exporter input `{}` does not exist", display_path(ctx.dir, rel)),
+                                )
+                                .with_label("not found")
+                                .with_help("inputs are hashed into the cache key, so they must exist; paths are relative to the manifest that names them"),
+                            );
+                        }
+                    }
+                }
+                if let Some(Value::Array(outputs)) = cmd.get("outputs") {
+                    for (j, o) in outputs.iter().enumerate() {
+                        let Some(o) = o.as_str() else { continue };
+                        if let Some(problem) = output_problem(o) {
+                            out.push(
+                                ctx.at(
+                                    &at(&[key("source"), key("command"), key("outputs"), Segment::Index(j)]),
+                                    e,
+                                    format!("component `{cname}`: exporter output `{o}` {problem}"),
+                                )
+                                .with_label("outside the stage folder")
+                                .with_help("outputs are paths relative to the exporter's `{out}` folder, such as `model.mlpackage` or `tokenizer/tokenizer.json`"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        // Architecture and KV cache.
+        if role == "text_decode_step" && arch.is_none() {
+            out.push(
+                ctx.at(&at(&[key("role")]), e, format!("component `{cname}`: a `text_decode_step` needs `architecture`"))
+                    .with_label("needs architecture")
+                    .with_help("add `architecture: { layers: .., kv_heads: .., kv_head_dim: .., hidden_size: .., vocab_size: .. }`: the memory model sizes the KV cache and activations from it"),
+            );
+        }
+        if role != "text_decode_step" && !role.is_empty() {
+            for k in ["kv_cache", "architecture"] {
+                if c.get(k).is_some() {
+                    out.push(
+                        ctx.at_key(
+                            &at(&[key(k)]),
+                            w,
+                            format!("component `{cname}`: `{k}` is ignored for role `{role}`"),
+                        )
+                        .with_label("ignored")
+                        .with_help("only a `text_decode_step` has a KV cache"),
+                    );
+                }
+            }
+        }
+        let kv = c.get("kv_cache");
+        let kv_format = kv
+            .and_then(|k| k.get("format"))
+            .and_then(Value::as_str)
+            .unwrap_or("f16");
+        let kv_group = kv.and_then(|k| k.get("group_size")).and_then(Value::as_u64);
+        if let Some(head_dim) = arch
+            .and_then(|a| a.get("kv_head_dim"))
+            .and_then(Value::as_u64)
+            && head_dim > 0
+        {
+            let quantized = kv_format != "f16";
+            match kv_group {
+                Some(g) if g > 0 && head_dim % g != 0 => {
+                    let divisors: Vec<String> = (1..=head_dim.min(256))
+                        .rev()
+                        .filter(|d| head_dim % d == 0)
+                        .take(4)
+                        .map(|d| d.to_string())
+                        .collect();
+                    out.push(
+                        ctx.at(&at(&[key("kv_cache"), key("group_size")]), e, format!("component `{cname}`: `kv_cache.group_size` {g} does not divide `kv_head_dim` {head_dim}"))
+                            .with_label("does not divide kv_head_dim")
+                            .with_help(format!("groups run along kv_head_dim: use a divisor of {head_dim}, such as {}", divisors.join(", "))),
+                    );
+                }
+                None if quantized && head_dim % head_dim.min(32) != 0 => {
+                    out.push(
+                        ctx.at(&at(&[key("kv_cache")]), e, format!("component `{cname}`: the default KV group size 32 does not divide `kv_head_dim` {head_dim}"))
+                            .with_help("set `kv_cache.group_size` to a divisor of kv_head_dim"),
+                    );
+                }
+                _ => {}
+            }
+            if kv_format == "nf4" && kv_group.unwrap_or(head_dim.min(32)) % 2 == 1 {
+                out.push(
+                    ctx.at(
+                        &at(&[key("kv_cache"), key("group_size")]),
+                        e,
+                        format!("component `{cname}`: an nf4 KV cache needs an even group size"),
+                    )
+                    .with_help("nf4 packs two codes per byte"),
+                );
+            }
+        }
+        if runtime == "mlc" && (kv_format == "u8" || kv_format == "nf4") {
+            out.push(
+                ctx.at(&at(&[key("kv_cache"), key("format")]), e, format!("component `{cname}`: runtime `mlc` keeps an f16 paged KV cache; it cannot use `{kv_format}`"))
+                    .with_label("not supported by mlc")
+                    .with_help("use `kv_cache.format: f16` (or remove it) with runtime `mlc`"),
+            );
+        }
+        if role == "text_decode_step" && !tiers.is_empty() {
+            let bounded = c.get("max_seq_len").is_some()
+                || kv.and_then(|k| k.get("paging")).is_some()
+                || tiers.iter().all(|t| t.get("max_seq_len").is_some());
+            if !bounded {
+                out.push(
+                    ctx.at(&at(&[key("role")]), e, format!("component `{cname}`: the KV cache has no length limit"))
+                        .with_label("unbounded context")
+                        .with_help("set the component's `max_seq_len`, `kv_cache.paging`, or `max_seq_len` on every tier"),
+                );
+            }
+        }
+
+        // compute_units only for coreml.
+        if c.get("compute_units").is_some() && runtime != "coreml" {
+            out.push(
+                ctx.at_key(&at(&[key("compute_units")]), e, format!("component `{cname}`: `compute_units` only applies to runtime `coreml` (this is `{runtime}`)"))
+                    .with_label("only for coreml")
+                    .with_help("remove `compute_units`, or set `runtime: coreml`"),
+            );
+        }
+
+        // Formats allowed by the runtime.
+        if let Some(q) = c.get("quantization") {
+            let mut format_sites: Vec<(Vec<Segment>, &Value)> = vec![(
+                at(&[key("quantization"), key("format")]),
+                q.get("format").unwrap_or(&Value::Null),
+            )];
+            if let Some(Value::Object(ov)) = q.get("tiers") {
+                for (tier, o) in ov {
+                    let op = at(&[key("quantization"), key("tiers"), key(tier)]);
+                    // A base shared by manifests with different tiers may carry overrides
+                    // for tiers this manifest does not have: only overrides written in the
+                    // top file must name one of its tiers.
+                    let in_top_file = node::find(ctx.tree, &op)
+                        .entry
+                        .is_some_and(|e| e.key_file == 0);
+                    if !tiers.is_empty() && in_top_file && !tier_names.iter().any(|n| n == tier) {
+                        let mut help = format!("tiers: {}", backticked(&tier_names));
+                        if let Some(n) = nearest(tier, tier_names.iter().map(String::as_str)) {
+                            help = format!("did you mean `{n}`? {help}");
+                        }
+                        out.push(
+                            ctx.at_key(&op, e, format!("component `{cname}`: quantization override for unknown tier `{tier}`"))
+                                .with_label("no such tier")
+                                .with_help(help),
+                        );
+                    }
+                    if let Some(f) = o.get("format") {
+                        format_sites.push(([&op[..], &[key("format")]].concat(), f));
+                    }
+                }
+            }
+            for (site, fv) in format_sites {
+                let mut seen = Vec::new();
+                for (j, f) in as_list(Some(fv)) {
+                    let Some(f) = f.as_str() else { continue };
+                    let mut sp = site.clone();
+                    if let Some(j) = j {
+                        sp.push(Segment::Index(j));
+                    }
+                    if seen.contains(&f) {
+                        out.push(
+                            ctx.at(
+                                &sp,
+                                w,
+                                format!("component `{cname}`: format `{f}` is listed twice"),
+                            )
+                            .with_label("repeated"),
+                        );
+                    }
+                    seen.push(f);
+                    let bad = (INT_FORMATS.contains(&f) && runtime != "mlx" && runtime != "custom")
+                        || (f == "nf4" && runtime != "custom");
+                    if bad {
+                        let allowed = if f == "nf4" {
+                            "`custom`"
+                        } else {
+                            "`mlx` or `custom`"
+                        };
+                        out.push(
+                            ctx.at(&sp, e, format!("component `{cname}`: format `{f}` needs runtime {allowed}, not `{runtime}`"))
+                                .with_label(format!("not loadable by {runtime}"))
+                                .with_help(format!(
+                                    "{} is a native layout only {allowed} load; with runtime `{runtime}` use `f32`, `f16` or `bf16` (its exporter does its own compression)",
+                                    f
+                                )),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Why an exporter output path is not inside the stage folder, if it is not.
+fn output_problem(o: &str) -> Option<&'static str> {
+    if o.trim().is_empty() {
+        return Some("is empty");
+    }
+    if is_absolute(o) {
+        return Some("is an absolute path");
+    }
+    if o.split(['/', '\\']).any(|part| part == "..") {
+        return Some("leaves the stage folder (`..`)");
+    }
+    if normalize(o).is_empty() {
+        return Some("is the stage folder itself");
+    }
+    None
+}
+
+fn display_path(dir: &Path, rel: &str) -> String {
+    if is_absolute(rel) {
+        return rel.to_string();
+    }
+    let d = dir.to_string_lossy();
+    let joined = if d.is_empty() {
+        rel.to_string()
+    } else {
+        format!("{d}/{rel}")
+    };
+    let n = normalize(&joined);
+    if n.is_empty() { ".".into() } else { n }
+}
+
+/// Checks cheaply that a shard exists and looks like safetensors: an 8-byte little-endian
+/// header length that fits the file, then `{`.
+fn check_safetensors(dir: &Path, rel: &str) -> Option<(String, String)> {
+    let shown = display_path(dir, rel);
+    let full = dir.join(rel);
+    let meta = match std::fs::metadata(&full) {
+        Ok(m) => m,
+        Err(_) => {
+            return Some((
+                format!("safetensors file `{shown}` does not exist"),
+                "paths are relative to the manifest that names them".into(),
+            ));
+        }
+    };
+    if !meta.is_file() {
+        return Some((
+            format!("`{shown}` is not a file"),
+            "give the path of a .safetensors file".into(),
+        ));
+    }
+    let not_st = |why: String| {
+        Some((
+            format!("`{shown}` is not a safetensors file: {why}"),
+            "give a checkpoint saved with safetensors".into(),
+        ))
+    };
+    let mut head = [0u8; 9];
+    let read = std::fs::File::open(&full).and_then(|mut f| {
+        let mut n = 0;
+        while n < head.len() {
+            let k = f.read(&mut head[n..])?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        Ok(n)
+    });
+    let n = match read {
+        Ok(n) => n,
+        Err(err) => {
+            return Some((
+                format!("cannot read `{shown}`: {err}"),
+                "check the file's permissions".into(),
+            ));
+        }
+    };
+    if n < 9 {
+        return not_st(format!("it is only {} bytes long", meta.len()));
+    }
+    let header_len = u64::from_le_bytes([
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+    ]);
+    if header_len < 2 || header_len > meta.len() - 8 {
+        return not_st(format!(
+            "its header length {header_len} does not fit the file ({} bytes)",
+            meta.len()
+        ));
+    }
+    if head[8] != b'{' {
+        return not_st("its header is not JSON".into());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_key() {
+        let keys = ["quantization", "kv_cache", "name", "role"];
+        assert_eq!(nearest("qunatization", keys), Some("quantization"));
+        assert_eq!(nearest("nmae", keys), Some("name"));
+        assert_eq!(nearest("zzzzzz", keys), None);
+    }
+
+    #[test]
+    fn outputs_stay_inside() {
+        assert!(output_problem("../x").is_some());
+        assert!(output_problem("a/../../x").is_some());
+        assert!(output_problem("/etc/passwd").is_some());
+        assert!(output_problem("").is_some());
+        assert!(output_problem(".").is_some());
+        assert!(output_problem("model.mlpackage").is_none());
+        assert!(output_problem("tok/tokenizer.json").is_none());
+    }
+
+    #[test]
+    fn subschema_follows_refs() {
+        let (s, r) = subschema(&[key("tiers"), Segment::Index(0), key("memory_limit")]);
+        assert!(s.is_some());
+        assert_eq!(r, Some("ByteSize"));
+        let (s, _) = subschema(&[key("components"), Segment::Index(0)]);
+        assert!(valid_keys(s).contains(&"quantization".to_string()));
+    }
+}
