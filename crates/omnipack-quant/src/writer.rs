@@ -258,7 +258,9 @@ pub fn quantize_to_file_with(
                 report: options.report,
                 tx: &tx,
             };
-            if let Some(stats) = job.run(outs)? {
+            if let Some(stats) = job.run(outs)?
+                && options.report
+            {
                 overall.merge(&stats);
                 reports.push(TensorReport {
                     name: info.name.clone(),
