@@ -121,7 +121,10 @@ impl Cache {
             Ok(r) => r,
             Err(e) => {
                 let _ = remove_any(&dir);
-                return Lookup::Corrupt(format!("{}: unreadable entry.json: {e}", rec_path.display()));
+                return Lookup::Corrupt(format!(
+                    "{}: unreadable entry.json: {e}",
+                    rec_path.display()
+                ));
             }
         };
         for f in &record.files {
@@ -156,7 +159,10 @@ impl Cache {
 
     /// A fresh, empty work folder for producing an entry.
     pub fn work_dir(&self, kind: &str, key: &str) -> io::Result<PathBuf> {
-        let d = self.root.join("tmp").join(format!("{kind}-{key}-{}", std::process::id()));
+        let d = self
+            .root
+            .join("tmp")
+            .join(format!("{kind}-{key}-{}", std::process::id()));
         remove_any(&d)?;
         fs::create_dir_all(&d)?;
         Ok(d)
@@ -180,13 +186,25 @@ impl Cache {
                 None => sha256_file(&p)?,
             };
             let stamp = FileStamp::of(&p)?;
-            recs.push(CachedFile { path: rel, size, sha256, stamp });
+            recs.push(CachedFile {
+                path: rel,
+                size,
+                sha256,
+                stamp,
+            });
         }
         recs.sort_by(|a, b| a.path.cmp(&b.path));
-        let record = EntryRecord { key: key.to_string(), files: recs, meta };
+        let record = EntryRecord {
+            key: key.to_string(),
+            files: recs,
+            meta,
+        };
         let dir = self.entry_dir(kind, key);
         // Stamps include the inode and mtime, which a rename keeps.
-        write_atomic(&work.join("entry.json"), &serde_json::to_vec_pretty(&record).map_err(io::Error::other)?)?;
+        write_atomic(
+            &work.join("entry.json"),
+            &serde_json::to_vec_pretty(&record).map_err(io::Error::other)?,
+        )?;
         if let Some(p) = dir.parent() {
             fs::create_dir_all(p)?;
         }
@@ -207,8 +225,17 @@ mod tests {
         assert!(matches!(c.lookup("q", "k"), Lookup::Miss));
         let w = c.work_dir("q", "k").unwrap();
         fs::write(w.join("a.bin"), b"hello").unwrap();
-        c.commit("q", "k", &w, vec![("a.bin".into(), None)], serde_json::json!({"n": 1})).unwrap();
-        let Lookup::Hit(e) = c.lookup("q", "k") else { panic!("expected hit") };
+        c.commit(
+            "q",
+            "k",
+            &w,
+            vec![("a.bin".into(), None)],
+            serde_json::json!({"n": 1}),
+        )
+        .unwrap();
+        let Lookup::Hit(e) = c.lookup("q", "k") else {
+            panic!("expected hit")
+        };
         assert_eq!(e.record.meta["n"], 1);
         // Same bytes, new stamp: still valid.
         fs::write(e.file("a.bin"), b"hello").unwrap();
@@ -217,6 +244,9 @@ mod tests {
         fs::write(e.file("a.bin"), b"hell").unwrap();
         assert!(matches!(c.lookup("q", "k"), Lookup::Corrupt(_)));
         assert!(matches!(c.lookup("q", "k"), Lookup::Miss));
-        assert_ne!(key_of("a", &serde_json::json!(1)), key_of("a", &serde_json::json!(2)));
+        assert_ne!(
+            key_of("a", &serde_json::json!(1)),
+            key_of("a", &serde_json::json!(2))
+        );
     }
 }

@@ -34,12 +34,20 @@ pub enum GraphError {
 
 /// Runs `stages` with at most `jobs` at once (inner rayon parallelism shares the same pool).
 /// `run` gets the stage and the values of its dependencies (in `depends_on` order).
-pub fn execute<T, F>(stages: &[Stage], jobs: usize, run: F) -> Result<Vec<StageStatus<T>>, GraphError>
+pub fn execute<T, F>(
+    stages: &[Stage],
+    jobs: usize,
+    run: F,
+) -> Result<Vec<StageStatus<T>>, GraphError>
 where
     T: Clone + Send + Sync,
     F: Fn(&Stage, Vec<T>) -> Result<T, String> + Sync,
 {
-    let index: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.id.as_str(), i)).collect();
+    let index: BTreeMap<&str, usize> = stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
     if index.len() != stages.len() {
         return Err(GraphError::Invalid("duplicate stage ids".into()));
     }
@@ -50,7 +58,10 @@ where
         for dep in &s.depends_on {
             let j = *index
                 .get(dep.as_str())
-                .ok_or_else(|| GraphError::UnknownDependency { stage: s.id.clone(), dep: dep.clone() })?;
+                .ok_or_else(|| GraphError::UnknownDependency {
+                    stage: s.id.clone(),
+                    dep: dep.clone(),
+                })?;
             d.push(j);
             dependents[j].push(i);
         }
@@ -84,15 +95,17 @@ where
                 let stage = &stages[i];
                 running += 1;
                 scope.spawn(move |_| {
-                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(stage, inputs)))
-                        .unwrap_or_else(|p| {
-                            let msg = p
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_else(|| "unknown panic".into());
-                            Err(format!("internal error: {msg}"))
-                        });
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run(stage, inputs)
+                    }))
+                    .unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(format!("internal error: {msg}"))
+                    });
                     let _ = tx.send((i, r));
                 });
             }
@@ -128,7 +141,12 @@ where
     for (i, s) in status.into_iter().enumerate() {
         match s {
             Some(s) => out.push(s),
-            None => return Err(GraphError::Invalid(format!("stage `{}` never became ready (dependency cycle)", stages[i].id))),
+            None => {
+                return Err(GraphError::Invalid(format!(
+                    "stage `{}` never became ready (dependency cycle)",
+                    stages[i].id
+                )));
+            }
         }
     }
     Ok(out)
@@ -149,7 +167,13 @@ mod tests {
 
     #[test]
     fn runs_in_dependency_order_and_stops_dependents() {
-        let stages = vec![st("a", &[]), st("b", &["a"]), st("c", &["b"]), st("d", &[]), st("e", &["d"])];
+        let stages = vec![
+            st("a", &[]),
+            st("b", &["a"]),
+            st("c", &["b"]),
+            st("d", &[]),
+            st("e", &["d"]),
+        ];
         for jobs in [1, 4] {
             let r = execute(&stages, jobs, |s, inputs: Vec<String>| {
                 if s.id == "b" {
@@ -167,7 +191,12 @@ mod tests {
 
     #[test]
     fn cycles_and_unknown_deps_are_errors() {
-        assert!(execute(&[st("a", &["b"]), st("b", &["a"])], 2, |_, _: Vec<u8>| Ok(0)).is_err());
+        assert!(
+            execute(&[st("a", &["b"]), st("b", &["a"])], 2, |_, _: Vec<u8>| Ok(
+                0
+            ))
+            .is_err()
+        );
         assert!(execute(&[st("a", &["zz"])], 2, |_, _: Vec<u8>| Ok(0)).is_err());
     }
 }

@@ -20,18 +20,30 @@ pub enum ExportError {
     Spawn { program: String, source: io::Error },
     /// Non-zero exit.
     #[error("exporter exited with {status}; its log ({log}):\n{tail}")]
-    Failed { status: String, log: String, tail: String },
+    Failed {
+        status: String,
+        log: String,
+        tail: String,
+    },
     /// Timeout.
     #[error("exporter did not finish within {timeout}s and was killed; its log ({log}):\n{tail}")]
-    Timeout { timeout: u64, log: String, tail: String },
+    Timeout {
+        timeout: u64,
+        log: String,
+        tail: String,
+    },
     /// A declared output is missing.
-    #[error("declared output `{output}` does not exist after the exporter ran (expected under {dir})")]
+    #[error(
+        "declared output `{output}` does not exist after the exporter ran (expected under {dir})"
+    )]
     MissingOutput { output: String, dir: String },
     /// A declared output escapes the stage folder.
     #[error("declared output `{0}` is not a relative path inside the exporter's folder")]
     UnsafeOutput(String),
     /// A symlink pointing out of the stage folder.
-    #[error("exporter output `{path}` is a symlink to `{target}`, outside the exporter's folder: refused")]
+    #[error(
+        "exporter output `{path}` is a symlink to `{target}`, outside the exporter's folder: refused"
+    )]
     SymlinkOut { path: String, target: String },
     /// Something written next to the stage folder.
     #[error("exporter wrote outside its folder: `{0}` (write only under {{out}})")]
@@ -91,15 +103,25 @@ pub fn run_exporter(
     }
     let log = fs::File::create(log_path).map_err(io_err(log_path))?;
     let log2 = log.try_clone().map_err(io_err(log_path))?;
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
-        .process_group(0)
-        .spawn()
-        .map_err(|source| ExportError::Spawn { program: program.clone(), source })?;
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the exporter when the
+    // build dies (for example by SIGKILL), so no exporter outlives its build.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| ExportError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
     let pid = child.id() as i32;
     let start = Instant::now();
     let status = loop {
@@ -143,7 +165,9 @@ pub fn run_exporter(
         .collect();
     extra.sort();
     if let Some(x) = extra.first() {
-        return Err(ExportError::WroteOutside(stage.join(x).display().to_string()));
+        return Err(ExportError::WroteOutside(
+            stage.join(x).display().to_string(),
+        ));
     }
     let files = collect_outputs(&out_dir, outputs)?;
     Ok(ExportRun { files })
@@ -152,7 +176,10 @@ pub fn run_exporter(
 /// Checks declared outputs under `out_dir` (exist, no symlink leaves the folder) and lists
 /// their files.
 pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>, ExportError> {
-    let root = fs::canonicalize(out_dir).map_err(|source| ExportError::Io { path: out_dir.display().to_string(), source })?;
+    let root = fs::canonicalize(out_dir).map_err(|source| ExportError::Io {
+        path: out_dir.display().to_string(),
+        source,
+    })?;
     let mut files = Vec::new();
     for o in outputs {
         if !is_safe_relative(o) {
@@ -160,20 +187,35 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
         }
         let p = out_dir.join(o);
         if fs::symlink_metadata(&p).is_err() {
-            return Err(ExportError::MissingOutput { output: o.clone(), dir: out_dir.display().to_string() });
+            return Err(ExportError::MissingOutput {
+                output: o.clone(),
+                dir: out_dir.display().to_string(),
+            });
         }
         check_inside(&root, &p, o)?;
-        let meta = fs::metadata(&p).map_err(|source| ExportError::Io { path: p.display().to_string(), source })?;
+        let meta = fs::metadata(&p).map_err(|source| ExportError::Io {
+            path: p.display().to_string(),
+            source,
+        })?;
         if meta.is_dir() {
             let mut stack = vec![p.clone()];
             while let Some(d) = stack.pop() {
-                let rd = fs::read_dir(&d).map_err(|source| ExportError::Io { path: d.display().to_string(), source })?;
+                let rd = fs::read_dir(&d).map_err(|source| ExportError::Io {
+                    path: d.display().to_string(),
+                    source,
+                })?;
                 for e in rd {
-                    let e = e.map_err(|source| ExportError::Io { path: d.display().to_string(), source })?;
+                    let e = e.map_err(|source| ExportError::Io {
+                        path: d.display().to_string(),
+                        source,
+                    })?;
                     let ep = e.path();
                     let rel = crate::fsutil::slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
                     check_inside(&root, &ep, &rel)?;
-                    let m = fs::metadata(&ep).map_err(|source| ExportError::Io { path: ep.display().to_string(), source })?;
+                    let m = fs::metadata(&ep).map_err(|source| ExportError::Io {
+                        path: ep.display().to_string(),
+                        source,
+                    })?;
                     if m.is_dir() {
                         stack.push(ep);
                     } else {
@@ -191,15 +233,25 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
 }
 
 fn check_inside(root: &Path, p: &Path, rel: &str) -> Result<(), ExportError> {
-    let is_link = fs::symlink_metadata(p).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+    let is_link = fs::symlink_metadata(p)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
     match fs::canonicalize(p) {
         Ok(real) if real.starts_with(root) => Ok(()),
-        Ok(real) => Err(ExportError::SymlinkOut { path: rel.to_string(), target: real.display().to_string() }),
+        Ok(real) => Err(ExportError::SymlinkOut {
+            path: rel.to_string(),
+            target: real.display().to_string(),
+        }),
         Err(_) if is_link => Err(ExportError::SymlinkOut {
             path: rel.to_string(),
-            target: fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default(),
+            target: fs::read_link(p)
+                .map(|t| t.display().to_string())
+                .unwrap_or_default(),
         }),
-        Err(source) => Err(ExportError::Io { path: p.display().to_string(), source }),
+        Err(source) => Err(ExportError::Io {
+            path: p.display().to_string(),
+            source,
+        }),
     }
 }
 
@@ -217,8 +269,16 @@ pub fn log_tail(path: &Path) -> String {
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(40);
-    let tail = lines[from..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n");
-    if tail.is_empty() { "  | (empty)".into() } else { tail }
+    let tail = lines[from..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if tail.is_empty() {
+        "  | (empty)".into()
+    } else {
+        tail
+    }
 }
 
 /// Absolute form of `p` (for `{out}`).
@@ -239,8 +299,19 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let stage = d.path().join("st");
         let out = absolute(&stage.join("out"));
-        let argv = sh(&format!("mkdir -p {0}/pkg && echo hi > {0}/pkg/a && echo x > {0}/b && echo log", out.display()));
-        let r = run_exporter(&argv, d.path(), &stage, &["pkg".into(), "b".into()], Duration::from_secs(10), &d.path().join("l.log")).unwrap();
+        let argv = sh(&format!(
+            "mkdir -p {0}/pkg && echo hi > {0}/pkg/a && echo x > {0}/b && echo log",
+            out.display()
+        ));
+        let r = run_exporter(
+            &argv,
+            d.path(),
+            &stage,
+            &["pkg".into(), "b".into()],
+            Duration::from_secs(10),
+            &d.path().join("l.log"),
+        )
+        .unwrap();
         assert_eq!(r.files, ["b", "pkg/a"]);
     }
 
@@ -248,21 +319,69 @@ mod tests {
     fn failure_timeout_outside_symlink() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("l.log");
-        let e = run_exporter(&sh("echo boom >&2; exit 3"), d.path(), &d.path().join("s1"), &[], Duration::from_secs(10), &log).unwrap_err();
+        let e = run_exporter(
+            &sh("echo boom >&2; exit 3"),
+            d.path(),
+            &d.path().join("s1"),
+            &[],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("boom"), "{e}");
         let t0 = Instant::now();
-        let e = run_exporter(&sh("sleep 30 & sleep 30"), d.path(), &d.path().join("s2"), &[], Duration::from_millis(300), &log).unwrap_err();
+        let e = run_exporter(
+            &sh("sleep 30 & sleep 30"),
+            d.path(),
+            &d.path().join("s2"),
+            &[],
+            Duration::from_millis(300),
+            &log,
+        )
+        .unwrap_err();
         assert!(matches!(e, ExportError::Timeout { .. }), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(10));
         let s3 = absolute(&d.path().join("s3"));
-        let e = run_exporter(&sh(&format!("echo x > {}/evil", s3.display())), d.path(), &s3, &[], Duration::from_secs(10), &log).unwrap_err();
+        let e = run_exporter(
+            &sh(&format!("echo x > {}/evil", s3.display())),
+            d.path(),
+            &s3,
+            &[],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
         assert!(matches!(e, ExportError::WroteOutside(_)), "{e}");
         let s4 = absolute(&d.path().join("s4"));
-        let e = run_exporter(&sh(&format!("ln -s /etc/passwd {}/out/p", s4.display())), d.path(), &s4, &["p".into()], Duration::from_secs(10), &log).unwrap_err();
+        let e = run_exporter(
+            &sh(&format!("ln -s /etc/passwd {}/out/p", s4.display())),
+            d.path(),
+            &s4,
+            &["p".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
         assert!(matches!(e, ExportError::SymlinkOut { .. }), "{e}");
-        let e = run_exporter(&sh("true"), d.path(), &d.path().join("s5"), &["missing".into()], Duration::from_secs(10), &log).unwrap_err();
+        let e = run_exporter(
+            &sh("true"),
+            d.path(),
+            &d.path().join("s5"),
+            &["missing".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
         assert!(matches!(e, ExportError::MissingOutput { .. }), "{e}");
-        let e = run_exporter(&sh("true"), d.path(), &d.path().join("s6"), &["../x".into()], Duration::from_secs(10), &log).unwrap_err();
+        let e = run_exporter(
+            &sh("true"),
+            d.path(),
+            &d.path().join("s6"),
+            &["../x".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
         assert!(matches!(e, ExportError::UnsafeOutput(_)), "{e}");
     }
 }

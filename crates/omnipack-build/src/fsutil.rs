@@ -8,7 +8,10 @@ use std::path::{Component, Path, PathBuf};
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = parent.join(format!(".{name}.{}.tmp", std::process::id()));
     {
         let mut f = fs::File::create(&tmp)?;
@@ -89,7 +92,9 @@ pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
 pub fn is_safe_relative(p: &str) -> bool {
     let path = Path::new(p);
     !p.is_empty()
-        && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
         && path.components().any(|c| matches!(c, Component::Normal(_)))
 }
 
@@ -127,7 +132,10 @@ mod tests {
     fn lexical_paths() {
         assert_eq!(normalize(Path::new("a/./b/../c")), PathBuf::from("a/c"));
         assert_eq!(normalize(Path::new("../x/../y")), PathBuf::from("../y"));
-        assert_eq!(relative_to(Path::new("/a/b/c"), Path::new("/a/d")), PathBuf::from("../b/c"));
+        assert_eq!(
+            relative_to(Path::new("/a/b/c"), Path::new("/a/d")),
+            PathBuf::from("../b/c")
+        );
         assert!(is_safe_relative("a/b.txt"));
         assert!(!is_safe_relative("../x"));
         assert!(!is_safe_relative("/etc/passwd"));

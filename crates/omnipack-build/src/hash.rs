@@ -37,7 +37,11 @@ pub struct HashingWriter<W> {
 impl<W: Write> HashingWriter<W> {
     /// Wraps `inner`.
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), written: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
     }
 
     /// The sha256 (hex) and byte count of everything written, and the inner writer.
@@ -153,7 +157,11 @@ impl DigestMemo {
             .ok()
             .and_then(|b| serde_json::from_slice::<BTreeMap<PathBuf, MemoEntry>>(&b).ok())
             .unwrap_or_default();
-        DigestMemo { path: Some(path), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        DigestMemo {
+            path: Some(path),
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     /// An in-memory memo that is never saved.
@@ -184,7 +192,14 @@ impl DigestMemo {
         if after == stamp
             && let Ok(mut map) = self.entries.lock()
         {
-            map.insert(abs, MemoEntry { stamp, sha256: sha.clone(), hashed_at_ns });
+            map.insert(
+                abs,
+                MemoEntry {
+                    stamp,
+                    sha256: sha.clone(),
+                    hashed_at_ns,
+                },
+            );
             if let Ok(mut d) = self.dirty.lock() {
                 *d = true;
             }
@@ -194,7 +209,9 @@ impl DigestMemo {
 
     /// Writes the memo back (temp file and rename) when it changed.
     pub fn save(&self) -> io::Result<()> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         if !self.dirty.lock().map(|d| *d).unwrap_or(false) {
             return Ok(());
         }

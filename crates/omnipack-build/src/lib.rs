@@ -4,16 +4,17 @@
 //! folder. Also `verify` and bundle/summary inspection. Never prints: progress goes through
 //! [`Progress`].
 
-pub mod fsutil;
-pub mod hash;
-pub mod zipper;
 pub mod cache;
 pub mod executor;
 pub mod exporter;
+pub mod fsutil;
+pub mod hash;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod sidecars;
+pub mod verify;
+pub mod zipper;
 
 pub use pipeline::{BuildError, BuildOptions, BuildReport, StageFailure, StageReport, build};
 pub use progress::{Event, NoProgress, Progress};

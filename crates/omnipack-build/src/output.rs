@@ -26,15 +26,24 @@ pub const PRIVATE_DIR: &str = ".omnipack";
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     /// Another build holds the lock.
-    #[error("another omnipack build is using {out}: it holds the lock {lock}{holder}; wait for it to finish or use another --out")]
-    Locked { out: String, lock: String, holder: String },
+    #[error(
+        "another omnipack build is using {out}: it holds the lock {lock}{holder}; wait for it to finish or use another --out"
+    )]
+    Locked {
+        out: String,
+        lock: String,
+        holder: String,
+    },
     /// I/O on a named path.
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
 }
 
 fn io_err(p: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
-    move |source| OutputError::Io { path: p.display().to_string(), source }
+    move |source| OutputError::Io {
+        path: p.display().to_string(),
+        source,
+    }
 }
 
 /// An exclusive lock on an output folder, released when dropped (or when the process dies).
@@ -68,7 +77,11 @@ impl OutputLock {
                 return Err(OutputError::Locked {
                     out: out.display().to_string(),
                     lock: path.display().to_string(),
-                    holder: if holder.is_empty() { String::new() } else { format!(" (pid {holder})") },
+                    holder: if holder.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (pid {holder})")
+                    },
                 });
             }
             return Err(io_err(&path)(err));
@@ -94,7 +107,10 @@ pub struct SwapArea {
 impl SwapArea {
     /// The swap area of `out`.
     pub fn new(out: &Path) -> SwapArea {
-        SwapArea { out: out.to_path_buf(), root: out.join(PRIVATE_DIR).join("swap") }
+        SwapArea {
+            out: out.to_path_buf(),
+            root: out.join(PRIVATE_DIR).join("swap"),
+        }
     }
 
     /// Where the new tree is assembled.
@@ -122,7 +138,9 @@ impl SwapArea {
         }
         if self.root.exists() {
             remove_any(&self.root).map_err(io_err(&self.root))?;
-            return Ok(Some("removed the incomplete staging tree of an interrupted build".into()));
+            return Ok(Some(
+                "removed the incomplete staging tree of an interrupted build".into(),
+            ));
         }
         Ok(None)
     }
@@ -214,7 +232,10 @@ mod tests {
         assert!(s.recover().unwrap().is_some());
         assert!(!out.join("bundles/old.zip").exists());
         assert_eq!(fs::read(out.join("bundles/new.zip")).unwrap(), b"new");
-        assert_eq!(fs::read(out.join(omnipack_summary::SUMMARY_FILE)).unwrap(), b"new");
+        assert_eq!(
+            fs::read(out.join(omnipack_summary::SUMMARY_FILE)).unwrap(),
+            b"new"
+        );
         assert!(!out.join(PRIVATE_DIR).join("swap").exists());
     }
 }

@@ -63,7 +63,10 @@ pub enum BuildError {
     Input { path: String, message: String },
     /// I/O on a named path.
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The stage graph is unusable.
     #[error(transparent)]
     Graph(#[from] crate::executor::GraphError),
@@ -79,7 +82,10 @@ pub enum BuildError {
 }
 
 fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
-    move |source| BuildError::Io { path: p.display().to_string(), source }
+    move |source| BuildError::Io {
+        path: p.display().to_string(),
+        source,
+    }
 }
 
 /// How a stage was satisfied.
@@ -182,7 +188,8 @@ impl Ctx<'_> {
             Lookup::Hit(e) => Some(e),
             Lookup::Miss => None,
             Lookup::Corrupt(why) => {
-                self.progress.event(Event::Note(format!("cache entry rebuilt: {why}")));
+                self.progress
+                    .event(Event::Note(format!("cache entry rebuilt: {why}")));
                 None
             }
         }
@@ -195,20 +202,27 @@ impl Ctx<'_> {
     }
 
     fn component(&self, name: &str) -> Result<&ResolvedComponent, String> {
-        self.plan.resolved_component(name).ok_or_else(|| format!("component `{name}` is not in the plan"))
+        self.plan
+            .resolved_component(name)
+            .ok_or_else(|| format!("component `{name}` is not in the plan"))
     }
 }
 
 /// Input files of a component, absolute, as `(abs, relative-to-manifest)`.
-fn component_inputs(loaded: &LoadedManifest, c: &ResolvedComponent) -> Result<Vec<PathBuf>, BuildError> {
+fn component_inputs(
+    loaded: &LoadedManifest,
+    c: &ResolvedComponent,
+) -> Result<Vec<PathBuf>, BuildError> {
     let abs = |rel: &str| normalize(&absolute(&loaded.dir.join(rel)));
     let mut out = Vec::new();
     match &c.source {
         ResolvedSource::Safetensors { shards, .. } => {
             for s in shards {
                 let p = abs(s);
-                let shards = omnipack_quant::resolve_shards(&p)
-                    .map_err(|e| BuildError::Input { path: p.display().to_string(), message: e.to_string() })?;
+                let shards = omnipack_quant::resolve_shards(&p).map_err(|e| BuildError::Input {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
                 if !shards.iter().any(|x| normalize(&absolute(x)) == p) {
                     out.push(p.clone());
                 }
@@ -237,15 +251,25 @@ fn component_inputs(loaded: &LoadedManifest, c: &ResolvedComponent) -> Result<Ve
 }
 
 /// Runs the whole build of `plan` into `opts.out_dir`.
-pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress: &dyn Progress) -> Result<BuildReport, BuildError> {
+pub fn build(
+    loaded: &LoadedManifest,
+    plan: &Plan,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
     if let Some(t) = plan.tiers.iter().find(|t| !t.entry.fits) {
         return Err(BuildError::Plan(format!(
             "tier `{}` does not fit: peak {} bytes + min_headroom {} > memory_limit {} (run `omnipack plan` for the breakdown)",
-            t.entry.name, t.entry.memory.peak_bytes, t.min_headroom_bytes, t.entry.memory_limit_bytes
+            t.entry.name,
+            t.entry.memory.peak_bytes,
+            t.min_headroom_bytes,
+            t.entry.memory_limit_bytes
         )));
     }
     if plan.tiers.is_empty() || plan.bundles.is_empty() {
-        return Err(BuildError::Plan("nothing to build: the plan has no tier or no bundle".into()));
+        return Err(BuildError::Plan(
+            "nothing to build: the plan has no tier or no bundle".into(),
+        ));
     }
     let out = &opts.out_dir;
     fs::create_dir_all(out).map_err(io_err(out))?;
@@ -256,7 +280,10 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
         progress.event(Event::Note(note));
     }
     let default_cache = opts.cache_dir.is_none();
-    let cache_root = opts.cache_dir.clone().unwrap_or_else(|| private.join("cache"));
+    let cache_root = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| private.join("cache"));
     fs::create_dir_all(&cache_root).map_err(io_err(&cache_root))?;
     if default_cache {
         // We hold the lock of the only user of this cache: leftovers are from killed builds.
@@ -269,11 +296,22 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
     // Digests of every input, from the memo when unchanged.
     let memo = DigestMemo::load(cache_root.join("digests.json"));
     let stats = Mutex::new(MemoStats::default());
-    let mut inputs: BTreeSet<PathBuf> = loaded.files.iter().map(|f| normalize(&absolute(f))).collect();
+    let mut inputs: BTreeSet<PathBuf> = loaded
+        .files
+        .iter()
+        .map(|f| normalize(&absolute(f)))
+        .collect();
     for cp in &plan.components {
         inputs.extend(component_inputs(loaded, &cp.component)?);
     }
-    let jobs = opts.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let jobs = opts
+        .jobs
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .max(1);
     let digests: BTreeMap<PathBuf, (String, u64)> = {
         use rayon::prelude::*;
         let pool = rayon::ThreadPoolBuilder::new()
@@ -286,7 +324,10 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
                 .map(|p| {
                     memo.digest(p, &stats)
                         .map(|d| (p.clone(), d))
-                        .map_err(|e| BuildError::Input { path: p.display().to_string(), message: e.to_string() })
+                        .map_err(|e| BuildError::Input {
+                            path: p.display().to_string(),
+                            message: e.to_string(),
+                        })
                 })
                 .collect::<Result<_, _>>()
         })?
@@ -304,11 +345,18 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
         progress,
         cached: Mutex::new(BTreeMap::new()),
     };
-    progress.event(Event::Planned { stages: plan.stages.iter().map(|s| s.id.clone()).collect() });
+    progress.event(Event::Planned {
+        stages: plan.stages.iter().map(|s| s.id.clone()).collect(),
+    });
     let results = execute(&plan.stages, jobs, |stage, deps| {
         let t0 = Instant::now();
         let r = run_stage(&ctx, stage, deps);
-        let cached = ctx.cached.lock().ok().and_then(|m| m.get(&stage.id).copied()).unwrap_or(false);
+        let cached = ctx
+            .cached
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&stage.id).copied())
+            .unwrap_or(false);
         match &r {
             Ok(v) => progress.event(Event::Finished {
                 stage: stage.id.clone(),
@@ -316,7 +364,10 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
                 seconds: t0.elapsed().as_secs_f64(),
                 detail: describe(v),
             }),
-            Err(e) => progress.event(Event::Failed { stage: stage.id.clone(), error: e.clone() }),
+            Err(e) => progress.event(Event::Failed {
+                stage: stage.id.clone(),
+                error: e.clone(),
+            }),
         }
         r
     })?;
@@ -329,13 +380,32 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
                 if let (StageKind::Package { bundle }, Value::Bundle(b)) = (&stage.kind, v) {
                     bundles.insert(bundle.clone(), b.clone());
                 }
-                let cached = ctx.cached.lock().ok().and_then(|m| m.get(&stage.id).copied()).unwrap_or(false);
-                reports.push(StageReport { stage: stage.id.clone(), cached });
+                let cached = ctx
+                    .cached
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&stage.id).copied())
+                    .unwrap_or(false);
+                reports.push(StageReport {
+                    stage: stage.id.clone(),
+                    cached,
+                });
             }
-            StageStatus::Failed(e) => failures.push(StageFailure { stage: stage.id.clone(), error: e.clone(), skipped: false }),
+            StageStatus::Failed(e) => failures.push(StageFailure {
+                stage: stage.id.clone(),
+                error: e.clone(),
+                skipped: false,
+            }),
             StageStatus::Skipped(dep) => {
-                progress.event(Event::Skipped { stage: stage.id.clone(), because: dep.clone() });
-                failures.push(StageFailure { stage: stage.id.clone(), error: format!("not run: `{dep}` failed"), skipped: true })
+                progress.event(Event::Skipped {
+                    stage: stage.id.clone(),
+                    because: dep.clone(),
+                });
+                failures.push(StageFailure {
+                    stage: stage.id.clone(),
+                    error: format!("not run: `{dep}` failed"),
+                    skipped: true,
+                })
             }
         }
     }
@@ -345,7 +415,10 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
 
     // Summary from measured sizes.
     let mut warnings = Vec::new();
-    let weights: BTreeMap<String, u64> = bundles.iter().map(|(id, b)| (id.clone(), b.weights_bytes)).collect();
+    let weights: BTreeMap<String, u64> = bundles
+        .iter()
+        .map(|(id, b)| (id.clone(), b.weights_bytes))
+        .collect();
     let measured = omnipack_plan::with_measured_sizes(plan, &weights);
     let summary = make_summary(&ctx, &measured, &bundles)?;
     check_limits(&summary, &mut warnings)?;
@@ -365,40 +438,67 @@ pub fn build(loaded: &LoadedManifest, plan: &Plan, opts: &BuildOptions, progress
     }
     fs::create_dir_all(new.join("bundles")).map_err(io_err(&new))?;
     fs::create_dir_all(new.join("asset-packs")).map_err(io_err(&new))?;
-    let mut text = serde_json::to_vec_pretty(&summary).map_err(|e| BuildError::Plan(e.to_string()))?;
+    let mut text =
+        serde_json::to_vec_pretty(&summary).map_err(|e| BuildError::Plan(e.to_string()))?;
     text.push(b'\n');
-    crate::fsutil::write_atomic(&new.join(omnipack_summary::SUMMARY_FILE), &text).map_err(io_err(&new))?;
+    crate::fsutil::write_atomic(&new.join(omnipack_summary::SUMMARY_FILE), &text)
+        .map_err(io_err(&new))?;
     swap.commit()?;
     drop(lock);
-    Ok(BuildReport { summary, stages: reports, input_bytes_hashed, warnings })
+    Ok(BuildReport {
+        summary,
+        stages: reports,
+        input_bytes_hashed,
+        warnings,
+    })
 }
 
 fn describe(v: &Value) -> String {
     match v {
         Value::Tensors(s) => format!("{} tensors, {} parameters", s.tensors.len(), s.parameters),
-        Value::Files(f) => format!("{} files, {} bytes", f.len(), f.iter().map(|x| x.size).sum::<u64>()),
+        Value::Files(f) => format!(
+            "{} files, {} bytes",
+            f.len(),
+            f.iter().map(|x| x.size).sum::<u64>()
+        ),
         Value::Weights(w) => format!("{} bytes of weights", w.data_bytes),
         Value::Bundle(b) => format!("{} bytes, sha256 {}", b.zip_size, &b.zip_sha256[..12]),
     }
 }
 
 fn run_stage(ctx: &Ctx, stage: &Stage, deps: Vec<Value>) -> Result<Value, String> {
-    ctx.progress.event(Event::Started { stage: stage.id.clone(), total_bytes: None });
+    ctx.progress.event(Event::Started {
+        stage: stage.id.clone(),
+        total_bytes: None,
+    });
     match &stage.kind {
         StageKind::Export { component, tier } => export(ctx, stage, component, tier.as_deref()),
-        StageKind::Quantize { component, bundle, format, group_size } => {
-            let dep = deps.into_iter().next().ok_or("quantize stage without an export stage")?;
+        StageKind::Quantize {
+            component,
+            bundle,
+            format,
+            group_size,
+        } => {
+            let dep = deps
+                .into_iter()
+                .next()
+                .ok_or("quantize stage without an export stage")?;
             quantize(ctx, stage, component, bundle, *format, *group_size, dep)
         }
         StageKind::Package { bundle } => {
-            let dep = deps.into_iter().next().ok_or("package stage without an input stage")?;
+            let dep = deps
+                .into_iter()
+                .next()
+                .ok_or("package stage without an input stage")?;
             package(ctx, stage, bundle, dep)
         }
     }
 }
 
 fn bundle_for<'p>(plan: &'p Plan, component: &str, tier: Option<&str>) -> Option<&'p BundlePlan> {
-    plan.bundles.iter().find(|b| b.component == component && b.tier.as_deref() == tier)
+    plan.bundles
+        .iter()
+        .find(|b| b.component == component && b.tier.as_deref() == tier)
 }
 
 fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Result<Value, String> {
@@ -409,7 +509,9 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
             let mut material = Vec::new();
             let mut source_bytes = 0;
             for s in shards {
-                for shard in omnipack_quant::resolve_shards(ctx.abs(s)).map_err(|e| e.to_string())? {
+                for shard in
+                    omnipack_quant::resolve_shards(ctx.abs(s)).map_err(|e| e.to_string())?
+                {
                     let abs = normalize(&absolute(&shard));
                     let (sha, _) = ctx.digest(&abs)?;
                     let file = Arc::new(SafetensorsFile::open(&abs).map_err(|e| e.to_string())?);
@@ -423,22 +525,48 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                 }
             }
             if tensors.is_empty() {
-                return Err(format!("no tensor named `{prefix}*` in {}", shards.join(", ")));
+                return Err(format!(
+                    "no tensor named `{prefix}*` in {}",
+                    shards.join(", ")
+                ));
             }
             tensors.sort_by(|a, b| a.output_name.cmp(&b.output_name));
-            for w in tensors.windows(2) {
-                if w[0].output_name == w[1].output_name {
-                    return Err(format!("tensor `{}{}` appears in two shards", prefix, w[0].output_name));
-                }
-            }
-            let parameters = tensors
+            let parameters: u64 = tensors
                 .iter()
                 .filter_map(|t| t.file.entry(&t.tensor).ok().map(|e| e.info.numel()))
                 .sum();
-            ctx.mark(&stage.id, true);
+            for w in tensors.windows(2) {
+                if w[0].output_name == w[1].output_name {
+                    return Err(format!(
+                        "tensor `{}{}` appears in two shards",
+                        prefix, w[0].output_name
+                    ));
+                }
+            }
+            let material = json!({"prefix": prefix, "shards": material});
+            // The selection itself is cheap (headers only); its cache record says whether this
+            // exact selection was made before, so a rebuild reports it as cached.
+            let key = key_of("select", &material);
+            let cached = ctx.lookup("select", &key).is_some();
+            if !cached {
+                let work = ctx
+                    .cache
+                    .work_dir("select", &key)
+                    .map_err(|e| e.to_string())?;
+                ctx.cache
+                    .commit(
+                        "select",
+                        &key,
+                        &work,
+                        Vec::new(),
+                        json!({"parameters": parameters}),
+                    )
+                    .map_err(|e| e.to_string())?;
+            }
+            ctx.mark(&stage.id, cached);
             Ok(Value::Tensors(Arc::new(Selection {
                 tensors,
-                material: json!({"prefix": prefix, "shards": material}),
+                material,
                 parameters,
                 source_bytes,
             })))
@@ -453,18 +581,35 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                     .map(|n| n.to_string_lossy().into_owned())
                     .ok_or_else(|| format!("{f}: not a file name"))?;
                 if refs.iter().any(|r: &FileRef| r.path == name) {
-                    return Err(format!("two files named `{name}` in component `{component}`"));
+                    return Err(format!(
+                        "two files named `{name}` in component `{component}`"
+                    ));
                 }
-                refs.push(FileRef { path: name, abs, sha256, size, ours: false });
+                refs.push(FileRef {
+                    path: name,
+                    abs,
+                    sha256,
+                    size,
+                    ours: false,
+                });
             }
             refs.sort_by(|a, b| a.path.cmp(&b.path));
             ctx.mark(&stage.id, true);
             Ok(Value::Files(Arc::new(refs)))
         }
-        ResolvedSource::Command { run, inputs, outputs, timeout_secs } => {
+        ResolvedSource::Command {
+            run,
+            inputs,
+            outputs,
+            timeout_secs,
+        } => {
             let b = bundle_for(ctx.plan, component, tier);
             let tier_cap = tier.and_then(|t| ctx.plan.tiers.iter().find(|x| x.entry.name == t));
-            let max_seq = match (c.max_seq_len, tier.and_then(|t| ctx.loaded.resolved.tiers.iter().find(|x| x.name == t)).and_then(|t| t.max_seq_len)) {
+            let max_seq = match (
+                c.max_seq_len,
+                tier.and_then(|t| ctx.loaded.resolved.tiers.iter().find(|x| x.name == t))
+                    .and_then(|t| t.max_seq_len),
+            ) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -472,16 +617,32 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
             let mut values: BTreeMap<&str, String> = BTreeMap::new();
             values.insert("tier", tier.unwrap_or("").to_string());
             values.insert("component", component.to_string());
-            values.insert("format", b.map(|b| b.format.as_str().to_string()).unwrap_or_else(|| c.quantization.formats[0].as_str().into()));
-            values.insert("group_size", b.and_then(|b| b.group_size).unwrap_or(c.quantization.group_size).to_string());
-            values.insert("max_seq_len", max_seq.map(|m| m.to_string()).unwrap_or_default());
+            values.insert(
+                "format",
+                b.map(|b| b.format.as_str().to_string())
+                    .unwrap_or_else(|| c.quantization.formats[0].as_str().into()),
+            );
+            values.insert(
+                "group_size",
+                b.and_then(|b| b.group_size)
+                    .unwrap_or(c.quantization.group_size)
+                    .to_string(),
+            );
+            values.insert(
+                "max_seq_len",
+                max_seq.map(|m| m.to_string()).unwrap_or_default(),
+            );
             let keyed_argv = fill_placeholders(run, &values);
             let mut input_digests = Vec::new();
             for i in inputs {
                 let p = ctx.abs(i);
                 let meta = fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
                 let files = if meta.is_dir() {
-                    walk_files(&p).map_err(|e| format!("{}: {e}", p.display()))?.into_iter().map(|f| p.join(f)).collect()
+                    walk_files(&p)
+                        .map_err(|e| format!("{}: {e}", p.display()))?
+                        .into_iter()
+                        .map(|f| p.join(f))
+                        .collect()
                 } else {
                     vec![p.clone()]
                 };
@@ -500,15 +661,27 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                     e
                 }
                 None => {
-                    let work = ctx.cache.work_dir("export", &key).map_err(|e| e.to_string())?;
+                    let work = ctx
+                        .cache
+                        .work_dir("export", &key)
+                        .map_err(|e| e.to_string())?;
                     values.insert("out", absolute(&work.join("out")).display().to_string());
                     let argv = fill_placeholders(run, &values);
-                    let log = ctx.logs.join(format!("{}.log", stage.id.replace([':', '/'], "_")));
-                    let r = run_exporter(&argv, &ctx.loaded.dir, &work, outputs, Duration::from_secs(*timeout_secs), &log)
-                        .map_err(|e| {
-                            let _ = remove_any(&work);
-                            format!("component `{component}`: {e}")
-                        })?;
+                    let log = ctx
+                        .logs
+                        .join(format!("{}.log", stage.id.replace([':', '/'], "_")));
+                    let r = run_exporter(
+                        &argv,
+                        &ctx.loaded.dir,
+                        &work,
+                        outputs,
+                        Duration::from_secs(*timeout_secs),
+                        &log,
+                    )
+                    .map_err(|e| {
+                        let _ = remove_any(&work);
+                        format!("component `{component}`: {e}")
+                    })?;
                     let files = r.files.iter().map(|f| (format!("out/{f}"), None)).collect();
                     let e = ctx
                         .cache
@@ -538,7 +711,9 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
 }
 
 fn dtype_of(d: omnipack_manifest::FloatDtype) -> Option<Dtype> {
-    serde_json::to_value(d).ok().and_then(|v| v.as_str().and_then(Dtype::parse))
+    serde_json::to_value(d)
+        .ok()
+        .and_then(|v| v.as_str().and_then(Dtype::parse))
 }
 
 fn quantize(
@@ -560,7 +735,8 @@ fn quantize(
         }
         _ => return Err("quantize stage got an unexpected input".into()),
     };
-    let wf = WeightFormat::parse(format.as_str()).ok_or_else(|| format!("format {format} is not supported natively"))?;
+    let wf = WeightFormat::parse(format.as_str())
+        .ok_or_else(|| format!("format {format} is not supported natively"))?;
     let spec = QuantSpec {
         format: wf,
         group_size: group_size.unwrap_or(c.quantization.group_size),
@@ -578,7 +754,9 @@ fn quantize(
         }),
     );
     let out_of = |e: &CacheEntry| -> Result<Value, String> {
-        let f = e.get("weights.safetensors").ok_or("cache entry without weights")?;
+        let f = e
+            .get("weights.safetensors")
+            .ok_or("cache entry without weights")?;
         Ok(Value::Weights(Arc::new(WeightsOut {
             file: e.file("weights.safetensors"),
             sha256: f.sha256.clone(),
@@ -591,8 +769,14 @@ fn quantize(
         ctx.mark(&stage.id, true);
         return out_of(&e);
     }
-    ctx.progress.event(Event::Started { stage: stage.id.clone(), total_bytes: Some(sel.source_bytes) });
-    let work = ctx.cache.work_dir("quantize", &key).map_err(|e| e.to_string())?;
+    ctx.progress.event(Event::Started {
+        stage: stage.id.clone(),
+        total_bytes: Some(sel.source_bytes),
+    });
+    let work = ctx
+        .cache
+        .work_dir("quantize", &key)
+        .map_err(|e| e.to_string())?;
     let out = work.join("weights.safetensors");
     let r = omnipack_quant::quantize_to_file_with(
         &sel.tensors,
@@ -605,14 +789,20 @@ fn quantize(
         let _ = remove_any(&work);
         format!("bundle `{bundle}`: {e}")
     })?;
-    ctx.progress.event(Event::Bytes { stage: stage.id.clone(), done: sel.source_bytes });
+    ctx.progress.event(Event::Bytes {
+        stage: stage.id.clone(),
+        done: sel.source_bytes,
+    });
     let e = ctx
         .cache
         .commit(
             "quantize",
             &key,
             &work,
-            vec![("weights.safetensors".into(), Some((r.sha256.clone(), r.file_bytes)))],
+            vec![(
+                "weights.safetensors".into(),
+                Some((r.sha256.clone(), r.file_bytes)),
+            )],
             json!({"data_bytes": r.data_bytes, "parameters": r.parameters}),
         )
         .map_err(|e| e.to_string())?;
@@ -621,7 +811,10 @@ fn quantize(
 }
 
 fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Value, String> {
-    let b = ctx.plan.bundle(bundle_id).ok_or_else(|| format!("bundle `{bundle_id}` is not in the plan"))?;
+    let b = ctx
+        .plan
+        .bundle(bundle_id)
+        .ok_or_else(|| format!("bundle `{bundle_id}` is not in the plan"))?;
     let c = ctx.component(&b.component)?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut sources: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
@@ -634,12 +827,20 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
                 sha256: w.sha256.clone(),
             });
             sources.insert("weights.safetensors".into(), (w.file.clone(), true));
-            entries.push(Entry::bytes("config.json", config_json(c, b.format, b.group_size)));
+            entries.push(Entry::bytes(
+                "config.json",
+                config_json(c, b.format, b.group_size),
+            ));
             (w.data_bytes, w.parameters)
         }
         Value::Files(files) => {
             for f in files.iter() {
-                entries.push(Entry { path: f.path.clone(), source: EntrySource::File(f.abs.clone()), size: f.size, sha256: f.sha256.clone() });
+                entries.push(Entry {
+                    path: f.path.clone(),
+                    source: EntrySource::File(f.abs.clone()),
+                    size: f.size,
+                    sha256: f.sha256.clone(),
+                });
                 sources.insert(f.path.clone(), (f.abs.clone(), f.ours));
             }
             (files.iter().map(|f| f.size).sum(), b.parameters)
@@ -648,7 +849,9 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     };
     for (path, bytes) in decode_step_sidecars(c) {
         if entries.iter().any(|e| e.path == path) {
-            return Err(format!("`{path}` is both an exporter output and a generated sidecar"));
+            return Err(format!(
+                "`{path}` is both an exporter output and a generated sidecar"
+            ));
         }
         entries.push(Entry::bytes(path, bytes));
     }
@@ -657,7 +860,11 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     }
     let mut files: Vec<FileEntry> = entries
         .iter()
-        .map(|e| FileEntry { path: e.path.clone(), size_bytes: e.size, sha256: e.sha256.clone() })
+        .map(|e| FileEntry {
+            path: e.path.clone(),
+            size_bytes: e.size,
+            sha256: e.sha256.clone(),
+        })
         .collect();
     files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     let manifest = BundleManifest {
@@ -672,7 +879,11 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     let mut bj = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
     bj.push(b'\n');
     let bundle_json = Entry::bytes(BUNDLE_JSON, bj);
-    files.push(FileEntry { path: BUNDLE_JSON.into(), size_bytes: bundle_json.size, sha256: bundle_json.sha256.clone() });
+    files.push(FileEntry {
+        path: BUNDLE_JSON.into(),
+        size_bytes: bundle_json.size,
+        sha256: bundle_json.sha256.clone(),
+    });
     files.sort_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
     entries.push(bundle_json.clone());
     let pack_id = asset_pack_id(&ctx.plan.package.bundle_id, &b.id);
@@ -687,7 +898,9 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
         }),
     );
     let out_of = |e: &CacheEntry| -> Result<Value, String> {
-        let z = e.get("bundle.zip").ok_or("cache entry without bundle.zip")?;
+        let z = e
+            .get("bundle.zip")
+            .ok_or("cache entry without bundle.zip")?;
         Ok(Value::Bundle(Arc::new(BundleOut {
             zip: e.file("bundle.zip"),
             zip_sha256: z.sha256.clone(),
@@ -703,8 +916,14 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
         return out_of(&e);
     }
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    ctx.progress.event(Event::Started { stage: stage.id.clone(), total_bytes: Some(total) });
-    let work = ctx.cache.work_dir("package", &key).map_err(|e| e.to_string())?;
+    ctx.progress.event(Event::Started {
+        stage: stage.id.clone(),
+        total_bytes: Some(total),
+    });
+    let work = ctx
+        .cache
+        .work_dir("package", &key)
+        .map_err(|e| e.to_string())?;
     let fail = |e: String| {
         let _ = remove_any(&work);
         e
@@ -712,28 +931,48 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     let done = std::sync::atomic::AtomicU64::new(0);
     let zip = write_zip(&work.join("bundle.zip"), entries.clone(), &|n| {
         let d = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
-        ctx.progress.event(Event::Bytes { stage: stage.id.clone(), done: d });
+        ctx.progress.event(Event::Bytes {
+            stage: stage.id.clone(),
+            done: d,
+        });
     })
     .map_err(|e| fail(format!("bundle `{bundle_id}`: {e}")))?;
-    let mut recorded = vec![("bundle.zip".to_string(), Some((zip.sha256.clone(), zip.size)))];
+    let mut recorded = vec![(
+        "bundle.zip".to_string(),
+        Some((zip.sha256.clone(), zip.size)),
+    )];
     let pack = work.join("pack");
-    crate::fsutil::write_atomic(&pack.join("Manifest.json"), &pack_manifest).map_err(|e| fail(e.to_string()))?;
-    recorded.push(("pack/Manifest.json".into(), Some((crate::hash::sha256_bytes(&pack_manifest), pack_manifest.len() as u64))));
+    crate::fsutil::write_atomic(&pack.join("Manifest.json"), &pack_manifest)
+        .map_err(|e| fail(e.to_string()))?;
+    recorded.push((
+        "pack/Manifest.json".into(),
+        Some((
+            crate::hash::sha256_bytes(&pack_manifest),
+            pack_manifest.len() as u64,
+        )),
+    ));
     for e in &entries {
         let dest = pack.join(&b.id).join(&e.path);
         match &e.source {
-            EntrySource::Bytes(bytes) => crate::fsutil::write_atomic(&dest, bytes).map_err(|x| fail(format!("{}: {x}", dest.display())))?,
+            EntrySource::Bytes(bytes) => crate::fsutil::write_atomic(&dest, bytes)
+                .map_err(|x| fail(format!("{}: {x}", dest.display())))?,
             EntrySource::File(src) => {
                 let ours = sources.get(&e.path).map(|s| s.1).unwrap_or(false);
                 let r = if ours {
                     link_or_copy(src, &dest)
                 } else {
-                    dest.parent().map(fs::create_dir_all).transpose().and_then(|_| fs::copy(src, &dest).map(|_| ()))
+                    dest.parent()
+                        .map(fs::create_dir_all)
+                        .transpose()
+                        .and_then(|_| fs::copy(src, &dest).map(|_| ()))
                 };
                 r.map_err(|x| fail(format!("{}: {x}", dest.display())))?;
             }
         }
-        recorded.push((format!("pack/{}/{}", b.id, e.path), Some((e.sha256.clone(), e.size))));
+        recorded.push((
+            format!("pack/{}/{}", b.id, e.path),
+            Some((e.sha256.clone(), e.size)),
+        ));
     }
     let e = ctx
         .cache
@@ -744,20 +983,34 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
 }
 
 fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
-fn make_summary(ctx: &Ctx, plan: &Plan, outs: &BTreeMap<String, Arc<BundleOut>>) -> Result<Summary, BuildError> {
-    let manifest_sha256 = crate::hash::sha256_bytes(&crate::sidecars::to_canonical_compact(&ctx.loaded.merged_json));
+fn make_summary(
+    ctx: &Ctx,
+    plan: &Plan,
+    outs: &BTreeMap<String, Arc<BundleOut>>,
+) -> Result<Summary, BuildError> {
+    let manifest_sha256 = crate::hash::sha256_bytes(&crate::sidecars::to_canonical_compact(
+        &ctx.loaded.merged_json,
+    ));
     let mut inputs: Vec<omnipack_summary::InputFile> = ctx
         .digests
         .iter()
-        .map(|(p, (sha, _))| omnipack_summary::InputFile { path: slash(&relative_to(p, &ctx.loaded.dir)), sha256: sha.clone() })
+        .map(|(p, (sha, _))| omnipack_summary::InputFile {
+            path: slash(&relative_to(p, &ctx.loaded.dir)),
+            sha256: sha.clone(),
+        })
         .collect();
     inputs.sort_by(|a, b| a.path.cmp(&b.path));
     let mut bundles = Vec::new();
     for b in &plan.bundles {
-        let o = outs.get(&b.id).ok_or_else(|| BuildError::Plan(format!("bundle `{}` has no package stage", b.id)))?;
+        let o = outs
+            .get(&b.id)
+            .ok_or_else(|| BuildError::Plan(format!("bundle `{}` has no package stage", b.id)))?;
         let c = plan
             .resolved_component(&b.component)
             .ok_or_else(|| BuildError::Plan(format!("bundle `{}`: unknown component", b.id)))?;
@@ -776,7 +1029,11 @@ fn make_summary(ctx: &Ctx, plan: &Plan, outs: &BTreeMap<String, Arc<BundleOut>>)
                 manifest: format!("asset-packs/{}/Manifest.json", b.id),
             },
             quantization: b.quantization.clone(),
-            parameters: if o.parameters > 0 { o.parameters } else { b.parameters },
+            parameters: if o.parameters > 0 {
+                o.parameters
+            } else {
+                b.parameters
+            },
             weights_bytes: o.weights_bytes,
             resident_bytes: b.resident_bytes,
             files: o.files.clone(),
@@ -809,7 +1066,9 @@ fn check_limits(summary: &Summary, warnings: &mut Vec<String>) -> Result<(), Bui
         )));
     }
     if n * 5 > MAX_ASSET_PACKS * 4 {
-        warnings.push(format!("{n} asset packs: more than 80% of the App Store's {MAX_ASSET_PACKS} per app record"));
+        warnings.push(format!(
+            "{n} asset packs: more than 80% of the App Store's {MAX_ASSET_PACKS} per app record"
+        ));
     }
     if bytes.saturating_mul(5) > MAX_ASSET_PACK_BYTES.saturating_mul(4) {
         warnings.push(format!("asset packs total {bytes} bytes: more than 80% of the App Store's 200 GB per app record"));

@@ -7,11 +7,19 @@ pub enum Event {
     /// The build will run these stages (ids, in plan order).
     Planned { stages: Vec<String> },
     /// A stage started. `total_bytes` is known for byte-measured work (quantize, package).
-    Started { stage: String, total_bytes: Option<u64> },
+    Started {
+        stage: String,
+        total_bytes: Option<u64>,
+    },
     /// Bytes of a stage done so far.
     Bytes { stage: String, done: u64 },
     /// A stage finished: `cached` when its output came from the cache.
-    Finished { stage: String, cached: bool, seconds: f64, detail: String },
+    Finished {
+        stage: String,
+        cached: bool,
+        seconds: f64,
+        detail: String,
+    },
     /// A stage failed.
     Failed { stage: String, error: String },
     /// A stage did not run because a stage it depends on failed.

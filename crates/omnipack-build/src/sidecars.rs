@@ -52,7 +52,10 @@ pub fn config_json(c: &ResolvedComponent, format: Format, group_size: Option<u32
         m.insert("max_position_embeddings".into(), json!(t));
     }
     if let (Some(bits), Some(g)) = (format.affine_bits(), group_size) {
-        m.insert("quantization".into(), json!({"group_size": g, "bits": bits, "mode": "affine"}));
+        m.insert(
+            "quantization".into(),
+            json!({"group_size": g, "bits": bits, "mode": "affine"}),
+        );
     }
     if format == Format::Nf4 {
         m.insert(
@@ -62,11 +65,14 @@ pub fn config_json(c: &ResolvedComponent, format: Format, group_size: Option<u32
         );
     }
     if matches!(format, Format::F32 | Format::F16 | Format::Bf16) {
-        m.insert("torch_dtype".into(), json!(match format {
-            Format::F32 => "float32",
-            Format::Bf16 => "bfloat16",
-            _ => "float16",
-        }));
+        m.insert(
+            "torch_dtype".into(),
+            json!(match format {
+                Format::F32 => "float32",
+                Format::Bf16 => "bfloat16",
+                _ => "float16",
+            }),
+        );
     }
     to_canonical_pretty(&Value::Object(m))
 }
@@ -84,7 +90,10 @@ pub fn role_str(r: Role) -> &'static str {
 /// Tokens of KV cache the decode step's inputs hold, from the component alone:
 /// `min(max_seq_len, page_len * resident_pages)` (either when the other is absent).
 pub fn component_kv_tokens(c: &ResolvedComponent) -> Option<u64> {
-    let paged = c.kv_cache.paging.map(|p| p.page_len.saturating_mul(p.resident_pages));
+    let paged = c
+        .kv_cache
+        .paging
+        .map(|p| p.page_len.saturating_mul(p.resident_pages));
     match (c.max_seq_len, paged) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -96,7 +105,9 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
     if c.role != Role::TextDecodeStep {
         return Vec::new();
     }
-    let Some(a) = c.architecture else { return Vec::new() };
+    let Some(a) = c.architecture else {
+        return Vec::new();
+    };
     let t: Value = component_kv_tokens(c).map(Value::from).unwrap_or(json!(-1));
     let io = match c.kv_cache.io_dtype {
         IoDtype::F32 => "float32",
@@ -104,11 +115,14 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
     };
     let cache_shape = json!([1, a.kv_heads, t, a.kv_head_dim]);
     let mut inputs = vec![json!({"name": "input_ids", "shape": [1, 1], "dtype": "int64"})];
-    let mut outputs = vec![json!({"name": "logits", "shape": [1, 1, a.vocab_size], "dtype": "float32"})];
+    let mut outputs =
+        vec![json!({"name": "logits", "shape": [1, 1, a.vocab_size], "dtype": "float32"})];
     for kv in ["k", "v"] {
         for i in 0..a.layers {
-            inputs.push(json!({"name": format!("{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
-            outputs.push(json!({"name": format!("n{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
+            inputs
+                .push(json!({"name": format!("{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
+            outputs
+                .push(json!({"name": format!("n{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
         }
     }
     let mut out = Vec::new();
@@ -126,7 +140,10 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
         "inputs": inputs,
         "outputs": outputs,
     });
-    out.push((format!("{}.io.json", c.artifact), to_canonical_pretty(&io_json)));
+    out.push((
+        format!("{}.io.json", c.artifact),
+        to_canonical_pretty(&io_json),
+    ));
     let g = c.kv_cache.group_size;
     match c.kv_cache.format {
         KvFormat::F16 => {}
@@ -146,7 +163,10 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
                 "rounding": "nearest_even",
                 "bytes_per_group": g + 4,
             });
-            out.push((format!("{}.kvq.json", c.artifact), to_canonical_pretty(&kvq)));
+            out.push((
+                format!("{}.kvq.json", c.artifact),
+                to_canonical_pretty(&kvq),
+            ));
         }
         KvFormat::Nf4 => {
             let kvq = json!({
@@ -166,7 +186,10 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
                 "rounding": "nearest",
                 "bytes_per_group": g / 2 + 2,
             });
-            out.push((format!("{}.kvq.json", c.artifact), to_canonical_pretty(&kvq)));
+            out.push((
+                format!("{}.kvq.json", c.artifact),
+                to_canonical_pretty(&kvq),
+            ));
         }
     }
     if let Some(p) = c.kv_cache.paging {
@@ -180,7 +203,10 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
                 "description": "when the context needs more than resident_pages pages, the oldest full page is dropped; the last page may be partly filled",
             },
         });
-        out.push((format!("{}.kv_paging.json", c.artifact), to_canonical_pretty(&paging)));
+        out.push((
+            format!("{}.kv_paging.json", c.artifact),
+            to_canonical_pretty(&paging),
+        ));
     }
     out
 }
@@ -233,13 +259,22 @@ mod tests {
 
     #[test]
     fn asset_pack_manifest_shape() {
-        let v: Value = serde_json::from_slice(&asset_pack_manifest("com.x.text-f16", "text-f16", Delivery::OnDemand)).unwrap();
+        let v: Value = serde_json::from_slice(&asset_pack_manifest(
+            "com.x.text-f16",
+            "text-f16",
+            Delivery::OnDemand,
+        ))
+        .unwrap();
         assert_eq!(v["assetPackID"], "com.x.text-f16");
         assert_eq!(v["downloadPolicy"], json!({"onDemand": {}}));
         assert_eq!(v["fileSelectors"], json!([{"directory": "text-f16"}]));
         assert_eq!(v["platforms"], json!(["iOS"]));
-        let e: Value = serde_json::from_slice(&asset_pack_manifest("a.b", "b", Delivery::Essential)).unwrap();
-        assert_eq!(e["downloadPolicy"]["essential"]["installationEventTypes"][0], "firstInstallation");
+        let e: Value =
+            serde_json::from_slice(&asset_pack_manifest("a.b", "b", Delivery::Essential)).unwrap();
+        assert_eq!(
+            e["downloadPolicy"]["essential"]["installationEventTypes"][0],
+            "firstInstallation"
+        );
         assert_eq!(e["downloadPolicy"].as_object().unwrap().len(), 1);
     }
 

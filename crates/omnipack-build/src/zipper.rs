@@ -73,10 +73,19 @@ pub enum ZipError {
     Io { path: PathBuf, source: io::Error },
     /// The zip library refused something.
     #[error("{path}: zip: {source}")]
-    Zip { path: PathBuf, source: zip::result::ZipError },
+    Zip {
+        path: PathBuf,
+        source: zip::result::ZipError,
+    },
     /// An entry's bytes differ from the digest recorded when it was produced.
-    #[error("{entry}: changed since it was produced (expected sha256 {expected}, read {actual}); rebuild")]
-    Changed { entry: String, expected: String, actual: String },
+    #[error(
+        "{entry}: changed since it was produced (expected sha256 {expected}, read {actual}); rebuild"
+    )]
+    Changed {
+        entry: String,
+        expected: String,
+        actual: String,
+    },
     /// Two entries with one path, or an unsafe path.
     #[error("bundle entry `{0}`: duplicate or unsafe path")]
     BadPath(String),
@@ -110,7 +119,11 @@ pub fn sort_entries(entries: &mut [Entry]) {
 
 /// Writes `entries` (sorted here) into a new zip at `out`, checking each entry's digest while
 /// writing it, then digests the finished zip.
-pub fn write_zip(out: &Path, mut entries: Vec<Entry>, on_bytes: &dyn Fn(u64)) -> Result<ZipOutcome, ZipError> {
+pub fn write_zip(
+    out: &Path,
+    mut entries: Vec<Entry>,
+    on_bytes: &dyn Fn(u64),
+) -> Result<ZipOutcome, ZipError> {
     sort_entries(&mut entries);
     for w in entries.windows(2) {
         if w[0].path == w[1].path {
@@ -121,7 +134,10 @@ pub fn write_zip(out: &Path, mut entries: Vec<Entry>, on_bytes: &dyn Fn(u64)) ->
         let path = path.to_path_buf();
         move |source| ZipError::Io { path, source }
     };
-    let zip_err = |source| ZipError::Zip { path: out.to_path_buf(), source };
+    let zip_err = |source| ZipError::Zip {
+        path: out.to_path_buf(),
+        source,
+    };
     let file = File::create(out).map_err(io_err(out))?;
     let mut zip = ZipWriter::new(BufWriter::with_capacity(CHUNK, file));
     let mut buf = vec![0u8; CHUNK];
@@ -129,7 +145,8 @@ pub fn write_zip(out: &Path, mut entries: Vec<Entry>, on_bytes: &dyn Fn(u64)) ->
         if !crate::fsutil::is_safe_relative(&e.path) {
             return Err(ZipError::BadPath(e.path.clone()));
         }
-        zip.start_file(e.path.as_str(), options(&e.path, e.size)).map_err(zip_err)?;
+        zip.start_file(e.path.as_str(), options(&e.path, e.size))
+            .map_err(zip_err)?;
         let mut w = HashingWriter::new(&mut zip);
         match &e.source {
             EntrySource::Bytes(b) => {
@@ -150,7 +167,11 @@ pub fn write_zip(out: &Path, mut entries: Vec<Entry>, on_bytes: &dyn Fn(u64)) ->
         }
         let (sha, n, _) = w.finish();
         if sha != e.sha256 || n != e.size {
-            return Err(ZipError::Changed { entry: e.path.clone(), expected: e.sha256.clone(), actual: sha });
+            return Err(ZipError::Changed {
+                entry: e.path.clone(),
+                expected: e.sha256.clone(),
+                actual: sha,
+            });
         }
     }
     let w = zip.finish().map_err(zip_err)?;
@@ -185,20 +206,33 @@ pub fn read_zip_entries(path: &Path) -> Result<Vec<ReadEntry>, String> {
     let mut out = Vec::with_capacity(z.len());
     let mut buf = vec![0u8; CHUNK];
     for i in 0..z.len() {
-        let mut e = z.by_index(i).map_err(|e| format!("{}: entry {i}: {e}", path.display()))?;
-        let name = e.name().map_err(|err| format!("{}: entry {i}: {err}", path.display()))?.to_string();
+        let mut e = z
+            .by_index(i)
+            .map_err(|e| format!("{}: entry {i}: {e}", path.display()))?;
+        let name = e
+            .name()
+            .map_err(|err| format!("{}: entry {i}: {err}", path.display()))?
+            .to_string();
         let data_start = e.data_start().unwrap_or(0);
         let stored = e.compression() == CompressionMethod::Stored;
         let mut w = HashingWriter::new(io::sink());
         loop {
-            let n = e.read(&mut buf).map_err(|err| format!("{}: {name}: {err}", path.display()))?;
+            let n = e
+                .read(&mut buf)
+                .map_err(|err| format!("{}: {name}: {err}", path.display()))?;
             if n == 0 {
                 break;
             }
             let _ = w.write_all(&buf[..n]);
         }
         let (sha256, size, _) = w.finish();
-        out.push(ReadEntry { path: name, size, sha256, data_start, stored });
+        out.push(ReadEntry {
+            path: name,
+            size,
+            sha256,
+            data_start,
+            stored,
+        });
     }
     Ok(out)
 }
@@ -208,12 +242,20 @@ pub fn read_zip_entry(path: &Path, name: &str, limit: u64) -> Result<Vec<u8>, St
     let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut z = zip::ZipArchive::new(io::BufReader::new(f))
         .map_err(|e| format!("{}: not a readable zip: {e}", path.display()))?;
-    let e = z.by_name(name).map_err(|e| format!("{}: {name}: {e}", path.display()))?;
+    let e = z
+        .by_name(name)
+        .map_err(|e| format!("{}: {name}: {e}", path.display()))?;
     if e.size() > limit {
-        return Err(format!("{}: {name} is {} bytes, more than the {limit} allowed", path.display(), e.size()));
+        return Err(format!(
+            "{}: {name} is {} bytes, more than the {limit} allowed",
+            path.display(),
+            e.size()
+        ));
     }
     let mut v = Vec::with_capacity(e.size() as usize);
-    e.take(limit).read_to_end(&mut v).map_err(|err| format!("{}: {name}: {err}", path.display()))?;
+    e.take(limit)
+        .read_to_end(&mut v)
+        .map_err(|err| format!("{}: {name}: {err}", path.display()))?;
     Ok(v)
 }
 
@@ -230,7 +272,12 @@ mod tests {
         let entries = || {
             vec![
                 Entry::bytes("z.json", b"{}".to_vec()),
-                Entry { path: "weights.safetensors".into(), source: EntrySource::File(weights.clone()), size: 100_000, sha256: wsha.clone() },
+                Entry {
+                    path: "weights.safetensors".into(),
+                    source: EntrySource::File(weights.clone()),
+                    size: 100_000,
+                    sha256: wsha.clone(),
+                },
                 Entry::bytes("B.json", b"[]".to_vec()),
                 Entry::bytes(BUNDLE_JSON, b"{\"a\":1}".to_vec()),
             ]
@@ -243,7 +290,10 @@ mod tests {
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         let read = read_zip_entries(&a).unwrap();
         let names: Vec<_> = read.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(names, ["bundle.json", "B.json", "weights.safetensors", "z.json"]);
+        assert_eq!(
+            names,
+            ["bundle.json", "B.json", "weights.safetensors", "z.json"]
+        );
         let w = &read[2];
         assert!(w.stored);
         assert_eq!(w.data_start % DATA_ALIGNMENT as u64, 0);

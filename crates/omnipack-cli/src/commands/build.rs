@@ -1,16 +1,319 @@
-//! `omnipack build` (interim: being implemented).
+//! `omnipack build MANIFEST [--out DIR] [--tier NAME]... [--jobs N] [--no-cache] [--cache-dir DIR]`:
+//! the whole pipeline, with progress bars on a terminal and plain lines otherwise, then a
+//! table per tier.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use omnipack_build::{BuildError, BuildOptions, Event, Progress};
+use omnipack_manifest::diagnostic::{Diagnostic, Severity, render};
+use omnipack_manifest::{LoadedManifest, format_bytes, format_signed_bytes};
+use omnipack_plan::PlanFailure;
 
 use super::CommandResult;
 
 /// Arguments of `omnipack build`.
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
-    /// Remaining arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// The bundle manifest.
+    pub manifest: PathBuf,
+    /// Output folder.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out: PathBuf,
+    /// Build only this tier (repeatable). Default: every tier.
+    #[arg(long = "tier", value_name = "NAME")]
+    pub tiers: Vec<String>,
+    /// Stages (and parallel work inside them) at once. Default: the number of CPUs.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: Option<u32>,
+    /// Run every stage even when its output is in the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Cache folder (share one between output folders). Default: OUT/.omnipack/cache.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Runs `omnipack build`.
-pub fn run(_args: BuildArgs) -> CommandResult {
-    Err(miette::miette!("`omnipack build` is not available in this build yet"))
+pub fn run(args: BuildArgs) -> CommandResult {
+    let loaded = match omnipack_manifest::load(&args.manifest) {
+        Ok(l) => l,
+        Err(diags) => {
+            eprint!("{}", diags.render());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    eprint!("{}", render(&loaded.warnings));
+    let plan = match omnipack_plan::plan(&loaded, &args.tiers) {
+        Ok(p) => p,
+        Err(PlanFailure { diagnostics, .. }) => {
+            let diags: Vec<Diagnostic> = diagnostics
+                .iter()
+                .map(|d| plan_diagnostic(&loaded, d))
+                .collect();
+            eprint!("{}", render(&diags));
+            eprintln!(
+                "error: nothing was built (the plan failed; see `omnipack plan {}`)",
+                args.manifest.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let warnings: Vec<Diagnostic> = plan
+        .warnings
+        .iter()
+        .map(|w| match &w.path {
+            Some(p) => loaded.diagnostic_at(p, Severity::Warning, &w.message, None),
+            None => Diagnostic::new(Severity::Warning, loaded.path.to_string_lossy(), &w.message),
+        })
+        .collect();
+    eprint!("{}", render(&warnings));
+
+    let opts = BuildOptions {
+        out_dir: args.out.clone(),
+        cache_dir: args.cache_dir.clone(),
+        jobs: args.jobs.map(|j| j as usize),
+        no_cache: args.no_cache,
+    };
+    let reporter = Reporter::new(std::io::stderr().is_terminal());
+    let t0 = Instant::now();
+    let result = omnipack_build::build(&loaded, &plan, &opts, &reporter);
+    reporter.finish();
+    match result {
+        Ok(report) => {
+            let ran = report.stages.iter().filter(|s| !s.cached).count();
+            let cached = report.stages.len() - ran;
+            println!(
+                "built {} bundle{} into {} in {:.2}s: {ran} stage{} ran, {cached} from the cache",
+                report.summary.bundles.len(),
+                if report.summary.bundles.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                args.out.display(),
+                t0.elapsed().as_secs_f64(),
+                if ran == 1 { "" } else { "s" },
+            );
+            print!("{}", tier_tables(&report.summary));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(BuildError::Stages(failures)) => {
+            for f in failures.iter().filter(|f| !f.skipped) {
+                eprintln!("error: stage `{}` failed: {}", f.stage, f.error);
+            }
+            let skipped: Vec<&str> = failures
+                .iter()
+                .filter(|f| f.skipped)
+                .map(|f| f.stage.as_str())
+                .collect();
+            if !skipped.is_empty() {
+                eprintln!(
+                    "note: not run because a stage they need failed: {}",
+                    skipped.join(", ")
+                );
+            }
+            eprintln!(
+                "error: build failed; {} is unchanged (logs in {})",
+                args.out.display(),
+                args.out.join(".omnipack/logs").display()
+            );
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            eprintln!("error: build failed; {} is unchanged", args.out.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn plan_diagnostic(loaded: &LoadedManifest, d: &omnipack_plan::PlanDiagnostic) -> Diagnostic {
+    let mut help = String::new();
+    for n in &d.notes {
+        let _ = writeln!(help, "{n}");
+    }
+    for h in &d.help {
+        let _ = writeln!(help, "- {h}");
+    }
+    let help = help.trim_end().to_string();
+    let help = (!help.is_empty()).then_some(help);
+    match &d.path {
+        Some(p) => loaded.diagnostic_at(p, Severity::Error, &d.message, help),
+        None => Diagnostic::new(Severity::Error, loaded.path.to_string_lossy(), &d.message)
+            .with_help_opt(help),
+    }
+}
+
+/// Per tier: its bundles with zip sizes, then peak memory and headroom.
+fn tier_tables(s: &omnipack_summary::Summary) -> String {
+    let sizes: BTreeMap<&str, (u64, u64)> = s
+        .bundles
+        .iter()
+        .map(|b| (b.id.as_str(), (b.size_bytes, b.resident_bytes)))
+        .collect();
+    let mut out = String::new();
+    for t in &s.tiers {
+        let m = &t.memory;
+        let _ = writeln!(
+            out,
+            "\ntier {}  (memory_limit {}, peak {}, headroom {}, {})",
+            t.name,
+            format_bytes(t.memory_limit_bytes),
+            format_bytes(m.peak_bytes),
+            format_signed_bytes(m.headroom_bytes),
+            if t.fits { "fits" } else { "DOES NOT FIT" }
+        );
+        let _ = writeln!(
+            out,
+            "  {:<36} {:>14} {:>14}",
+            "bundle (load order)", "zip", "resident"
+        );
+        for id in &t.bundles {
+            let (zip, resident) = sizes.get(id.as_str()).copied().unwrap_or((0, 0));
+            let _ = writeln!(
+                out,
+                "  {:<36} {:>14} {:>14}",
+                id,
+                format_bytes(zip),
+                format_bytes(resident)
+            );
+        }
+    }
+    out
+}
+
+/// Draws events: indicatif bars on a terminal, plain lines otherwise.
+struct Reporter {
+    tty: bool,
+    multi: MultiProgress,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    total: usize,
+    done: usize,
+    bars: BTreeMap<String, ProgressBar>,
+}
+
+impl Reporter {
+    fn new(tty: bool) -> Reporter {
+        let multi = MultiProgress::with_draw_target(if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        Reporter {
+            tty,
+            multi,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn line(&self, text: String) {
+        if self.tty {
+            let _ = self.multi.println(text);
+        } else {
+            eprintln!("{text}");
+        }
+    }
+
+    fn finish(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            for (_, b) in std::mem::take(&mut st.bars) {
+                b.finish_and_clear();
+            }
+        }
+        let _ = self.multi.clear();
+    }
+}
+
+impl Progress for Reporter {
+    fn event(&self, event: Event) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        match event {
+            Event::Planned { stages } => st.total = stages.len(),
+            Event::Started { stage, total_bytes } => {
+                if !self.tty {
+                    return;
+                }
+                let bar = st.bars.entry(stage.clone()).or_insert_with(|| {
+                    let b = self.multi.add(ProgressBar::new_spinner());
+                    b.enable_steady_tick(std::time::Duration::from_millis(120));
+                    b
+                });
+                match total_bytes {
+                    Some(n) => {
+                        bar.set_length(n);
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {prefix:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                                .progress_chars("=> "),
+                        );
+                    }
+                    None => bar.set_style(
+                        ProgressStyle::with_template("{spinner} {prefix:40} {elapsed}")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    ),
+                }
+                bar.set_prefix(stage);
+            }
+            Event::Bytes { stage, done } => {
+                if let Some(b) = st.bars.get(&stage) {
+                    b.set_position(done);
+                }
+            }
+            Event::Finished {
+                stage,
+                cached,
+                seconds,
+                detail,
+            } => {
+                st.done += 1;
+                if let Some(b) = st.bars.remove(&stage) {
+                    b.finish_and_clear();
+                    self.multi.remove(&b);
+                }
+                let how = if cached { "cached" } else { "ran   " };
+                let text = format!(
+                    "[{}/{}] {how} {stage} ({seconds:.2}s; {detail})",
+                    st.done, st.total
+                );
+                drop(st);
+                self.line(text);
+            }
+            Event::Failed { stage, error } => {
+                st.done += 1;
+                if let Some(b) = st.bars.remove(&stage) {
+                    b.finish_and_clear();
+                    self.multi.remove(&b);
+                }
+                let first = error.lines().next().unwrap_or_default().to_string();
+                let text = format!("[{}/{}] FAILED {stage}: {first}", st.done, st.total);
+                drop(st);
+                self.line(text);
+            }
+            Event::Skipped { stage, because } => {
+                drop(st);
+                self.line(format!("skipped {stage} (needs `{because}`, which failed)"));
+            }
+            Event::Note(n) => {
+                drop(st);
+                self.line(format!("note: {n}"));
+            }
+            Event::Warning(w) => {
+                drop(st);
+                self.line(format!("warning: {w}"));
+            }
+        }
+    }
 }

@@ -1,0 +1,370 @@
+//! Integration tests of `omnipack build` and `omnipack verify` on the real binary.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_omnipack")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn omnipack(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("omnipack runs")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every file under `dir` except `.omnipack/`, with its bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+            if rel == ".omnipack" {
+                continue;
+            }
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A project folder with the example checkpoint and a manifest whose `tok` data component runs
+/// `script` (POSIX sh, `$1` is `{out}`), with the given timeout.
+fn project(script: &str, timeout: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    fs::copy(
+        root().join("examples/omnicoder-tiny/model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    write_manifest(d.path(), script, timeout);
+    d
+}
+
+fn write_manifest(dir: &Path, script: &str, timeout: &str) {
+    let script = script.replace('\'', "''");
+    let m = format!(
+        r#"omnipack: 1
+package: {{ name: t, version: 1.0.0, bundle_id: com.example.t }}
+runtime_overhead: 100MiB
+tiers:
+  - {{ name: small, device_memory: 4GiB, memory_limit: 2GiB }}
+components:
+  - name: text
+    role: text_decode_step
+    source: {{ safetensors: model.safetensors, prefix: text. }}
+    architecture: {{ layers: 4, kv_heads: 4, kv_head_dim: 32, hidden_size: 128, vocab_size: 512 }}
+    max_seq_len: 256
+    quantization: {{ format: int4, group_size: 64, keep: ["*norm*"] }}
+  - name: image_decoder
+    role: image_decoder
+    source: {{ safetensors: model.safetensors, prefix: image. }}
+    quantization: {{ format: int8 }}
+  - name: tok
+    role: data
+    source:
+      command:
+        run: [sh, -c, '{script}', sh, "{{out}}"]
+        outputs: [tok.json]
+        timeout: {timeout}
+    size: 1KiB
+"#
+    );
+    fs::write(dir.join("omnipack.yaml"), m).unwrap();
+}
+
+const GOOD: &str = r#"printf '{"v":1}\n' > "$1/tok.json""#;
+
+fn build(dir: &Path, out: &Path, extra: &[&str]) -> Output {
+    let m = dir.join("omnipack.yaml");
+    let mut args = vec!["build", s(&m), "--out", s(out)];
+    args.extend_from_slice(extra);
+    omnipack(&args)
+}
+
+#[test]
+fn iphone_3gb_builds_verifies_and_detects_one_changed_byte() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("dist");
+    let m = root().join("manifests/iphone-3gb.yaml");
+    let o = omnipack(&["build", s(&m), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.join("mobile_packager_summary.json").exists());
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("mobile_packager_summary.json")).unwrap())
+            .unwrap();
+    let bundles = summary["bundles"].as_array().unwrap();
+    let roles: Vec<&str> = bundles
+        .iter()
+        .map(|b| b["role"].as_str().unwrap())
+        .collect();
+    for r in ["text_decode_step", "image_decoder", "data"] {
+        assert!(roles.contains(&r), "{roles:?}");
+    }
+    assert!(
+        bundles
+            .iter()
+            .any(|b| b["quantization"]["mode"] == "affine")
+    );
+    for b in bundles {
+        let id = b["id"].as_str().unwrap();
+        assert!(out.join(format!("bundles/{id}.zip")).exists());
+        assert!(out.join(format!("asset-packs/{id}/Manifest.json")).exists());
+        assert!(
+            out.join(format!("asset-packs/{id}/{id}/bundle.json"))
+                .exists()
+        );
+    }
+    // The summary validates against the committed schema.
+    let schema_path = root().join("schemas/mobile_packager_summary.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_slice(&fs::read(&schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&summary)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let v = omnipack(&["verify", s(&out)]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // One changed byte in a bundle zip.
+    let id = bundles[0]["id"].as_str().unwrap();
+    let zip = out.join(format!("bundles/{id}.zip"));
+    let mut bytes = fs::read(&zip).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    fs::write(&zip, &bytes).unwrap();
+    let v = omnipack(&["verify", s(&out)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(
+        text(&v).contains(&format!("bundles/{id}.zip")),
+        "{}",
+        text(&v)
+    );
+
+    // A rebuild repairs it (the corrupted cache entry is detected and rebuilt).
+    let o = omnipack(&["build", s(&m), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = omnipack(&["verify", s(&out)]);
+    assert!(v.status.success(), "{}", text(&v));
+
+    // One changed byte in an asset-pack file.
+    let weights = out.join(format!("asset-packs/{id}/{id}/bundle.json"));
+    let mut bytes = fs::read(&weights).unwrap();
+    bytes[0] = b' ';
+    fs::write(&weights, &bytes).unwrap();
+    let v = omnipack(&["verify", s(&out)]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(
+        text(&v).contains(&format!("asset-packs/{id}/{id}/bundle.json")),
+        "{}",
+        text(&v)
+    );
+}
+
+#[test]
+fn jobs_1_and_default_are_byte_identical_and_rebuild_is_cached() {
+    let p = project(GOOD, "10s");
+    let a = p.path().join("a");
+    let b = p.path().join("b");
+    let o = build(p.path(), &a, &["--jobs", "1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = build(p.path(), &b, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let ta = tree(&a);
+    assert!(ta.len() > 10, "{:?}", ta.keys());
+    assert_eq!(ta, tree(&b));
+    // Unchanged rebuild: nothing runs.
+    let o = build(p.path(), &a, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" 0 stages ran"), "{}", text(&o));
+    assert_eq!(ta, tree(&a));
+    // --no-cache runs everything and gives the same bytes.
+    let o = build(p.path(), &a, &["--no-cache"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" 0 from the cache"), "{}", text(&o));
+    assert_eq!(ta, tree(&a));
+}
+
+#[test]
+fn failing_exporter_is_reported_with_its_log_and_output_is_untouched() {
+    let p = project(GOOD, "10s");
+    let out = p.path().join("dist");
+    assert!(build(p.path(), &out, &[]).status.success());
+    let before = tree(&out);
+    write_manifest(p.path(), "echo exporter-went-boom >&2; exit 7", "10s");
+    let o = build(p.path(), &out, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("export:tok"), "{t}");
+    assert!(t.contains("exporter-went-boom"), "{t}");
+    assert!(t.contains("exit status: 7"), "{t}");
+    assert!(
+        t.contains("package:tok"),
+        "dependent stage should be named as not run: {t}"
+    );
+    assert_eq!(before, tree(&out));
+}
+
+#[test]
+fn hanging_exporter_times_out() {
+    let p = project("sleep 60", "1s");
+    let t0 = Instant::now();
+    let o = build(p.path(), &p.path().join("dist"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("did not finish within 1s"),
+        "{}",
+        text(&o)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    assert!(!p.path().join("dist/mobile_packager_summary.json").exists());
+}
+
+#[test]
+fn exporter_writing_outside_its_folder_is_refused() {
+    let p = project(r#"echo x > "$1/../evil"; echo y > "$1/tok.json""#, "10s");
+    let o = build(p.path(), &p.path().join("dist"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("wrote outside its folder"),
+        "{}",
+        text(&o)
+    );
+
+    write_manifest(p.path(), r#"ln -s /etc/hostname "$1/tok.json""#, "10s");
+    let o = build(p.path(), &p.path().join("dist"), &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("symlink"), "{}", text(&o));
+}
+
+#[test]
+fn killed_build_leaves_previous_output_and_next_build_recovers() {
+    let p = project(GOOD, "10s");
+    let out = p.path().join("dist");
+    assert!(build(p.path(), &out, &[]).status.success());
+    let before = tree(&out);
+    // Same bundle ids, new bytes, killed at several moments.
+    write_manifest(
+        p.path(),
+        r#"sleep 0.3; printf '{"v":2}\n' > "$1/tok.json""#,
+        "10s",
+    );
+    for delay_ms in [50u64, 200, 450, 700] {
+        let m = p.path().join("omnipack.yaml");
+        let mut child = Command::new(bin())
+            .args(["build", s(&m), "--out", s(&out), "--no-cache"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            // Finished before the kill: it installed the complete new output.
+            let v = omnipack(&["verify", s(&out)]);
+            assert!(v.status.success(), "{}", text(&v));
+            break;
+        }
+        assert_eq!(
+            before,
+            tree(&out),
+            "output changed by a build killed after {delay_ms} ms"
+        );
+    }
+    let o = build(p.path(), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v = omnipack(&["verify", s(&out)]);
+    assert!(v.status.success(), "{}", text(&v));
+    let tok = tree(&out)
+        .into_iter()
+        .find(|(k, _)| k.ends_with("/tok.json"))
+        .unwrap()
+        .1;
+    assert_eq!(tok, b"{\"v\":2}\n");
+}
+
+#[test]
+fn second_concurrent_build_exits_at_once_naming_the_lock() {
+    let p = project(r#"sleep 3; printf '{}' > "$1/tok.json""#, "20s");
+    let out = p.path().join("dist");
+    let m = p.path().join("omnipack.yaml");
+    let mut first = Command::new(bin())
+        .args(["build", s(&m), "--out", s(&out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first build holds the lock (it writes its pid into it).
+    let lock = out.join(".omnipack/lock");
+    let t0 = Instant::now();
+    while fs::read_to_string(&lock)
+        .map(|s| s.trim().is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "first build never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t1 = Instant::now();
+    let o = build(p.path(), &out, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains(".omnipack/lock"), "{}", text(&o));
+    assert!(t1.elapsed() < Duration::from_secs(2));
+    let status = first.wait().unwrap();
+    assert!(status.success());
+    assert!(omnipack(&["verify", s(&out)]).status.success());
+}
+
+#[test]
+fn corrupt_cache_entry_is_detected_and_rebuilt() {
+    let p = project(GOOD, "10s");
+    let out = p.path().join("dist");
+    assert!(build(p.path(), &out, &[]).status.success());
+    let before = tree(&out);
+    let qdir = out.join(".omnipack/cache/quantize");
+    let entry = fs::read_dir(&qdir).unwrap().next().unwrap().unwrap().path();
+    let w = entry.join("weights.safetensors");
+    let mut bytes = fs::read(&w).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 10);
+    fs::write(&w, &bytes).unwrap();
+    let o = build(p.path(), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("cache entry rebuilt"), "{}", text(&o));
+    assert!(text(&o).contains("ran    quantize:"), "{}", text(&o));
+    assert_eq!(before, tree(&out));
+    assert!(omnipack(&["verify", s(&out)]).status.success());
+}
