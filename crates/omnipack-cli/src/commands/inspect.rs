@@ -74,15 +74,8 @@ pub fn run(args: InspectArgs) -> CommandResult {
     let text = match kind {
         FileKind::Safetensors => inspect_safetensors(&args.path),
         FileKind::ShardIndex => inspect_shard_index(&args.path),
-        FileKind::BundleZip | FileKind::Summary => Err(format!(
-            "{}: inspecting {} is not supported by this build; give a .safetensors file or a *.safetensors.index.json",
-            args.path.display(),
-            if kind == FileKind::BundleZip {
-                "bundle zips"
-            } else {
-                "summaries"
-            }
-        )),
+        FileKind::BundleZip => omnipack_build::verify::describe_bundle(&args.path),
+        FileKind::Summary => omnipack_build::verify::describe_summary(&args.path),
     }
     .map_err(|e| miette::miette!("{e}"))?;
     print!("{text}");
