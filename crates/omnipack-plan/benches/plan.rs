@@ -57,7 +57,7 @@ fn fixture() -> &'static Path {
         }
         assert!(params > 6_700_000_000, "a 7 B checkpoint");
         let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
-        while json.len() % 8 != 0 {
+        while !json.len().is_multiple_of(8) {
             json.push(b' ');
         }
         let path = dir.path().join("model.safetensors");
