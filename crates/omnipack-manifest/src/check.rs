@@ -86,8 +86,27 @@ fn map_errors<'e, 'v: 'e>(
         .filter(|e| !is_combinator(e.kind()))
         .map(|e| e.instance_path().as_str().to_string())
         .collect();
+    // Unknown keys per mapping: a missing key with a misspelt twin is reported once, as the
+    // misspelling.
+    let mut unknown: std::collections::HashMap<String, Vec<String>> =
+        std::collections::HashMap::new();
+    for e in errors.clone() {
+        if let ValidationErrorKind::AdditionalProperties { unexpected } = e.kind() {
+            unknown
+                .entry(e.instance_path().as_str().to_string())
+                .or_default()
+                .extend(unexpected.iter().cloned());
+        }
+    }
     for err in errors {
         if is_combinator(err.kind()) && simple_paths.contains(err.instance_path().as_str()) {
+            continue;
+        }
+        if let ValidationErrorKind::Required { property } = err.kind()
+            && let Some(keys) = unknown.get(err.instance_path().as_str())
+            && let Some(prop) = property.as_str()
+            && keys.iter().any(|k| nearest(k, [prop]).is_some())
+        {
             continue;
         }
         map_error(ctx, err, out);
@@ -204,12 +223,19 @@ pub(crate) fn nearest<'a>(
     word: &str,
     candidates: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'a str> {
-    candidates
+    let word_l = word.to_lowercase();
+    let mut scored: Vec<(usize, &'a str)> = candidates
         .into_iter()
-        .map(|c| (distance(&word.to_lowercase(), &c.to_lowercase()), c))
+        .map(|c| (distance(&word_l, &c.to_lowercase()), c))
         .filter(|(d, c)| *d <= (c.chars().count().max(word.chars().count()) / 3).max(1))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
+        .collect();
+    scored.sort_by_key(|(d, _)| *d);
+    match scored.as_slice() {
+        // A tie (`int5`: `int4` or `int6`?) is no useful suggestion.
+        [(d0, _), (d1, _), ..] if d0 == d1 => None,
+        [(_, c), ..] => Some(c),
+        [] => None,
+    }
 }
 
 fn backticked(items: &[String]) -> String {
@@ -273,14 +299,14 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             let prop_schema = schema
                 .and_then(|s| s.get("properties"))
                 .and_then(|p| p.get(&prop));
-            let mut help = if prop == "omnipack" {
+            let help = if prop == "omnipack" {
                 "add `omnipack: 1` as the first key".to_string()
             } else {
-                format!("add `{prop}:`")
+                match describe(prop_schema) {
+                    Some(desc) => format!("add `{prop}:`. {desc}"),
+                    None => format!("add `{prop}:`"),
+                }
             };
-            if let Some(desc) = describe(prop_schema) {
-                help.push_str(&format!(" ({desc})"));
-            }
             let where_ = if path.is_empty() {
                 "the manifest".to_string()
             } else {
@@ -324,13 +350,22 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             }
             // Pick the alternative that matches the value's shape and report its errors.
             let here = err.instance_path().as_str();
-            let best = context.iter().find(|branch| {
-                !branch.is_empty()
-                    && !branch.iter().any(|b| {
-                        b.instance_path().as_str() == here
-                            && matches!(b.kind(), ValidationErrorKind::Type { .. })
+            // Prefer an alternative whose errors are all inside the value (the value has its
+            // shape), then one without a type mismatch at the value itself.
+            let deeper =
+                |b: &jsonschema::ValidationError<'_>| b.instance_path().as_str().len() > here.len();
+            let best = context
+                .iter()
+                .find(|branch| !branch.is_empty() && branch.iter().all(deeper))
+                .or_else(|| {
+                    context.iter().find(|branch| {
+                        !branch.is_empty()
+                            && !branch.iter().any(|b| {
+                                b.instance_path().as_str() == here
+                                    && matches!(b.kind(), ValidationErrorKind::Type { .. })
+                            })
                     })
-            });
+                });
             match best {
                 Some(branch) => map_errors(ctx, branch.iter(), out),
                 None => out.push(
@@ -536,6 +571,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 e,
                 "missing `package`: a manifest with tiers and components needs a package identity",
             )
+            .with_label("this manifest has tiers and components")
             .with_path("package")
             .with_help(
                 "add `package: { name: myapp, version: 1.0.0, bundle_id: com.example.myapp }`",
@@ -776,7 +812,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                     .with_help("add `architecture: { layers: .., kv_heads: .., kv_head_dim: .., hidden_size: .., vocab_size: .. }`: the memory model sizes the KV cache and activations from it"),
             );
         }
-        if role != "text_decode_step" && !role.is_empty() {
+        if ["image_decoder", "video_decoder", "data"].contains(&role) {
             for k in ["kv_cache", "architecture"] {
                 if c.get(k).is_some() {
                     out.push(
@@ -970,6 +1006,38 @@ fn display_path(dir: &Path, rel: &str) -> String {
     if n.is_empty() { ".".into() } else { n }
 }
 
+/// Advice for a path that does not exist: a similar name in the same folder, if any.
+fn missing_help(dir: &Path, rel: &str) -> String {
+    let full = dir.join(rel);
+    let general = "paths are relative to the manifest that names them";
+    let (Some(parent), Some(name)) = (full.parent(), full.file_name().and_then(|n| n.to_str()))
+    else {
+        return general.to_string();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return format!(
+            "{general}; the folder `{}` does not exist",
+            display_path(dir, &parent_rel(rel))
+        );
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .take(10_000)
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .collect();
+    match nearest(name, names.iter().map(String::as_str)) {
+        Some(n) => format!("did you mean `{n}`? {general}"),
+        None => general.to_string(),
+    }
+}
+
+fn parent_rel(rel: &str) -> String {
+    match rel.rfind('/') {
+        Some(i) => rel[..i].to_string(),
+        None => ".".to_string(),
+    }
+}
+
 /// Checks cheaply that a shard exists and looks like safetensors: an 8-byte little-endian
 /// header length that fits the file, then `{`.
 fn check_safetensors(dir: &Path, rel: &str) -> Option<(String, String)> {
@@ -980,7 +1048,7 @@ fn check_safetensors(dir: &Path, rel: &str) -> Option<(String, String)> {
         Err(_) => {
             return Some((
                 format!("safetensors file `{shown}` does not exist"),
-                "paths are relative to the manifest that names them".into(),
+                missing_help(dir, rel),
             ));
         }
     };

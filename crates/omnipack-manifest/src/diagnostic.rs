@@ -355,6 +355,8 @@ pub fn render(diagnostics: &[Diagnostic]) -> String {
         .with_links(false)
         .with_context_lines(1)
         .without_primary_span_start()
+        // Unwrapped: textwrap would split paths at hyphens, breaking copy and paste.
+        .with_wrap_lines(false)
         .without_syntax_highlighting();
     let mut out = String::new();
     for d in diagnostics {

@@ -170,6 +170,34 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     })
 }
 
+/// Reads and parses ONE manifest file (same limits and diagnostics as [`load`], no
+/// `extends`, no checks) into JSON: what an editor validates against the schema.
+pub fn read_yaml_json(path: &Path) -> Result<Value, Diagnostics> {
+    let mut loader = Loader::default();
+    let display = path.to_string_lossy().to_string();
+    match read_text(path, &display) {
+        Ok(text) => {
+            let src = Arc::new(SourceFile::new(display, text));
+            node::parse(&src, 0)
+                .map(|n| n.to_json())
+                .map_err(|d| Diagnostics(vec![*d]))
+        }
+        Err(ReadError::Io(msg, help)) => {
+            loader.error_at(
+                &None,
+                &display,
+                format!("cannot read `{display}`: {msg}"),
+                help,
+            );
+            Err(Diagnostics(loader.diags))
+        }
+        Err(ReadError::Utf8(..)) => Err(Diagnostics(vec![Diagnostic::error(
+            display,
+            "the manifest is not valid UTF-8",
+        )])),
+    }
+}
+
 fn dedup(diags: &mut Vec<Diagnostic>) {
     let mut seen = std::collections::HashSet::new();
     diags.retain(|d| {
@@ -273,7 +301,7 @@ impl Loader {
                 let message = if named_at.is_some() {
                     format!("cannot read base manifest `{display}`: {msg}")
                 } else {
-                    format!("cannot read `{display}`: {msg}")
+                    format!("cannot read the manifest: {msg}")
                 };
                 self.error_at(&named_at, display, message, help);
                 return None;

@@ -297,13 +297,13 @@ pub fn point_span(found: &Found<'_>) -> (usize, Range<usize>) {
 
 /// A problem found while parsing one file.
 pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -> Diagnostic {
-    let text = err.render_with_options(serde_saphyr::render_options! {
+    let rendered = err.render_with_options(serde_saphyr::render_options! {
         snippets: serde_saphyr::SnippetMode::Off,
         formatter: &serde_saphyr::UserMessageFormatter,
     });
-    let mut message = match text.find(" at line ") {
-        Some(i) => text[..i].to_string(),
-        None => text.trim().to_string(),
+    let mut message = match rendered.find(" at line ") {
+        Some(i) => rendered[..i].to_string(),
+        None => rendered.trim().to_string(),
     };
     let mut help = None;
     if message.contains("limits breached") || message.contains("recursion limit") {
@@ -326,10 +326,27 @@ pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -
             message = first.to_lowercase().collect::<String>() + c.as_str();
         }
     }
+    let text = &source.text;
     let diag = match err.location() {
         Some(loc) if loc.line() > 0 => {
-            let start = byte_start(source, &loc);
-            let end = next_char_end(&source.text, start);
+            let mut start = byte_start(source, &loc);
+            let mut end = next_char_end(text, start);
+            if message.contains("tab") {
+                // Point at the tab itself, not at the token the scanner was reading.
+                if let Some(t) = text[start..].find('\t') {
+                    start += t;
+                    end = start + 1;
+                }
+            } else if message.contains("duplicate mapping key") {
+                // Underline the whole key.
+                let rest = &text[start..];
+                let len = rest.find([':', '\n']).unwrap_or(rest.len());
+                end = start + rest[..len].trim_end().len().max(1);
+            } else if help.is_none() {
+                help = unclosed_bracket(text, start).or_else(|| {
+                    Some("check the indentation and the `key: value` syntax on this line and the one before".to_string())
+                });
+            }
             Diagnostic::located(
                 Severity::Error,
                 source,
@@ -340,6 +357,39 @@ pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -
         _ => Diagnostic::error(source.name.clone(), format!("invalid YAML: {message}")),
     };
     diag.with_help_opt(help)
+}
+
+/// The line of a `[` or `{` opened before `offset` and never closed, as advice.
+fn unclosed_bracket(text: &str, offset: usize) -> Option<String> {
+    let mut stack: Vec<(char, usize)> = Vec::new();
+    let mut line = 1;
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    for c in text[..offset.min(text.len())].chars() {
+        match c {
+            '\n' => {
+                line += 1;
+                comment = false;
+                if quote == Some('\'') {
+                    quote = None;
+                }
+            }
+            _ if comment => {}
+            '"' | '\'' if quote.is_none() => quote = Some(c),
+            c2 if Some(c2) == quote => quote = None,
+            _ if quote.is_some() => {}
+            '#' => comment = true,
+            '[' | '{' => stack.push((c, line)),
+            ']' | '}' => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.last().map(|(c, l)| {
+        let close = if *c == '[' { ']' } else { '}' };
+        format!("the `{c}` opened on line {l} is never closed: add `{close}`")
+    })
 }
 
 fn next_char_end(text: &str, start: usize) -> usize {

@@ -37,24 +37,12 @@ pub fn run(args: ValidateArgs) -> CommandResult {
     for path in &args.manifests {
         match load(path) {
             Ok(m) => {
-                let what = if m.resolved.tiers.is_empty() && m.resolved.components.is_empty() {
-                    " (a base for extends: no tiers and no components)".to_string()
-                } else if m.resolved.tiers.is_empty() {
-                    format!(
-                        " (a base for extends: no tiers; {} components)",
-                        m.resolved.components.len()
-                    )
-                } else if m.resolved.components.is_empty() {
-                    format!(
-                        " (a base for extends: no components; {} tiers)",
-                        m.resolved.tiers.len()
-                    )
+                let tiers = plural(m.resolved.tiers.len(), "tier");
+                let components = plural(m.resolved.components.len(), "component");
+                let what = if m.is_base_only() {
+                    format!(" (a base for extends: {tiers}, {components})")
                 } else {
-                    format!(
-                        " ({} tiers, {} components)",
-                        m.resolved.tiers.len(),
-                        m.resolved.components.len()
-                    )
+                    format!(" ({tiers}, {components})")
                 };
                 let warn = match m.warnings.len() {
                     0 => String::new(),
@@ -98,9 +86,9 @@ pub fn run(args: ValidateArgs) -> CommandResult {
 }
 
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 {
-        format!("1 {word}")
-    } else {
-        format!("{n} {word}s")
+    match n {
+        0 => format!("no {word}s"),
+        1 => format!("1 {word}"),
+        _ => format!("{n} {word}s"),
     }
 }
