@@ -389,3 +389,57 @@ fn lazy_components_bigger_than_the_headroom_are_warned_about() {
         2
     );
 }
+
+#[test]
+fn variant_dependent_exporters_need_one_variant_or_tier() {
+    let mut exp = json!({
+        "name": "cm", "role": "image_decoder", "runtime": "coreml", "size": MIB,
+        "source": {"command": {"run": ["exp", "--format", "{format}"], "outputs": ["x.mlpackage"]}},
+        "quantization": {"format": "f16", "tiers": {"b": {"format": "int8"}}},
+    });
+    let tiers = json!([
+        {"name": "a", "device_memory": 1 << 30, "memory_limit": 100 * MIB},
+        {"name": "b", "device_memory": 1 << 30, "memory_limit": 100 * MIB}
+    ]);
+    let sizer = || ComponentSizer::fixed(0, SizeSource::DeclaredSize, MIB);
+    let f = plan_with_sizers(&base(tiers.clone(), json!([exp.clone()])), &[sizer()], &[])
+        .expect_err("two variants, one export");
+    assert_eq!(
+        f.diagnostics[0].path.as_deref(),
+        Some("components[0].source.command.run")
+    );
+    // With `{tier}` each tier exports its own variant.
+    exp["source"]["command"]["run"] = json!(["exp", "--format", "{format}", "--preset", "{tier}"]);
+    let p = ok(plan_with_sizers(
+        &base(tiers, json!([exp])),
+        &[sizer()],
+        &[],
+    ));
+    let ids: Vec<&str> = p.bundles.iter().map(|b| b.id.as_str()).collect();
+    assert_eq!(ids, ["cm-f16-a", "cm-int8-g64-b"]);
+}
+
+#[test]
+fn a_corrupt_checkpoint_is_a_located_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/omnicoder-tiny/model.safetensors");
+    std::fs::copy(example, dir.path().join("m.safetensors")).expect("copy");
+    let manifest = dir.path().join("m.yaml");
+    std::fs::write(
+        &manifest,
+        "omnipack: 1\npackage: {name: t, version: '1', bundle_id: com.example.t}\n\
+         tiers: [{name: a, device_memory: 1GiB, memory_limit: 1GiB}]\n\
+         components:\n  - {name: dec, role: image_decoder, source: {safetensors: m.safetensors}}\n",
+    )
+    .expect("write");
+    let loaded = omnipack_manifest::load(&manifest).expect("the manifest itself is valid");
+    // The checkpoint changes between validation and planning: a header length that runs past
+    // the end of the file.
+    std::fs::write(dir.path().join("m.safetensors"), 1000u64.to_le_bytes()).expect("write");
+    let f = omnipack_plan::plan(&loaded, &[]).expect_err("corrupt header");
+    let d = &f.diagnostics[0];
+    assert_eq!(d.path.as_deref(), Some("components[0].source.safetensors"));
+    assert!(d.message.contains("m.safetensors"), "{}", d.message);
+    assert!(f.plan.is_none());
+}
