@@ -956,9 +956,13 @@ fn suggestions(
         alt.breakdown(ranks).peak_bytes
     };
     let mut out = Vec::new();
+    // Every change below applied at once, to say whether they fit together.
+    let mut combined = model.clone();
     for (k, tc) in model.comps.iter().enumerate() {
         let c = &m.components[tc.index];
         let Some(tokens) = tc.kv_tokens else { continue };
+        let mut combo = c.clone();
+        let mut combo_tokens = tokens;
         // A smaller KV format.
         let smaller: &[KvFormat] = match c.kv_cache.format {
             KvFormat::F16 => &[KvFormat::U8, KvFormat::Nf4],
@@ -969,6 +973,7 @@ fn suggestions(
             for &f in smaller {
                 let mut alt = c.clone();
                 alt.kv_cache.format = f;
+                combo.kv_cache.format = f;
                 let kv = memory::kv_cache_bytes(&alt, tokens);
                 let saved = mem.peak_bytes - peak_with(k, &|t| t.kv_cache_bytes = kv);
                 if saved > 0 {
@@ -1001,6 +1006,7 @@ fn suggestions(
                         )
                         .unwrap_or(tokens);
                         let kv = memory::kv_cache_bytes(c, t2);
+                        combo_tokens = combo_tokens.min(t2);
                         let saved = mem.peak_bytes - peak_with(k, &|t| t.kv_cache_bytes = kv);
                         if saved > 0 {
                             out.push(format!(
@@ -1015,6 +1021,7 @@ fn suggestions(
                 }
                 _ => {
                     let kv = memory::kv_cache_bytes(c, target);
+                    combo_tokens = combo_tokens.min(target);
                     let saved = mem.peak_bytes - peak_with(k, &|t| t.kv_cache_bytes = kv);
                     if saved > 0 {
                         out.push(format!(
@@ -1028,8 +1035,10 @@ fn suggestions(
                 }
             }
         }
+        combined.comps[k].kv_cache_bytes = memory::kv_cache_bytes(&combo, combo_tokens);
     }
     // Smaller weight formats than any in the preference list.
+    let mut combined_resident: Vec<(usize, u64)> = Vec::new();
     for (k, tc) in model.comps.iter().enumerate() {
         let c = &m.components[tc.index];
         let sizer = &sizers[tc.index];
@@ -1046,7 +1055,7 @@ fn suggestions(
             .collect();
         let group = c.quantization.for_tier(&tier.name).group_size;
         let current = tc.options[ranks[k]].resident_bytes;
-        let mut candidates: Vec<(Format, u64)> = Vec::new();
+        let mut candidates: Vec<(Format, u64, u64)> = Vec::new();
         for f in allowed {
             if let Ok(w) = sizer.weights_bytes(f, group) {
                 let r = memory::resident_weight_bytes(c, sizer.parameters, w);
@@ -1057,7 +1066,7 @@ fn suggestions(
                             o.resident_bytes = r;
                         });
                     if saved > 0 {
-                        candidates.push((f, saved));
+                        candidates.push((f, saved, r));
                     }
                 }
             }
@@ -1065,14 +1074,15 @@ fn suggestions(
         // The least aggressive format that is enough on its own, else the one saving most.
         let pick = candidates
             .iter()
-            .filter(|(_, s)| *s >= over)
-            .min_by_key(|(f, s)| (*s, *f))
+            .filter(|(_, s, _)| *s >= over)
+            .min_by_key(|(f, s, _)| (*s, *f))
             .or_else(|| {
                 candidates
                     .iter()
-                    .max_by_key(|(f, s)| (*s, std::cmp::Reverse(*f)))
+                    .max_by_key(|(f, s, _)| (*s, std::cmp::Reverse(*f)))
             });
-        if let Some((f, saved)) = pick {
+        if let Some((f, saved, r)) = pick {
+            combined_resident.push((k, *r));
             out.push(format!(
                 "`{f}` for `{}` (in `quantization.format`) saves {} ({})",
                 c.name,
@@ -1087,6 +1097,7 @@ fn suggestions(
             let w = tc.options[ranks[k]].weights_bytes;
             let saved = mem.peak_bytes - peak_with(k, &|t| t.options[ranks[k]].resident_bytes = w);
             if saved > 0 {
+                combined_resident.push((k, w));
                 out.push(format!(
                     "`compute_units: cpu_and_ne` for `{}` keeps its weights compressed: saves {} ({})",
                     c.name,
@@ -1095,6 +1106,21 @@ fn suggestions(
                 ));
             }
         }
+    }
+    for (k, r) in combined_resident {
+        let o = &mut combined.comps[k].options[ranks[k]];
+        o.resident_bytes = o.resident_bytes.min(r);
+    }
+    let alone = out.iter().any(|l| l.ends_with("(enough on its own)"));
+    if !alone && out.len() >= 2 {
+        let saved = mem
+            .peak_bytes
+            .saturating_sub(combined.breakdown(ranks).peak_bytes);
+        out.push(format!(
+            "all of the above together (the smallest KV format, fewer tokens, the smaller weight formats) save {}: {}",
+            mib_and_bytes(saved),
+            if saved >= over { "enough" } else { "still not enough" }
+        ));
     }
     if mem.min_headroom_bytes >= over && mem.min_headroom_bytes > 0 {
         out.push(format!(

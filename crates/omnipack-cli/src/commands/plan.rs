@@ -108,7 +108,7 @@ fn to_diagnostic(loaded: &LoadedManifest, d: &PlanDiagnostic) -> Diagnostic {
     }
     if !d.help.is_empty() {
         if !d.notes.is_empty() {
-            help.push_str("to fit, any of:\n");
+            help.push_str("changes that lower the peak:\n");
         }
         for h in &d.help {
             let _ = writeln!(help, "- {h}");
