@@ -343,6 +343,26 @@ impl miette::Diagnostic for Diagnostic {
     }
 }
 
+/// Longest source line shown in a snippet, in bytes.
+const MAX_SNIPPET_LINE: usize = 400;
+
+impl Diagnostic {
+    /// Length of the longest source line the snippet would show.
+    fn snippet_line_len(&self) -> Option<usize> {
+        let src = &self.source.as_ref()?.file.text;
+        let span = self.span.clone()?;
+        let start = src[..span.start.min(src.len())]
+            .rfind('\n')
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let end = src[span.end.min(src.len())..]
+            .find('\n')
+            .map(|i| i + span.end)
+            .unwrap_or(src.len());
+        Some(src[start..end].split('\n').map(str::len).max().unwrap_or(0))
+    }
+}
+
 /// Width of rendered diagnostics, in columns.
 pub const RENDER_WIDTH: usize = 100;
 
@@ -361,6 +381,18 @@ pub fn render(diagnostics: &[Diagnostic]) -> String {
     let mut out = String::new();
     for d in diagnostics {
         let mut one = String::new();
+        // A snippet of a huge line (minified or hostile input) helps nobody: show the
+        // location only.
+        let plain;
+        let d = if d.snippet_line_len().is_some_and(|n| n > MAX_SNIPPET_LINE) {
+            plain = Diagnostic {
+                source: None,
+                ..d.clone()
+            };
+            &plain
+        } else {
+            d
+        };
         if handler.render_report(&mut one, &Headline(d)).is_err() {
             one = format!("{}: {}\n", d.severity, d);
         }

@@ -307,8 +307,13 @@ pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -
     };
     let mut help = None;
     if message.contains("limits breached") || message.contains("recursion limit") {
+        let detail = message
+            .rsplit("limits breached: ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
         message = format!(
-            "{message}: the manifest is too deeply nested, too large or uses too many aliases"
+            "the manifest is too deeply nested, too large or uses too many aliases ({detail})"
         );
         help = Some(format!(
             "a manifest may nest at most {MAX_DEPTH} levels, hold at most {MAX_NODES} values and use at most {MAX_ALIASES} aliases"
@@ -319,7 +324,8 @@ pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -
         help =
             Some("each key may appear once per mapping: remove or rename one of them".to_string());
     }
-    if !message.starts_with(char::is_lowercase) && !message.is_empty() {
+    let acronym = message.chars().nth(1).is_some_and(char::is_uppercase);
+    if !message.starts_with(char::is_lowercase) && !message.is_empty() && !acronym {
         // Keep messages in one style.
         let mut c = message.chars();
         if let Some(first) = c.next() {
