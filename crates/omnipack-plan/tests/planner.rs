@@ -443,3 +443,20 @@ fn a_corrupt_checkpoint_is_a_located_error() {
     assert!(d.message.contains("m.safetensors"), "{}", d.message);
     assert!(f.plan.is_none());
 }
+
+#[test]
+fn the_plan_round_trips_through_json() {
+    let m = base(
+        json!([{"name": "a", "device_memory": 1 << 30, "memory_limit": 100 * MIB, "min_headroom": MIB}]),
+        json!([text(json!(["f16", "int4"])),
+               {"name": "dec", "role": "image_decoder", "source": {"safetensors": "m.safetensors"}}]),
+    );
+    let p = ok(plan_with_sizers(&m, &[square(), square()], &[]));
+    let text = serde_json::to_string_pretty(&p).expect("serializes");
+    let back: Plan = serde_json::from_str(&text).expect("deserializes");
+    assert_eq!(back, p);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["tiers"][0]["min_headroom_bytes"], MIB);
+    assert_eq!(v["tiers"][0]["memory"]["min_headroom_bytes"], MIB);
+    assert_eq!(v["components"][0]["size_source"], "safetensors_headers");
+}
