@@ -147,6 +147,21 @@ pub fn human(plan: &Plan) -> String {
         plan.stages.len(),
         if plan.stages.len() == 1 { "" } else { "s" },
     );
+    let sizes: Vec<String> = plan
+        .components
+        .iter()
+        .map(|c| {
+            if c.parameters > 0 {
+                format!(
+                    "{} ({}, {} parameters)",
+                    c.component.name, c.size_source, c.parameters
+                )
+            } else {
+                format!("{} ({})", c.component.name, c.size_source)
+            }
+        })
+        .collect();
+    let _ = writeln!(s, "sizes from: {}", sizes.join(", "));
     for t in &plan.tiers {
         s.push('\n');
         tier_table(&mut s, plan, t);
