@@ -460,3 +460,80 @@ fn the_plan_round_trips_through_json() {
     assert_eq!(v["tiers"][0]["memory"]["min_headroom_bytes"], MIB);
     assert_eq!(v["components"][0]["size_source"], "safetensors_headers");
 }
+
+/// A sparse Llama-2-7B-shaped checkpoint (the benchmark's): headers only, no data on disk.
+#[test]
+fn a_7b_checkpoint_is_sized_from_its_headers() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (vocab, hidden, ffn) = (32000u64, 4096u64, 11008u64);
+    let mut shapes = vec![
+        ("model.embed_tokens.weight".to_string(), vec![vocab, hidden]),
+        ("model.norm.weight".to_string(), vec![hidden]),
+        ("lm_head.weight".to_string(), vec![vocab, hidden]),
+    ];
+    for l in 0..32 {
+        for m in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            shapes.push((
+                format!("model.layers.{l}.self_attn.{m}.weight"),
+                vec![hidden, hidden],
+            ));
+        }
+        shapes.push((
+            format!("model.layers.{l}.mlp.gate_proj.weight"),
+            vec![ffn, hidden],
+        ));
+        shapes.push((
+            format!("model.layers.{l}.mlp.up_proj.weight"),
+            vec![ffn, hidden],
+        ));
+        shapes.push((
+            format!("model.layers.{l}.mlp.down_proj.weight"),
+            vec![hidden, ffn],
+        ));
+        shapes.push((
+            format!("model.layers.{l}.input_layernorm.weight"),
+            vec![hidden],
+        ));
+        shapes.push((
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            vec![hidden],
+        ));
+    }
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in shapes {
+        let n: u64 = shape.iter().product();
+        header.insert(
+            name,
+            json!({"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + 2 * n]}),
+        );
+        offset += 2 * n;
+    }
+    let json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
+    let path = dir.path().join("model.safetensors");
+    let mut f = std::fs::File::create(&path).expect("create");
+    f.write_all(&(json.len() as u64).to_le_bytes())
+        .expect("write");
+    f.write_all(&json).expect("write");
+    f.set_len(8 + json.len() as u64 + offset).expect("sparse");
+    drop(f);
+
+    let tensors =
+        omnipack_plan::sizing::select_tensors(dir.path(), &["model.safetensors".into()], "")
+            .expect("headers");
+    let sizer = ComponentSizer::native(tensors, vec!["*norm*".into()], None);
+    // 2 * 32000 * 4096 + 32 * (4 * 4096^2 + 3 * 11008 * 4096 + 2 * 4096) + 4096.
+    assert_eq!(sizer.parameters, 6_738_415_616);
+    assert_eq!(
+        sizer.weights_bytes(Format::F16, 64).expect("f16"),
+        2 * 6_738_415_616
+    );
+    // int4 g64: 6_738_149_376 quantized elements -> /2 codes + /64 * 4 scales and biases;
+    // 65 norms of 4096 kept in f16.
+    let q = 6_738_149_376u64;
+    assert_eq!(
+        sizer.weights_bytes(Format::Int4, 64).expect("int4"),
+        q / 2 + q / 64 * 4 + 65 * 4096 * 2
+    );
+}
