@@ -30,7 +30,8 @@ pub struct ComponentPlan {
     pub component: ResolvedComponent,
     /// Parameters (elements of the selected source tensors); 0 when unknown before export.
     pub parameters: u64,
-    /// Where sizes come from: `safetensors_headers`, `declared_size`, `resident_memory` or `unknown`.
+    /// Where sizes come from: `safetensors_headers`, `declared_size`, `resident_memory`,
+    /// `file_sizes` (a `files` source) or `unknown` (an exporter that declares nothing).
     pub size_source: String,
 }
 

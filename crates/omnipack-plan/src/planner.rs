@@ -686,11 +686,12 @@ pub fn plan_with_sizers(
         });
     }
 
-    // Asset-pack limits of an app record.
-    let packs = bundle_plans.len();
-    let total: u64 = bundle_plans
-        .iter()
-        .fold(0u64, |a, b| a.saturating_add(b.weights_bytes));
+    // Asset-pack limits of an app record: over the whole release (every tier), whatever the
+    // selection, since the app record holds them all. Sizes are the bundles' weight bytes.
+    let packs = bundles.len();
+    let total: u64 = bundles
+        .values()
+        .fold(0u64, |a, b| a.saturating_add(b.option.weights_bytes));
     if packs > MAX_ASSET_PACKS {
         diagnostics.push(
             PlanDiagnostic::new(None, format!("the plan has {packs} asset packs; the App Store allows {MAX_ASSET_PACKS} per app"))
