@@ -195,7 +195,7 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
     );
     let _ = writeln!(
         s,
-        "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>10}",
+        "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>12}",
         "component", "bundle", "format", "residency", "weights", "resident", "preference"
     );
     for c in &t.choices {
@@ -206,7 +206,7 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
             .unwrap_or(1);
         let _ = writeln!(
             s,
-            "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>10}",
+            "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>12}",
             c.component,
             c.bundle,
             c.format.as_str(),
