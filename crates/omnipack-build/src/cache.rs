@@ -209,7 +209,14 @@ impl Cache {
             fs::create_dir_all(p)?;
         }
         remove_any(&dir)?;
-        fs::rename(work, &dir)?;
+        if let Err(e) = fs::rename(work, &dir) {
+            // Another build sharing this cache committed the same key meanwhile: use theirs.
+            if let Lookup::Hit(entry) = self.lookup(kind, key) {
+                let _ = remove_any(work);
+                return Ok(entry);
+            }
+            return Err(e);
+        }
         Ok(CacheEntry { dir, record })
     }
 }

@@ -16,8 +16,12 @@ use crate::fsutil::is_safe_relative;
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// The command could not be started.
-    #[error("could not start `{program}`: {source}")]
-    Spawn { program: String, source: io::Error },
+    #[error("could not start `{program}` (in {cwd}): {source}")]
+    Spawn {
+        program: String,
+        cwd: String,
+        source: io::Error,
+    },
     /// Non-zero exit.
     #[error("exporter exited with {status}; its log ({log}):\n{tail}")]
     Failed {
@@ -120,6 +124,7 @@ pub fn run_exporter(
     }
     let mut child = cmd.spawn().map_err(|source| ExportError::Spawn {
         program: program.clone(),
+        cwd: cwd.display().to_string(),
         source,
     })?;
     let pid = child.id() as i32;

@@ -648,7 +648,10 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                 };
                 for f in files {
                     let (sha, _) = ctx.digest(&f)?;
-                    input_digests.push(json!([slash(&relative_to(&f, &ctx.loaded.dir)), sha]));
+                    input_digests.push(json!([
+                        slash(&relative_to(&f, &manifest_dir(ctx.loaded))),
+                        sha
+                    ]));
                 }
             }
             let key = key_of(
@@ -672,7 +675,7 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                         .join(format!("{}.log", stage.id.replace([':', '/'], "_")));
                     let r = run_exporter(
                         &argv,
-                        &ctx.loaded.dir,
+                        &manifest_dir(ctx.loaded),
                         &work,
                         outputs,
                         Duration::from_secs(*timeout_secs),
@@ -707,6 +710,15 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                 .collect();
             Ok(Value::Files(Arc::new(refs)))
         }
+    }
+}
+
+/// The manifest's folder as an absolute path (the exporter's working directory).
+fn manifest_dir(loaded: &LoadedManifest) -> PathBuf {
+    if loaded.dir.as_os_str().is_empty() {
+        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+    } else {
+        absolute(&loaded.dir)
     }
 }
 
@@ -1001,7 +1013,7 @@ fn make_summary(
         .digests
         .iter()
         .map(|(p, (sha, _))| omnipack_summary::InputFile {
-            path: slash(&relative_to(p, &ctx.loaded.dir)),
+            path: slash(&relative_to(p, &manifest_dir(ctx.loaded))),
             sha256: sha.clone(),
         })
         .collect();

@@ -368,3 +368,88 @@ fn corrupt_cache_entry_is_detected_and_rebuilt() {
     assert_eq!(before, tree(&out));
     assert!(omnipack(&["verify", s(&out)]).status.success());
 }
+
+#[test]
+fn tier_exporter_gives_one_bundle_per_tier_with_placeholders_filled() {
+    let d = tempfile::tempdir().unwrap();
+    fs::copy(
+        root().join("examples/omnicoder-tiny/model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let m = r#"omnipack: 1
+package: { name: t, version: 1.0.0, bundle_id: com.example.t }
+runtime_overhead: 100MiB
+tiers:
+  - { name: small, device_memory: 4GiB, memory_limit: 2GiB, max_seq_len: 512 }
+  - { name: big, device_memory: 8GiB, memory_limit: 5GiB }
+components:
+  - name: text
+    role: text_decode_step
+    source: { safetensors: model.safetensors, prefix: text. }
+    architecture: { layers: 4, kv_heads: 4, kv_head_dim: 32, hidden_size: 128, vocab_size: 512 }
+    max_seq_len: 1024
+    quantization: { format: int4, tiers: { big: { format: int8 } } }
+  - name: tok
+    role: data
+    delivery: on_demand
+    source:
+      command:
+        run: [sh, -c, 'printf "%s|%s|%s" "$2" "$3" "$4" > "$1/tok.json"', sh, "{out}", "{tier}", "{component}", "{max_seq_len}"]
+        outputs: [tok.json]
+        timeout: 5s
+    size: 1KiB
+"#;
+    fs::write(d.path().join("m.yaml"), m).unwrap();
+    let out = d.path().join("out");
+    let o = omnipack(&["build", s(&d.path().join("m.yaml")), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let small =
+        fs::read_to_string(out.join("asset-packs/tok-f16-small/tok-f16-small/tok.json")).unwrap();
+    let big = fs::read_to_string(out.join("asset-packs/tok-f16-big/tok-f16-big/tok.json")).unwrap();
+    assert_eq!(small, "small|tok|512");
+    assert_eq!(big, "big|tok|");
+    // Only the tiers asked for.
+    let out2 = d.path().join("out2");
+    let o = omnipack(&[
+        "build",
+        s(&d.path().join("m.yaml")),
+        "--out",
+        s(&out2),
+        "--tier",
+        "small",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let names: Vec<String> = fs::read_dir(out2.join("bundles"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.contains(&"tok-f16-small.zip".to_string()),
+        "{names:?}"
+    );
+    // inspect reads bundle zips and summaries.
+    let o = omnipack(&["inspect", s(&out.join("bundles/text-int4-g64.zip"))]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("weights.safetensors") && text(&o).contains("16KiB"),
+        "{}",
+        text(&o)
+    );
+    let o = omnipack(&["inspect", s(&out.join("mobile_packager_summary.json"))]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("tok-f16-big"), "{}", text(&o));
+}
+
+#[test]
+fn verify_without_a_summary_fails_clearly() {
+    let d = tempfile::tempdir().unwrap();
+    let o = omnipack(&["verify", s(d.path())]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("mobile_packager_summary.json"),
+        "{}",
+        text(&o)
+    );
+}
