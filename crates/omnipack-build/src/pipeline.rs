@@ -126,7 +126,6 @@ struct Selection {
     tensors: Vec<SelectedTensor>,
     material: serde_json::Value,
     parameters: u64,
-    source_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -507,7 +506,6 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
         ResolvedSource::Safetensors { shards, prefix } => {
             let mut tensors = Vec::new();
             let mut material = Vec::new();
-            let mut source_bytes = 0;
             for s in shards {
                 for shard in
                     omnipack_quant::resolve_shards(ctx.abs(s)).map_err(|e| e.to_string())?
@@ -518,9 +516,6 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                     let sel = SelectedTensor::with_prefix(&file, prefix);
                     let names: Vec<&str> = sel.iter().map(|t| t.tensor.as_str()).collect();
                     material.push(json!({"sha256": sha, "tensors": names}));
-                    for t in &sel {
-                        source_bytes += file.entry(&t.tensor).map(|e| e.len).unwrap_or(0);
-                    }
                     tensors.extend(sel);
                 }
             }
@@ -568,7 +563,6 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                 tensors,
                 material,
                 parameters,
-                source_bytes,
             })))
         }
         ResolvedSource::Files { files } => {
@@ -781,29 +775,61 @@ fn quantize(
         ctx.mark(&stage.id, true);
         return out_of(&e);
     }
+    // Bytes written so far, for progress: the quantizer writes one temporary file in `work`,
+    // whose final size the plan knows exactly.
+    let planned = ctx
+        .plan
+        .bundle(bundle)
+        .map(|b| b.weights_bytes)
+        .filter(|&n| n > 0);
     ctx.progress.event(Event::Started {
         stage: stage.id.clone(),
-        total_bytes: Some(sel.source_bytes),
+        total_bytes: planned,
     });
     let work = ctx
         .cache
         .work_dir("quantize", &key)
         .map_err(|e| e.to_string())?;
     let out = work.join("weights.safetensors");
-    let r = omnipack_quant::quantize_to_file_with(
-        &sel.tensors,
-        &spec,
-        &out,
-        &wf.metadata(),
-        omnipack_quant::QuantizeOptions { report: false },
-    )
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let r = std::thread::scope(|scope| {
+        if planned.is_some() {
+            let work = &work;
+            scope.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Duration::from_millis(200))
+                {
+                    let done: u64 = fs::read_dir(work)
+                        .map(|rd| {
+                            rd.filter_map(|e| e.ok()?.metadata().ok())
+                                .map(|m| m.len())
+                                .sum()
+                        })
+                        .unwrap_or(0);
+                    ctx.progress.event(Event::Bytes {
+                        stage: stage.id.clone(),
+                        done,
+                    });
+                }
+            });
+        }
+        let r = omnipack_quant::quantize_to_file_with(
+            &sel.tensors,
+            &spec,
+            &out,
+            &wf.metadata(),
+            omnipack_quant::QuantizeOptions { report: false },
+        );
+        drop(stop);
+        r
+    })
     .map_err(|e| {
         let _ = remove_any(&work);
         format!("bundle `{bundle}`: {e}")
     })?;
     ctx.progress.event(Event::Bytes {
         stage: stage.id.clone(),
-        done: sel.source_bytes,
+        done: r.file_bytes,
     });
     let e = ctx
         .cache
