@@ -274,6 +274,36 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
     let (schema, ref_name) = subschema(&path);
     let what = last_key(&path).unwrap_or("value");
     let e = Severity::Error;
+    if ref_name == Some("ByteSize")
+        && matches!(
+            err.kind(),
+            ValidationErrorKind::Minimum { .. }
+                | ValidationErrorKind::Pattern { .. }
+                | ValidationErrorKind::Type { .. }
+        )
+    {
+        out.push(size_error(ctx, &path, what, instance));
+        return;
+    }
+    if ref_name == Some("Duration")
+        && matches!(
+            err.kind(),
+            ValidationErrorKind::Pattern { .. }
+                | ValidationErrorKind::Type { .. }
+                | ValidationErrorKind::AnyOf { .. }
+        )
+    {
+        out.push(
+            ctx.at(
+                &path,
+                e,
+                format!("`{what}`: `{}` is not a duration", show(instance)),
+            )
+            .with_label("not a duration")
+            .with_help(DURATION_SYNTAX),
+        );
+        return;
+    }
     match err.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let keys = valid_keys(schema);
@@ -327,25 +357,28 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 .as_array()
                 .map(|a| a.iter().map(show).collect())
                 .unwrap_or_default();
-            let got = show(instance);
-            let d = if what == "omnipack" {
-                ctx.at(&path, e, format!("unsupported manifest version `{got}`"))
-                    .with_label("not a known version")
-                    .with_help("this omnipack reads `omnipack: 1`")
-            } else {
-                let mut help = format!("valid values: {}", backticked(&values));
-                if let Some(n) = nearest(&got, values.iter().map(String::as_str)) {
-                    help = format!("did you mean `{n}`? {help}");
-                }
-                ctx.at(&path, e, format!("`{got}` is not a valid `{what}`"))
-                    .with_label("not one of the valid values")
-                    .with_help(help)
-            };
-            out.push(d);
+            out.push(enum_error(ctx, &path, what, instance, &values));
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             if ref_name == Some("ByteSize") {
                 out.push(size_error(ctx, &path, what, instance));
+                return;
+            }
+            // A documented enum: `oneOf` of `const`s.
+            let consts: Option<Vec<String>> = context
+                .iter()
+                .map(|branch| match branch.as_slice() {
+                    [one] => match one.kind() {
+                        ValidationErrorKind::Constant { expected_value } => {
+                            Some(show(expected_value))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            if let Some(values) = consts.filter(|v| !v.is_empty()) {
+                out.push(enum_error(ctx, &path, what, instance, &values));
                 return;
             }
             // Pick the alternative that matches the value's shape and report its errors.
@@ -384,7 +417,9 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 TypeKind::Single(t) => article(&t.to_string()),
                 TypeKind::Multiple(ts) => ts
                     .iter()
-                    .map(|t| article(&t.to_string()))
+                    .map(|t| t.to_string())
+                    .filter(|t| t != "null")
+                    .map(|t| article(&t))
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
@@ -429,8 +464,13 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             );
         }
         ValidationErrorKind::MinItems { limit } => {
+            let msg = if *limit == 1 {
+                format!("`{what}` cannot be empty")
+            } else {
+                format!("`{what}` needs at least {limit} items")
+            };
             out.push(
-                ctx.at(&path, e, format!("`{what}` needs at least {limit} item(s)"))
+                ctx.at(&path, e, msg)
                     .with_label("empty list")
                     .with_help_opt(describe(schema)),
             );
@@ -477,6 +517,37 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             );
         }
     }
+}
+
+fn enum_error(
+    ctx: &Ctx<'_>,
+    path: &[Segment],
+    what: &str,
+    instance: &Value,
+    values: &[String],
+) -> Diagnostic {
+    let got = show(instance);
+    if what == "omnipack" {
+        return ctx
+            .at(
+                path,
+                Severity::Error,
+                format!("unsupported manifest version `{got}`"),
+            )
+            .with_label("not a known version")
+            .with_help("this omnipack reads `omnipack: 1`");
+    }
+    let mut help = format!("valid values: {}", backticked(values));
+    if let Some(n) = nearest(&got, values.iter().map(String::as_str)) {
+        help = format!("did you mean `{n}`? {help}");
+    }
+    ctx.at(
+        path,
+        Severity::Error,
+        format!("`{got}` is not a valid `{what}`"),
+    )
+    .with_label("not one of the valid values")
+    .with_help(help)
 }
 
 fn article(t: &str) -> String {
@@ -684,6 +755,9 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         let cname = name_of(c).unwrap_or_default();
         let role = c.get("role").and_then(Value::as_str).unwrap_or("");
         let runtime = c.get("runtime").and_then(Value::as_str).unwrap_or("mlx");
+        // Rules that depend on the runtime only make sense for a runtime that exists (a
+        // misspelt one is already reported by the schema).
+        let known_runtime = ["mlx", "coreml", "mlc", "llama_cpp", "custom"].contains(&runtime);
         let arch = c.get("architecture");
 
         // Source: exactly one kind.
@@ -893,7 +967,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         }
 
         // compute_units only for coreml.
-        if c.get("compute_units").is_some() && runtime != "coreml" {
+        if c.get("compute_units").is_some() && known_runtime && runtime != "coreml" {
             out.push(
                 ctx.at_key(&at(&[key("compute_units")]), e, format!("component `{cname}`: `compute_units` only applies to runtime `coreml` (this is `{runtime}`)"))
                     .with_label("only for coreml")
@@ -951,8 +1025,9 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                         );
                     }
                     seen.push(f);
-                    let bad = (INT_FORMATS.contains(&f) && runtime != "mlx" && runtime != "custom")
-                        || (f == "nf4" && runtime != "custom");
+                    let bad = known_runtime
+                        && ((INT_FORMATS.contains(&f) && runtime != "mlx" && runtime != "custom")
+                            || (f == "nf4" && runtime != "custom"));
                     if bad {
                         let allowed = if f == "nf4" {
                             "`custom`"

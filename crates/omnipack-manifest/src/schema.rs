@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 
 use schemars::generate::SchemaSettings;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::model::Manifest;
 
@@ -12,9 +12,9 @@ use crate::model::Manifest;
 pub fn manifest_schema() -> Value {
     let generator = SchemaSettings::draft07().into_generator();
     let schema = generator.into_root_schema_for::<Manifest>();
-    let mut value = schema.to_value();
-    add_enum_lists(&mut value);
-    value
+    // Documented enums come out as `oneOf` of `const` + `description`: editors complete
+    // them and show each value's description, and report one error for a wrong value.
+    schema.to_value()
 }
 
 /// The schema as committed: pretty JSON with a trailing newline.
@@ -26,47 +26,6 @@ pub fn manifest_schema_json() -> String {
 
 /// The schema, generated once per process.
 pub(crate) static SCHEMA: LazyLock<Value> = LazyLock::new(manifest_schema);
-
-/// schemars writes a documented enum as `oneOf` of `const` + `description`. Editors complete
-/// and describe those, and we also add the plain `enum` list (and the widely supported
-/// `enumDescriptions` / `markdownEnumDescriptions`) so that completion works everywhere and
-/// validation reports one clear "not one of" error.
-fn add_enum_lists(v: &mut Value) {
-    match v {
-        Value::Object(map) => {
-            if let Some((values, descriptions)) = const_choices(map) {
-                map.insert("enum".into(), Value::Array(values));
-                if descriptions.iter().all(|d| !d.is_empty()) {
-                    let d: Vec<Value> = descriptions.into_iter().map(Value::String).collect();
-                    map.insert("enumDescriptions".into(), Value::Array(d.clone()));
-                    map.insert("markdownEnumDescriptions".into(), Value::Array(d));
-                }
-            }
-            for (_, child) in map.iter_mut() {
-                add_enum_lists(child);
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(add_enum_lists),
-        _ => {}
-    }
-}
-
-fn const_choices(map: &Map<String, Value>) -> Option<(Vec<Value>, Vec<String>)> {
-    let one_of = map.get("oneOf")?.as_array()?;
-    let mut values = Vec::new();
-    let mut descriptions = Vec::new();
-    for choice in one_of {
-        let c = choice.as_object()?;
-        values.push(c.get("const")?.clone());
-        descriptions.push(
-            c.get("description")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-        );
-    }
-    Some((values, descriptions))
-}
 
 #[cfg(test)]
 mod tests {

@@ -163,10 +163,12 @@ impl JsonSchema for ByteSize {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({
             "description": "A size: whole bytes, or a number with a unit KiB, MiB, GiB (1024-based) or KB, MB, GB (1000-based), such as `300MiB` or `1.4GiB` (rounded down to whole bytes).",
-            "anyOf": [
-                { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": SIZE_PATTERN }
-            ]
+            // One schema rather than `anyOf`, so that editors report the precise problem:
+            // `minimum` applies to numbers only and `pattern` to strings only.
+            "type": ["integer", "string"],
+            "minimum": 0,
+            "pattern": SIZE_PATTERN,
+            "patternErrorMessage": SIZE_SYNTAX
         })
     }
 }
@@ -244,7 +246,8 @@ impl JsonSchema for Duration {
         json_schema!({
             "description": "A duration: a whole number followed by s, m or h, such as `30s`, `20m` or `1h`.",
             "type": "string",
-            "pattern": DURATION_PATTERN
+            "pattern": DURATION_PATTERN,
+            "patternErrorMessage": DURATION_SYNTAX
         })
     }
 }

@@ -154,3 +154,64 @@ fn all_errors_are_reported_with_byte_spans() {
     assert_eq!(&text[hue.span.clone().unwrap()], "hue");
     assert_eq!(hue.column, Some(55), "columns count characters, not bytes");
 }
+
+#[test]
+fn schema_errors_become_advice_at_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    std::fs::write(
+        &path,
+        "omnipack: 1\n\
+         package: { name: x, version: \"1\", bundle_id: com.x }\n\
+         tiers:\n\
+         \x20 - { name: t, device_memory: 4GiB, memory_limit: 2GiB, min_headroom: lots }\n\
+         components:\n\
+         \x20 - name: d\n\
+         \x20   role: data\n\
+         \x20   runtime: tflite\n\
+         \x20   delivery: sometimes\n\
+         \x20   source: { command: { run: [sh, x.sh], outputs: [out.json], timeout: 5 } }\n\
+         \x20   quantization: { format: int4, group_size: 48 }\n",
+    )
+    .unwrap();
+    let err = load(&path).unwrap_err();
+    let find = |p: &str| {
+        err.iter()
+            .find(|d| d.path == p)
+            .unwrap_or_else(|| panic!("{p} not reported:\n{}", err.render()))
+    };
+    let d = find("tiers[0].min_headroom");
+    assert!(
+        d.help.as_deref().unwrap().contains("KiB"),
+        "size syntax in help"
+    );
+    let d = find("components[0].runtime");
+    assert!(d.message.contains("`tflite`") && d.help.as_deref().unwrap().contains("`llama_cpp`"));
+    assert!(
+        find("components[0].delivery")
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("`on_demand`")
+    );
+    assert!(
+        find("components[0].quantization.group_size")
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("`128`")
+    );
+    assert!(
+        find("components[0].source.command.timeout")
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("`20m`")
+    );
+    // No runtime-dependent rule fires for a runtime that does not exist.
+    assert!(
+        err.iter().all(|d| !d.message.contains("needs runtime")),
+        "{}",
+        err.render()
+    );
+}
