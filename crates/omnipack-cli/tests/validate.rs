@@ -79,6 +79,14 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         "duplicate-component.yaml:10:11",
     ),
     (
+        "duplicate-file",
+        "duplicate-file.yaml",
+        16,
+        11,
+        "components[0].source.files[2]",
+        "duplicate-file.yaml:14:11",
+    ),
+    (
         "duplicate-key",
         "duplicate-key.yaml",
         9,

@@ -814,10 +814,34 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 }
             }
             if let Some(Value::Array(files)) = src.get("files") {
+                let mut names: Vec<(String, usize)> = Vec::new();
                 for (j, f) in files.iter().enumerate() {
                     let Some(rel) = f.as_str() else { continue };
                     let full = ctx.dir.join(rel);
                     let shown = display_path(ctx.dir, rel);
+                    // Files are packaged flat, under their own names.
+                    let base = rel.rsplit(['/', '\\']).next().unwrap_or(rel).to_string();
+                    if let Some((_, first)) = names.iter().find(|(n, _)| *n == base) {
+                        let first_loc = ctx
+                            .at(
+                                &at(&[key("source"), key("files"), Segment::Index(*first)]),
+                                e,
+                                "",
+                            )
+                            .location();
+                        out.push(
+                            ctx.at(
+                                &at(&[key("source"), key("files"), Segment::Index(j)]),
+                                e,
+                                format!("component `{cname}`: two files named `{base}`"),
+                            )
+                            .with_label("same file name")
+                            .with_help(format!(
+                                "files are packaged under their own names, so `{base}` (also at {first_loc}) would be overwritten: rename one"
+                            )),
+                        );
+                    }
+                    names.push((base, j));
                     let sp = at(&[key("source"), key("files"), Segment::Index(j)]);
                     match std::fs::metadata(&full) {
                         Ok(m) if m.is_file() => {}
