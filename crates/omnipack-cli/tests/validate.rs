@@ -124,7 +124,7 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         4,
         10,
         "extends",
-        "",
+        "did you mean `base.yaml`?",
     ),
     (
         "int-format-coreml",

@@ -303,6 +303,7 @@ impl Loader {
                 } else {
                     format!("cannot read the manifest: {msg}")
                 };
+                let help = help.or_else(|| similar_manifest(fs_path));
                 self.error_at(&named_at, display, message, help);
                 return None;
             }
@@ -349,10 +350,16 @@ impl Loader {
                 return None;
             }
             _ => {
+                // Underline the rest of the first line: a zero-width span says little.
+                let start = tree.span.start;
+                let end = src.text[start..]
+                    .find('\n')
+                    .map(|i| start + i)
+                    .unwrap_or(src.text.len());
                 let d = Diagnostic::located(
                     Severity::Error,
                     &src,
-                    tree.span.clone(),
+                    start..end.max(tree.span.end),
                     format!("a manifest is a mapping of keys, not {}", tree.kind_name()),
                 )
                 .with_help("a manifest starts with `omnipack: 1`; see docs/manifest.md");
@@ -403,6 +410,24 @@ impl Loader {
         let base = base?;
         Some(merge(base, tree))
     }
+}
+
+/// "did you mean" for a manifest that does not exist: a YAML file with a similar name beside it.
+fn similar_manifest(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .take(10_000)
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
+        .collect();
+    crate::check::nearest(name, names.iter().map(String::as_str))
+        .map(|n| format!("did you mean `{n}`?"))
 }
 
 enum ReadError {
