@@ -391,25 +391,4 @@ impl SafetensorsFile {
             let _ = (offset, len);
         }
     }
-
-    /// Hints that `[offset, offset+len)` will be read soon.
-    pub(crate) fn prefetch(&self, offset: u64, len: u64) {
-        #[cfg(unix)]
-        {
-            let page = 4096u64;
-            let start = (offset / page) * page;
-            let end = (offset + len).min(self.mmap.len() as u64);
-            if end > start {
-                let _ = self.mmap.advise_range(
-                    memmap2::Advice::WillNeed,
-                    start as usize,
-                    (end - start) as usize,
-                );
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = (offset, len);
-        }
-    }
 }

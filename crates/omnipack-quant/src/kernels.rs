@@ -11,6 +11,8 @@ use crate::dtype::Dtype;
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest
 /// integer, ties to even (the default rounding mode), exactly like `rint`.
 const MAGIC: f32 = 12_582_912.0;
+/// The bit pattern of [`MAGIC`] as a signed integer.
+const MAGIC_BITS: i32 = 0x4B40_0000;
 
 /// The bitsandbytes NF4 code book (`bnb.functional.get_4bit_type("nf4")`), as f32 bits.
 pub const NF4_CODE: [f32; 16] = [
@@ -458,10 +460,13 @@ fn affine_group<const BITS: u32>(w: &[f32], codes: &mut [u32]) -> Option<(f32, f
         .zip(codes.chunks_exact_mut(BITS as usize))
     {
         let mut q = [0u32; 32];
+        let top = (1i32 << BITS) - 1;
         for i in 0..32 {
             let v = ((chunk[i] - bias) / scale).clamp(-1.0, n + 1.0);
-            let r = ((v + MAGIC) - MAGIC).clamp(0.0, n);
-            q[i] = r as u32;
+            // v + MAGIC rounds v to an integer (ties to even) held in the low mantissa bits:
+            // rint(v) = bits(v + MAGIC) - bits(MAGIC). Integer ops keep this vectorised.
+            let r = ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC_BITS);
+            q[i] = r.clamp(0, top) as u32;
         }
         pack32::<BITS>(&q, out);
     }
@@ -476,7 +481,7 @@ fn affine_dequant_group<const BITS: u32>(codes: &[u32], scale: f32, bias: f32, o
         let per = (32 / BITS) as usize;
         for (o, &word) in out.chunks_exact_mut(per).zip(codes) {
             for (i, v) in o.iter_mut().enumerate() {
-                *v = ((word >> (BITS * i as u32)) & mask) as f32 * scale + bias;
+                *v = (((word >> (BITS * i as u32)) & mask) as i32) as f32 * scale + bias;
             }
         }
     } else {
@@ -551,6 +556,116 @@ mod affine {
     dispatch!(affine_impl, affine_avx, (w: &[f32], cols: usize, group: usize, bits: u8, store: Dtype, codes: &mut [u32], scales: &mut [f32], biases: &mut [f32], stats: Option<&mut ErrorStats>) -> Result<(), usize>);
 }
 
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
+    src: &[u8],
+    dtype: Dtype,
+    cols: usize,
+    group: usize,
+    codes: &mut [u8],
+    scales: &mut [u8],
+    biases: &mut [u8],
+    mut stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    let es = dtype.size_bytes() as usize;
+    let groups = cols / group;
+    let wpg = group * BITS as usize / 32;
+    let row_code_bytes = cols * BITS as usize / 8;
+    let mut row = vec![0f32; cols];
+    let mut s_row = vec![0f32; groups];
+    let mut b_row = vec![0f32; groups];
+    let mut recon = [0f32; 128];
+    let mut words = [0u32; 32];
+    for (r, ((src_row, crow), (srow, brow))) in src
+        .chunks_exact(cols * es)
+        .zip(codes.chunks_exact_mut(row_code_bytes))
+        .zip(
+            scales
+                .chunks_exact_mut(groups * es)
+                .zip(biases.chunks_exact_mut(groups * es)),
+        )
+        .enumerate()
+    {
+        decode_impl::<AVX>(src_row, dtype, &mut row);
+        for (g, (wg, cg)) in row
+            .chunks_exact(group)
+            .zip(crow.chunks_exact_mut(wpg * 4))
+            .enumerate()
+        {
+            let Some((scale, bias)) = affine_group::<BITS>(wg, &mut words[..wpg]) else {
+                return Err(r * cols + g * group + first_non_finite(wg).unwrap_or(0));
+            };
+            for (dst, w) in cg.chunks_exact_mut(4).zip(&words[..wpg]) {
+                dst.copy_from_slice(&w.to_le_bytes());
+            }
+            let (s, b) = (round_to_dtype(scale, dtype), round_to_dtype(bias, dtype));
+            s_row[g] = s;
+            b_row[g] = b;
+            if let Some(st) = stats.as_deref_mut() {
+                affine_dequant_group::<BITS>(&words[..wpg], s, b, &mut recon[..group]);
+                acc_stats(wg, &recon[..group], st);
+            }
+        }
+        encode_impl::<AVX>(&s_row, dtype, srow);
+        encode_impl::<AVX>(&b_row, dtype, brow);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn affine_bytes_impl<const AVX: bool>(
+    src: &[u8],
+    dtype: Dtype,
+    cols: usize,
+    group: usize,
+    bits: u8,
+    codes: &mut [u8],
+    scales: &mut [u8],
+    biases: &mut [u8],
+    stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    match bits {
+        2 => affine_bytes_bits::<AVX, 2>(src, dtype, cols, group, codes, scales, biases, stats),
+        3 => affine_bytes_bits::<AVX, 3>(src, dtype, cols, group, codes, scales, biases, stats),
+        4 => affine_bytes_bits::<AVX, 4>(src, dtype, cols, group, codes, scales, biases, stats),
+        6 => affine_bytes_bits::<AVX, 6>(src, dtype, cols, group, codes, scales, biases, stats),
+        _ => affine_bytes_bits::<AVX, 8>(src, dtype, cols, group, codes, scales, biases, stats),
+    }
+}
+
+mod affine_bytes {
+    use super::*;
+    dispatch!(affine_bytes_impl, affine_bytes_avx, (src: &[u8], dtype: Dtype, cols: usize, group: usize, bits: u8, codes: &mut [u8], scales: &mut [u8], biases: &mut [u8], stats: Option<&mut ErrorStats>) -> Result<(), usize>);
+}
+
+/// [`affine_quantize`] straight from little-endian source bytes (`F32`, `F16` or `BF16`
+/// rows of `cols` elements) to output bytes: packed little-endian u32 codes, and scales and
+/// biases encoded in the source dtype. Bit-identical to the f32 API.
+#[allow(clippy::too_many_arguments)]
+pub fn affine_quantize_bytes(
+    src: &[u8],
+    dtype: Dtype,
+    cols: usize,
+    group: usize,
+    bits: u8,
+    codes: &mut [u8],
+    scales: &mut [u8],
+    biases: &mut [u8],
+    stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    assert!(matches!(group, 32 | 64 | 128) && matches!(bits, 2 | 3 | 4 | 6 | 8));
+    assert!(dtype.is_working_float() && cols.is_multiple_of(group));
+    let es = dtype.size_bytes() as usize;
+    let rows = src.len() / (cols * es).max(1);
+    assert_eq!(src.len(), rows * cols * es);
+    assert_eq!(codes.len(), rows * cols * bits as usize / 8);
+    assert_eq!(scales.len(), rows * cols / group * es);
+    assert_eq!(biases.len(), scales.len());
+    affine_bytes::dispatched(src, dtype, cols, group, bits, codes, scales, biases, stats)
+}
+
 /// MLX affine quantization of whole rows (`w.len()` a multiple of `cols`, `cols` of
 /// `group`; `group` in 32, 64, 128; `bits` in 2, 3, 4, 6, 8).
 ///
@@ -606,6 +721,7 @@ pub fn affine_dequantize(
 struct Bnb4Table {
     thresholds: [f32; 15],
     index: [u8; 16],
+    identity: bool,
 }
 
 impl Bnb4Table {
@@ -625,7 +741,12 @@ impl Bnb4Table {
         }
         let mut index = [0u8; 16];
         index.copy_from_slice(&idx);
-        Bnb4Table { thresholds, index }
+        let identity = index.iter().enumerate().all(|(i, &x)| usize::from(x) == i);
+        Bnb4Table {
+            thresholds,
+            index,
+            identity,
+        }
     }
 }
 
@@ -647,16 +768,24 @@ fn bnb4_block(w: &[f32], table: &Bnb4Table, codes: &mut [u8]) -> Option<f32> {
         absmax = absmax.max(x.abs());
     }
     let inv = 1.0f32 / absmax.max(1e-38);
-    for (c, &x) in codes.iter_mut().zip(w) {
-        let v = (x * inv).clamp(-1.0, 1.0);
-        let mut k = 0u8;
-        for t in &table.thresholds {
-            k += u8::from(*t < v);
+    let mut ranks = [0u32; 8];
+    for (cc, wc) in codes.chunks_exact_mut(8).zip(w.chunks_exact(8)) {
+        for i in 0..8 {
+            let v = (wc[i] * inv).clamp(-1.0, 1.0);
+            let mut k = 0u32;
+            for t in &table.thresholds {
+                k += u32::from(*t < v);
+            }
+            ranks[i] = k;
         }
-        *c = k;
+        for i in 0..8 {
+            cc[i] = ranks[i] as u8;
+        }
     }
-    for c in codes.iter_mut() {
-        *c = table.index[usize::from(*c)];
+    if !table.identity {
+        for c in codes.iter_mut() {
+            *c = table.index[usize::from(*c)];
+        }
     }
     Some(absmax)
 }
@@ -702,6 +831,81 @@ mod bnb4 {
     dispatch!(bnb4_impl, bnb4_avx, (w: &[f32], block: usize, kind: Bnb4, packed: &mut [u8], absmax: &mut [f32], stats: Option<&mut ErrorStats>) -> Result<(), usize>);
 }
 
+#[inline(always)]
+fn bnb4_bytes_impl<const AVX: bool>(
+    src: &[u8],
+    dtype: Dtype,
+    block: usize,
+    kind: Bnb4,
+    packed: &mut [u8],
+    absmax: &mut [u8],
+    mut stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    let table = Bnb4Table::new(kind);
+    let code = kind.code();
+    let es = dtype.size_bytes() as usize;
+    // Decode a few blocks at a time into a cache-resident buffer.
+    let per = block * (4096 / block).max(1);
+    let mut w = vec![0f32; per];
+    let mut codes = vec![0u8; block];
+    let mut recon = vec![0f32; block];
+    for (ci, ((src_c, pc), ac)) in src
+        .chunks(per * es)
+        .zip(packed.chunks_mut(per / 2))
+        .zip(absmax.chunks_mut(per / block * 4))
+        .enumerate()
+    {
+        let n = src_c.len() / es;
+        decode_impl::<AVX>(src_c, dtype, &mut w[..n]);
+        for (bi, ((wb, pb), ab)) in w[..n]
+            .chunks_exact(block)
+            .zip(pc.chunks_exact_mut(block / 2))
+            .zip(ac.chunks_exact_mut(4))
+            .enumerate()
+        {
+            let Some(a) = bnb4_block(wb, &table, &mut codes) else {
+                return Err(ci * per + bi * block + first_non_finite(wb).unwrap_or(0));
+            };
+            ab.copy_from_slice(&a.to_le_bytes());
+            for (p, c) in pb.iter_mut().zip(codes.chunks_exact(2)) {
+                *p = (c[0] << 4) | c[1];
+            }
+            if let Some(st) = stats.as_deref_mut() {
+                for (r, &c) in recon.iter_mut().zip(&codes) {
+                    *r = code[c as usize] * a;
+                }
+                acc_stats(wb, &recon, st);
+            }
+        }
+    }
+    Ok(())
+}
+
+mod bnb4_bytes {
+    use super::*;
+    dispatch!(bnb4_bytes_impl, bnb4_bytes_avx, (src: &[u8], dtype: Dtype, block: usize, kind: Bnb4, packed: &mut [u8], absmax: &mut [u8], stats: Option<&mut ErrorStats>) -> Result<(), usize>);
+}
+
+/// [`bnb4_quantize`] straight from little-endian source bytes to output bytes (absmax as
+/// little-endian f32). Bit-identical to the f32 API.
+pub fn bnb4_quantize_bytes(
+    src: &[u8],
+    dtype: Dtype,
+    block: usize,
+    kind: Bnb4,
+    packed: &mut [u8],
+    absmax: &mut [u8],
+    stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    let es = dtype.size_bytes() as usize;
+    let n = src.len() / es;
+    assert!(dtype.is_working_float() && block >= 2 && block.is_multiple_of(2));
+    assert!(n.is_multiple_of(block) && src.len() == n * es);
+    assert_eq!(packed.len() * 2, n);
+    assert_eq!(absmax.len(), n / block * 4);
+    bnb4_bytes::dispatched(src, dtype, block, kind, packed, absmax, stats)
+}
+
 /// bitsandbytes blockwise 4-bit quantization of a flattened tensor (`w.len()` a multiple
 /// of the even `block`): per block `absmax = max |w|`, `x = clamp(w * f32(1/absmax), -1, 1)`,
 /// the code is the number of decision thresholds below `x` (NF4; FP4 does the same on |x|
@@ -734,6 +938,17 @@ pub fn bnb4_dequantize(packed: &[u8], absmax: &[f32], block: usize, kind: Bnb4, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn magic_bits_rounding_is_rint() {
+        assert_eq!(MAGIC.to_bits() as i32, MAGIC_BITS);
+        for &v in &[
+            -1.0f32, -0.5, -0.4, 0.0, 0.5, 1.5, 2.5, 14.5, 15.5, 16.0, 255.5, 256.0,
+        ] {
+            let r = ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC_BITS);
+            assert_eq!(r as f32, v.round_ties_even(), "{v}");
+        }
+    }
 
     #[test]
     fn magic_rounding_is_rint() {

@@ -1,11 +1,15 @@
-//! The streaming, parallel quantizer: plans the output, writes the header, then produces
-//! each tensor's data in row chunks (rayon across row blocks) while a writer thread hashes
-//! and writes the previous chunk. Mapped input pages are released as soon as a chunk is
-//! consumed, so peak memory is a few chunks plus the scales of one tensor.
+//! The streaming, parallel quantizer.
+//!
+//! The output layout (and so the file size) is planned up front, so the temporary output
+//! file is sized once and memory-mapped: the kernels write codes, scales and biases straight
+//! into their final place (no intermediate buffers, no copy through `write`). Each tensor is
+//! produced in row chunks, rayon across row blocks; a hashing thread follows behind in file
+//! order, computing the sha256 in the same pass, and releases the output pages it has hashed.
+//! Input pages are released as soon as a chunk is consumed, so the resident set stays at a
+//! few chunks however large the model is.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +26,8 @@ use crate::spec::{
     OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     header_bytes, plan_outputs,
 };
+
+const PAGE: usize = 4096;
 
 /// Input bytes processed per chunk (one rayon fan-out, one write).
 const CHUNK_BYTES: u64 = 16 << 20;
@@ -162,53 +168,105 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
-/// A chunk of output bytes for the writer thread.
-enum Chunk {
-    Bytes(Vec<u8>),
-    Words(Vec<u32>),
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    s
 }
 
-impl Chunk {
-    fn as_bytes(&self) -> std::borrow::Cow<'_, [u8]> {
-        match self {
-            Chunk::Bytes(b) => std::borrow::Cow::Borrowed(b),
-            Chunk::Words(w) => words_as_bytes(w),
+fn page_size() -> usize {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if p > 0 {
+            return p as usize;
         }
     }
+    PAGE
 }
 
-#[cfg(target_endian = "little")]
-fn words_as_bytes(w: &[u32]) -> std::borrow::Cow<'_, [u8]> {
-    // SAFETY: u32 has no padding and u8 has alignment 1; on a little-endian target the
-    // in-memory bytes are exactly the little-endian encoding.
-    std::borrow::Cow::Borrowed(unsafe {
-        std::slice::from_raw_parts(w.as_ptr().cast::<u8>(), std::mem::size_of_val(w))
-    })
+/// madvise on the whole pages inside `[start, end)` (absolute addresses); errors ignored
+/// (the advice is an optimisation).
+fn advise(start: usize, end: usize, advice: i32) {
+    #[cfg(unix)]
+    {
+        let page = page_size();
+        let s = start.div_ceil(page) * page;
+        let e = end / page * page;
+        if e > s {
+            // SAFETY: callers pass ranges inside a live mapping they own; DONTNEED on a
+            // shared file mapping keeps the data in the page cache, POPULATE_WRITE only
+            // faults pages in.
+            unsafe {
+                libc::madvise(s as *mut libc::c_void, e - s, advice);
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (start, end, advice);
+    }
 }
 
-#[cfg(not(target_endian = "little"))]
-fn words_as_bytes(w: &[u32]) -> std::borrow::Cow<'_, [u8]> {
-    std::borrow::Cow::Owned(w.iter().flat_map(|x| x.to_le_bytes()).collect())
+#[cfg(target_os = "linux")]
+const POPULATE_WRITE: i32 = libc::MADV_POPULATE_WRITE;
+#[cfg(not(target_os = "linux"))]
+const POPULATE_WRITE: i32 = -1;
+#[cfg(unix)]
+const DONTNEED: i32 = libc::MADV_DONTNEED;
+#[cfg(not(unix))]
+const DONTNEED: i32 = -1;
+
+/// Faults a region of the output map in for writing in one call (much cheaper than one
+/// page fault per page from the kernels).
+fn populate(region: &[u8]) {
+    if region.len() >= 64 << 10 {
+        let p = region.as_ptr() as usize;
+        advise(p, p + region.len(), POPULATE_WRITE);
+    }
 }
 
-fn writer_thread(file: File, rx: Receiver<Chunk>) -> std::io::Result<(u64, String)> {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, file);
+/// Hashes finished regions in file order and releases the output pages behind it.
+fn hash_thread(rx: Receiver<&[u8]>, base: usize) -> String {
     let mut hasher = Sha256::new();
-    let mut total = 0u64;
+    let mut released = base;
     for chunk in rx {
-        let bytes = chunk.as_bytes();
-        hasher.update(&bytes);
-        f.write_all(&bytes)?;
-        total += bytes.len() as u64;
+        hasher.update(chunk);
+        let end = chunk.as_ptr() as usize + chunk.len();
+        // Release in slices so pages leave the resident set while we go.
+        if end - released >= 4 << 20 {
+            advise(released, end, DONTNEED);
+            released = end / page_size() * page_size();
+        }
     }
-    f.flush()?;
-    let digest = hasher.finalize();
-    let mut hex = String::with_capacity(64);
-    for b in digest.iter() {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    hex(&hasher.finalize())
+}
+
+/// The not-yet-produced rest of the mapped output file.
+struct Output<'s> {
+    rest: &'s mut [u8],
+    tx: SyncSender<&'s [u8]>,
+}
+
+impl<'s> Output<'s> {
+    /// The next `len` bytes of the file.
+    fn take(&mut self, len: usize) -> &'s mut [u8] {
+        let rest = std::mem::take(&mut self.rest);
+        let (head, tail) = rest.split_at_mut(len);
+        self.rest = tail;
+        head
     }
-    Ok((total, hex))
+
+    /// Hands a finished region (in file order) to the hashing thread.
+    fn done(&self, region: &'s mut [u8]) -> Result<(), QuantError> {
+        self.tx
+            .send(region)
+            .map_err(|_| QuantError::Spec("internal error: the hashing thread stopped".to_string()))
+    }
 }
 
 /// [`quantize_to_file`] with options.
@@ -233,80 +291,108 @@ pub fn quantize_to_file_with(
     let outputs = plan_outputs(&infos, spec)?;
     let header = header_bytes(&outputs, metadata);
     let planned = header.len() as u64 + data_bytes(&outputs);
+    let planned_usize = usize::try_from(planned)
+        .map_err(|_| QuantError::Spec(format!("output of {planned} bytes is too large")))?;
 
     let tmp = temp_path(out);
-    let file = File::create(&tmp).map_err(|e| QuantError::io(&tmp, e))?;
-    let (tx, rx) = sync_channel::<Chunk>(2);
-    let writer = std::thread::spawn(move || writer_thread(file, rx));
-
-    let result = (|| -> Result<(Vec<TensorReport>, ErrorStats), QuantError> {
-        send(&tx, Chunk::Bytes(header))?;
-        let mut reports = Vec::new();
-        let mut overall = ErrorStats::default();
-        let mut oi = 0;
-        for ((sel, entry), info) in inputs.iter().zip(&entries).zip(&infos) {
-            let start = oi;
-            while oi < outputs.len() && outputs[oi].source == info.name {
-                oi += 1;
-            }
-            let outs = &outputs[start..oi];
-            let job = Job {
-                file: &sel.file,
-                entry,
-                info,
-                spec,
-                report: options.report,
-                tx: &tx,
-            };
-            if let Some(stats) = job.run(outs)?
-                && options.report
-            {
-                overall.merge(&stats);
-                reports.push(TensorReport {
-                    name: info.name.clone(),
-                    source_dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    kind: outs[0].kind,
-                    stats,
-                });
-            }
-        }
-        Ok((reports, overall))
-    })();
-    drop(tx);
-    let written = writer.join();
     let cleanup = |e: QuantError| {
         let _ = std::fs::remove_file(&tmp);
         Err(e)
     };
-    let (reports, overall) = match result {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| QuantError::io(&tmp, e))?;
+    if let Err(e) = file.set_len(planned) {
+        return cleanup(QuantError::io(&tmp, e));
+    }
+    // SAFETY: the file was just created by us under a unique temporary name; nothing else
+    // maps or resizes it while we write.
+    let mut map = match unsafe { memmap2::MmapMut::map_mut(&file) } {
+        Ok(m) => m,
+        Err(e) => return cleanup(QuantError::io(&tmp, e)),
+    };
+    let base = map.as_ptr() as usize;
+    let result = std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<&[u8]>(8);
+        let hasher = scope.spawn(move || hash_thread(rx, base));
+        let mut o = Output {
+            rest: &mut map[..planned_usize],
+            tx,
+        };
+        let produced = (|| -> Result<(Vec<TensorReport>, ErrorStats), QuantError> {
+            let h = o.take(header.len());
+            h.copy_from_slice(&header);
+            o.done(h)?;
+            let mut reports = Vec::new();
+            let mut overall = ErrorStats::default();
+            let mut oi = 0;
+            for ((sel, entry), info) in inputs.iter().zip(&entries).zip(&infos) {
+                let start = oi;
+                while oi < outputs.len() && outputs[oi].source == info.name {
+                    oi += 1;
+                }
+                let job = Job {
+                    file: &sel.file,
+                    entry,
+                    info,
+                    spec,
+                    report: options.report,
+                };
+                let outs = &outputs[start..oi];
+                if let Some(stats) = job.run(outs, &mut o)?
+                    && options.report
+                {
+                    overall.merge(&stats);
+                    reports.push(TensorReport {
+                        name: info.name.clone(),
+                        source_dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        kind: outs[0].kind,
+                        stats,
+                    });
+                }
+            }
+            if !o.rest.is_empty() {
+                return Err(QuantError::Spec(format!(
+                    "internal error: {} planned bytes were not produced",
+                    o.rest.len()
+                )));
+            }
+            Ok((reports, overall))
+        })();
+        drop(o);
+        let sha = hasher.join();
+        (produced, sha)
+    });
+    let (produced, sha) = result;
+    let flushed = map.flush_async();
+    drop(map);
+    drop(file);
+    let (reports, overall) = match produced {
         Ok(r) => r,
         Err(e) => return cleanup(e),
     };
-    let (total, sha256) = match written {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return cleanup(QuantError::io(out, e)),
+    let sha256 = match sha {
+        Ok(s) => s,
         Err(_) => {
-            return cleanup(QuantError::io(
-                out,
-                std::io::Error::other("the writer thread panicked"),
+            return cleanup(QuantError::Spec(
+                "internal error: the hashing thread panicked".into(),
             ));
         }
     };
-    if total != planned {
-        return cleanup(QuantError::io(
-            out,
-            std::io::Error::other(format!(
-                "internal error: wrote {total} bytes, planned {planned}"
-            )),
-        ));
+    if let Err(e) = flushed {
+        return cleanup(QuantError::io(&tmp, e));
     }
     if let Err(e) = std::fs::rename(&tmp, out) {
         return cleanup(QuantError::io(out, e));
     }
     Ok(QuantizeOutcome {
         path: out.to_path_buf(),
-        file_bytes: total,
+        file_bytes: planned,
         sha256,
         data_bytes: data_bytes(&outputs),
         parameters: infos.iter().map(|i| i.numel()).sum(),
@@ -316,32 +402,33 @@ pub fn quantize_to_file_with(
     })
 }
 
-fn send(tx: &SyncSender<Chunk>, chunk: Chunk) -> Result<(), QuantError> {
-    // A send only fails when the writer thread stopped on an I/O error; that error is
-    // reported from the join, so here it is enough to stop producing.
-    tx.send(chunk)
-        .map_err(|_| QuantError::Spec("the output writer stopped (see the I/O error)".to_string()))
-}
-
 struct Job<'a> {
     file: &'a SafetensorsFile,
     entry: &'a TensorEntry,
     info: &'a TensorInfo,
     spec: &'a QuantSpec,
     report: bool,
-    tx: &'a SyncSender<Chunk>,
+}
+
+fn merge(mut a: ErrorStats, b: ErrorStats) -> ErrorStats {
+    a.merge(&b);
+    a
 }
 
 impl Job<'_> {
-    fn run(&self, outs: &[OutputTensor]) -> Result<Option<ErrorStats>, QuantError> {
+    fn run<'s>(
+        &self,
+        outs: &[OutputTensor],
+        o: &mut Output<'s>,
+    ) -> Result<Option<ErrorStats>, QuantError> {
         match outs[0].kind {
             OutputKind::Kept => {
-                self.copy()?;
+                self.copy(o)?;
                 Ok(None)
             }
-            OutputKind::Cast => self.cast(outs[0].dtype).map(Some),
-            OutputKind::AffineCodes => self.affine(outs).map(Some),
-            _ => self.bnb4(outs).map(Some),
+            OutputKind::Cast => self.cast(outs[0].dtype, o).map(Some),
+            OutputKind::AffineCodes => self.affine(outs, o).map(Some),
+            _ => self.bnb4(outs, o).map(Some),
         }
     }
 
@@ -353,225 +440,218 @@ impl Job<'_> {
         self.file.release(self.entry.offset + byte_start, byte_len);
     }
 
-    fn prefetch(&self, byte_start: u64, byte_len: u64) {
-        self.file.prefetch(self.entry.offset + byte_start, byte_len);
-    }
-
-    fn copy(&self) -> Result<(), QuantError> {
-        let bytes = self.bytes();
-        for (i, c) in bytes.chunks(CHUNK_BYTES as usize).enumerate() {
-            send(self.tx, Chunk::Bytes(c.to_vec()))?;
+    fn copy(&self, o: &mut Output<'_>) -> Result<(), QuantError> {
+        for (i, c) in self.bytes().chunks(CHUNK_BYTES as usize).enumerate() {
+            let dst = o.take(c.len());
+            populate(dst);
+            dst.copy_from_slice(c);
+            o.done(dst)?;
             self.release(i as u64 * CHUNK_BYTES, c.len() as u64);
         }
         Ok(())
     }
 
-    fn cast(&self, to: Dtype) -> Result<ErrorStats, QuantError> {
+    fn cast(&self, to: Dtype, o: &mut Output<'_>) -> Result<ErrorStats, QuantError> {
         let from = self.info.dtype;
         let (fs, ts) = (from.size_bytes() as usize, to.size_bytes() as usize);
         let elems_per_chunk = (CHUNK_BYTES as usize / fs).max(1);
-        let sub = 64 * 1024;
-        let bytes = self.bytes();
+        let sub = 16 * 1024;
         let mut total = ErrorStats::default();
-        for (ci, c) in bytes.chunks(elems_per_chunk * fs).enumerate() {
+        let report = self.report;
+        for (ci, c) in self.bytes().chunks(elems_per_chunk * fs).enumerate() {
             let n = c.len() / fs;
-            let mut out = vec![0u8; n * ts];
-            let report = self.report;
+            let out = o.take(n * ts);
+            populate(out);
             let stats = out
                 .par_chunks_mut(sub * ts)
                 .zip(c.par_chunks(sub * fs))
-                .map(|(o, i)| {
-                    let k = i.len() / fs;
+                .map(|(dst, src)| {
+                    let k = src.len() / fs;
                     let mut w = vec![0f32; k];
-                    kernels::decode_f32(i, from, &mut w);
-                    kernels::encode_f32(&w, to, o);
-                    let mut st = ErrorStats::default();
-                    if report {
-                        let mut r = vec![0f32; k];
-                        kernels::decode_f32(o, to, &mut r);
-                        // Kept/cast tensors may hold infinities (masks): compare finite only.
-                        let (wf, rf): (Vec<f32>, Vec<f32>) = w
-                            .iter()
-                            .zip(&r)
-                            .filter(|(a, _)| a.is_finite())
-                            .map(|(a, b)| (*a, *b))
-                            .unzip();
-                        st = kernels::error_stats(&wf, &rf);
+                    kernels::decode_f32(src, from, &mut w);
+                    kernels::encode_f32(&w, to, dst);
+                    if !report {
+                        return ErrorStats::default();
                     }
-                    st
+                    let mut r = vec![0f32; k];
+                    kernels::decode_f32(dst, to, &mut r);
+                    // Kept/cast tensors may hold infinities (masks): compare finite only.
+                    let (wf, rf): (Vec<f32>, Vec<f32>) = w
+                        .iter()
+                        .zip(&r)
+                        .filter(|(a, _)| a.is_finite())
+                        .map(|(a, b)| (*a, *b))
+                        .unzip();
+                    kernels::error_stats(&wf, &rf)
                 })
-                .reduce(ErrorStats::default, |mut a, b| {
-                    a.merge(&b);
-                    a
-                });
+                .reduce(ErrorStats::default, merge);
             total.merge(&stats);
-            send(self.tx, Chunk::Bytes(out))?;
+            o.done(out)?;
             self.release((ci * elems_per_chunk * fs) as u64, c.len() as u64);
         }
         Ok(total)
     }
 
-    fn rows_per_chunk(&self, cols: u64) -> u64 {
+    fn rows_per_chunk(&self, cols: u64) -> usize {
         let row_bytes = cols * self.info.dtype.size_bytes();
-        (CHUNK_BYTES / row_bytes.max(1)).max(1)
+        (CHUNK_BYTES / row_bytes.max(1)).max(1) as usize
+    }
+
+    /// Rows per rayon task: enough tasks to balance two or more threads.
+    fn task_rows(&self, rows_per_chunk: usize) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        rows_per_chunk.div_ceil(threads * 4).max(1)
     }
 
     fn non_finite(&self, flat: u64) -> QuantError {
-        let cols = self.info.shape[1];
-        let row = flat / cols;
-        let col = flat % cols;
-        let bytes = self.bytes();
+        let cols = self.info.shape[1].max(1);
         let es = self.info.dtype.size_bytes() as usize;
         let at = flat as usize * es;
         let mut v = [0f32; 1];
-        kernels::decode_f32(&bytes[at..at + es], self.info.dtype, &mut v);
+        kernels::decode_f32(&self.bytes()[at..at + es], self.info.dtype, &mut v);
         QuantError::NonFinite {
             path: self.file.path().to_path_buf(),
             tensor: self.entry.info.name.clone(),
-            index: vec![row, col],
+            index: vec![flat / cols, flat % cols],
             value: v[0],
         }
     }
 
-    /// Runs `f` over row blocks of a chunk in parallel; returns merged stats or the flat
-    /// index (within the chunk) of the first non-finite element.
-    fn affine(&self, outs: &[OutputTensor]) -> Result<ErrorStats, QuantError> {
+    fn affine(&self, outs: &[OutputTensor], o: &mut Output<'_>) -> Result<ErrorStats, QuantError> {
         let WeightFormat::Affine { bits } = self.spec.format else {
             return Err(QuantError::Spec(
                 "internal error: not an affine format".into(),
             ));
         };
-        let (rows, cols) = (self.info.shape[0], self.info.shape[1]);
+        let (rows, cols) = (self.info.shape[0] as usize, self.info.shape[1] as usize);
         let g = self.spec.group_size as usize;
         let dt = self.info.dtype;
         let es = dt.size_bytes() as usize;
-        let cols_u = cols as usize;
-        let words_per_row = cols_u * bits as usize / 32;
-        let groups_per_row = cols_u / g;
-        let rpc = self.rows_per_chunk(cols);
-        let task_rows = (rpc as usize / 16).max(1);
-        let mut scales = vec![0f32; rows as usize * groups_per_row];
-        let mut biases = vec![0f32; rows as usize * groups_per_row];
+        let code_row = cols * bits as usize / 8;
+        let sb_row = cols / g * es;
+        let rpc = self.rows_per_chunk(cols as u64);
+        let task = self.task_rows(rpc);
+        let codes_len = outs[0].data_bytes() as usize;
+        let sb_len = outs[1].data_bytes() as usize;
+        let mut codes = o.take(codes_len);
+        let scales = o.take(sb_len);
+        let biases = o.take(sb_len);
+        let (mut sc, mut bc) = (&mut scales[..], &mut biases[..]);
         let bytes = self.bytes();
-        let mut total = ErrorStats::default();
         let report = self.report;
-        let mut r0 = 0u64;
+        let mut total = ErrorStats::default();
+        let mut r0 = 0;
         while r0 < rows {
-            let nr = rpc.min(rows - r0) as usize;
-            let in_start = r0 as usize * cols_u * es;
-            let input = &bytes[in_start..in_start + nr * cols_u * es];
-            if r0 + (nr as u64) < rows {
-                let next = (rpc.min(rows - r0 - nr as u64)) as usize * cols_u * es;
-                self.prefetch((in_start + input.len()) as u64, next as u64);
-            }
-            let mut codes = vec![0u32; nr * words_per_row];
-            let gs = r0 as usize * groups_per_row;
-            let sc = &mut scales[gs..gs + nr * groups_per_row];
-            let bc = &mut biases[gs..gs + nr * groups_per_row];
-            let res = codes
-                .par_chunks_mut(task_rows * words_per_row)
-                .zip(sc.par_chunks_mut(task_rows * groups_per_row))
-                .zip(bc.par_chunks_mut(task_rows * groups_per_row))
-                .zip(input.par_chunks(task_rows * cols_u * es))
+            let nr = rpc.min(rows - r0);
+            let input = &bytes[r0 * cols * es..(r0 + nr) * cols * es];
+            let (c_chunk, c_rest) = std::mem::take(&mut codes).split_at_mut(nr * code_row);
+            codes = c_rest;
+            populate(c_chunk);
+            let (s_chunk, s_rest) = std::mem::take(&mut sc).split_at_mut(nr * sb_row);
+            sc = s_rest;
+            let (b_chunk, b_rest) = std::mem::take(&mut bc).split_at_mut(nr * sb_row);
+            bc = b_rest;
+            let res = c_chunk
+                .par_chunks_mut(task * code_row)
+                .zip(s_chunk.par_chunks_mut(task * sb_row))
+                .zip(b_chunk.par_chunks_mut(task * sb_row))
+                .zip(input.par_chunks(task * cols * es))
                 .enumerate()
                 .map(|(ti, (((c, s), b), i))| {
-                    let mut w = vec![0f32; i.len() / es];
-                    kernels::decode_f32(i, dt, &mut w);
                     let mut st = ErrorStats::default();
-                    kernels::affine_quantize(
-                        &w,
-                        cols_u,
+                    kernels::affine_quantize_bytes(
+                        i,
+                        dt,
+                        cols,
                         g,
                         bits,
-                        dt,
                         c,
                         s,
                         b,
                         report.then_some(&mut st),
                     )
                     .map(|()| st)
-                    .map_err(|at| (ti * task_rows * cols_u + at) as u64)
+                    .map_err(|at| (ti * task * cols + at) as u64)
                 })
-                .try_reduce(ErrorStats::default, |mut a, b| {
-                    a.merge(&b);
-                    Ok(a)
-                });
+                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
             match res {
                 Ok(st) => total.merge(&st),
-                Err(at) => return Err(self.non_finite(r0 * cols + at)),
+                Err(at) => return Err(self.non_finite((r0 * cols) as u64 + at)),
             }
-            send(self.tx, Chunk::Words(codes))?;
-            self.release(in_start as u64, input.len() as u64);
-            r0 += nr as u64;
+            o.done(c_chunk)?;
+            self.release((r0 * cols * es) as u64, input.len() as u64);
+            r0 += nr;
         }
-        for (o, v) in outs[1..3].iter().zip([scales, biases]) {
-            let mut b = vec![0u8; v.len() * o.dtype.size_bytes() as usize];
-            kernels::encode_f32(&v, o.dtype, &mut b);
-            send(self.tx, Chunk::Bytes(b))?;
-        }
+        o.done(scales)?;
+        o.done(biases)?;
         Ok(total)
     }
 
-    fn bnb4(&self, outs: &[OutputTensor]) -> Result<ErrorStats, QuantError> {
+    fn bnb4(&self, outs: &[OutputTensor], o: &mut Output<'_>) -> Result<ErrorStats, QuantError> {
         let kind = if self.spec.format == WeightFormat::Fp4 {
             Bnb4::Fp4
         } else {
             Bnb4::Nf4
         };
-        let (rows, cols) = (self.info.shape[0], self.info.shape[1]);
+        let (rows, cols) = (self.info.shape[0] as usize, self.info.shape[1] as usize);
         let block = self.spec.group_size as usize;
         let dt = self.info.dtype;
         let es = dt.size_bytes() as usize;
-        let cols_u = cols as usize;
-        let blocks_per_row = cols_u / block;
-        let rpc = self.rows_per_chunk(cols);
-        let task_rows = (rpc as usize / 16).max(1);
-        let mut absmax = vec![0f32; rows as usize * blocks_per_row];
+        let packed_row = cols / 2;
+        let am_row = cols / block * 4;
+        let rpc = self.rows_per_chunk(cols as u64);
+        let task = self.task_rows(rpc);
+        let mut packed = o.take(outs[0].data_bytes() as usize);
+        let absmax = o.take(outs[1].data_bytes() as usize);
+        let mut ac = &mut absmax[..];
         let bytes = self.bytes();
-        let mut total = ErrorStats::default();
         let report = self.report;
-        let mut r0 = 0u64;
+        let mut total = ErrorStats::default();
+        let mut r0 = 0;
         while r0 < rows {
-            let nr = rpc.min(rows - r0) as usize;
-            let in_start = r0 as usize * cols_u * es;
-            let input = &bytes[in_start..in_start + nr * cols_u * es];
-            let mut packed = vec![0u8; nr * cols_u / 2];
-            let gs = r0 as usize * blocks_per_row;
-            let am = &mut absmax[gs..gs + nr * blocks_per_row];
-            let res = packed
-                .par_chunks_mut(task_rows * cols_u / 2)
-                .zip(am.par_chunks_mut(task_rows * blocks_per_row))
-                .zip(input.par_chunks(task_rows * cols_u * es))
+            let nr = rpc.min(rows - r0);
+            let input = &bytes[r0 * cols * es..(r0 + nr) * cols * es];
+            let (p_chunk, p_rest) = std::mem::take(&mut packed).split_at_mut(nr * packed_row);
+            packed = p_rest;
+            populate(p_chunk);
+            let (a_chunk, a_rest) = std::mem::take(&mut ac).split_at_mut(nr * am_row);
+            ac = a_rest;
+            let res = p_chunk
+                .par_chunks_mut(task * packed_row)
+                .zip(a_chunk.par_chunks_mut(task * am_row))
+                .zip(input.par_chunks(task * cols * es))
                 .enumerate()
                 .map(|(ti, ((p, a), i))| {
-                    let mut w = vec![0f32; i.len() / es];
-                    kernels::decode_f32(i, dt, &mut w);
                     let mut st = ErrorStats::default();
-                    kernels::bnb4_quantize(&w, block, kind, p, a, report.then_some(&mut st))
-                        .map(|()| st)
-                        .map_err(|at| (ti * task_rows * cols_u + at) as u64)
+                    kernels::bnb4_quantize_bytes(
+                        i,
+                        dt,
+                        block,
+                        kind,
+                        p,
+                        a,
+                        report.then_some(&mut st),
+                    )
+                    .map(|()| st)
+                    .map_err(|at| (ti * task * cols + at) as u64)
                 })
-                .try_reduce(ErrorStats::default, |mut a, b| {
-                    a.merge(&b);
-                    Ok(a)
-                });
+                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
             match res {
                 Ok(st) => total.merge(&st),
-                Err(at) => return Err(self.non_finite(r0 * cols + at)),
+                Err(at) => return Err(self.non_finite((r0 * cols) as u64 + at)),
             }
-            send(self.tx, Chunk::Bytes(packed))?;
-            self.release(in_start as u64, input.len() as u64);
-            r0 += nr as u64;
+            o.done(p_chunk)?;
+            self.release((r0 * cols * es) as u64, input.len() as u64);
+            r0 += nr;
         }
-        let mut b = vec![0u8; absmax.len() * 4];
-        kernels::encode_f32(&absmax, Dtype::F32, &mut b);
-        send(self.tx, Chunk::Bytes(b))?;
-        let mut qm = vec![0u8; 64];
-        kernels::encode_f32(kind.code(), Dtype::F32, &mut qm);
-        send(self.tx, Chunk::Bytes(qm))?;
+        o.done(absmax)?;
+        let qm = o.take(64);
+        kernels::encode_f32(kind.code(), Dtype::F32, qm);
+        o.done(qm)?;
         let state = bnb_quant_state_json(self.spec.format, self.spec.group_size, self.info);
-        debug_assert_eq!(outs[3].data_bytes(), state.len() as u64);
-        send(self.tx, Chunk::Bytes(state.into_bytes()))?;
+        let st = o.take(state.len());
+        st.copy_from_slice(state.as_bytes());
+        o.done(st)?;
         Ok(total)
     }
 }
