@@ -1113,3 +1113,64 @@ fn check_limits(summary: &Summary, warnings: &mut Vec<String>) -> Result<(), Bui
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omnipack_summary::{AssetPackRef, BundleEntry, PackageInfo, QuantizationInfo};
+
+    fn summary(n: usize, size: u64) -> Summary {
+        let b = |i: usize| BundleEntry {
+            id: format!("b{i}"),
+            component: "c".into(),
+            role: "data".into(),
+            runtime: "mlx".into(),
+            delivery: "on_demand".into(),
+            residency: "lazy".into(),
+            file: format!("bundles/b{i}.zip"),
+            size_bytes: size,
+            sha256: String::new(),
+            asset_pack: AssetPackRef {
+                id: format!("x.b{i}"),
+                manifest: String::new(),
+            },
+            quantization: QuantizationInfo {
+                format: "f16".into(),
+                group_size: None,
+                bits: None,
+                mode: None,
+            },
+            parameters: 0,
+            weights_bytes: 0,
+            resident_bytes: 0,
+            files: Vec::new(),
+        };
+        Summary {
+            summary_version: 1,
+            generator: String::new(),
+            package: PackageInfo {
+                name: "p".into(),
+                version: "1".into(),
+                bundle_id: "x".into(),
+            },
+            manifest_sha256: String::new(),
+            inputs: Vec::new(),
+            bundles: (0..n).map(b).collect(),
+            tiers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn app_store_limits() {
+        let mut w = Vec::new();
+        check_limits(&summary(80, 1), &mut w).unwrap();
+        assert!(w.is_empty());
+        check_limits(&summary(81, 1), &mut w).unwrap();
+        assert_eq!(w.len(), 1);
+        assert!(check_limits(&summary(101, 1), &mut Vec::new()).is_err());
+        let mut w = Vec::new();
+        check_limits(&summary(2, 81_000_000_000), &mut w).unwrap();
+        assert!(w[0].contains("80%"), "{w:?}");
+        assert!(check_limits(&summary(3, 67_000_000_000), &mut Vec::new()).is_err());
+    }
+}

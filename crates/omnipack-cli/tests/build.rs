@@ -453,3 +453,73 @@ fn verify_without_a_summary_fails_clearly() {
         text(&o)
     );
 }
+
+#[test]
+fn shared_cache_dir_and_files_components() {
+    let d = tempfile::tempdir().unwrap();
+    fs::copy(
+        root().join("examples/omnicoder-tiny/model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    fs::create_dir_all(d.path().join("tok")).unwrap();
+    fs::write(d.path().join("tok/vocab.txt"), "a\nb\n").unwrap();
+    fs::write(d.path().join("tok/merges.txt"), "a b\n").unwrap();
+    let m = r#"omnipack: 1
+package: { name: t, version: 1.0.0, bundle_id: com.example.t }
+runtime_overhead: 100MiB
+tiers:
+  - { name: small, device_memory: 4GiB, memory_limit: 2GiB }
+components:
+  - name: video
+    role: video_decoder
+    source: { safetensors: [model.safetensors], prefix: video. }
+    quantization: { format: int8, group_size: 128, keep: ["*norm*", "*.bias"] }
+  - name: vocab
+    role: data
+    source: { files: [tok/vocab.txt, tok/merges.txt] }
+"#;
+    fs::write(d.path().join("m.yaml"), m).unwrap();
+    let cache = d.path().join("shared-cache");
+    let a = d.path().join("a");
+    let b = d.path().join("b");
+    let man = d.path().join("m.yaml");
+    let o = omnipack(&["build", s(&man), "--out", s(&a), "--cache-dir", s(&cache)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = omnipack(&["build", s(&man), "--out", s(&b), "--cache-dir", s(&cache)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains(" 0 stages ran"), "{}", text(&o));
+    assert_eq!(tree(&a), tree(&b));
+    assert!(!a.join(".omnipack/cache").exists());
+    let t = tree(&a);
+    let vocab = t
+        .iter()
+        .find(|(k, _)| k.ends_with("/vocab.txt"))
+        .expect("vocab.txt in the asset pack");
+    assert_eq!(vocab.1, b"a\nb\n");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&t["mobile_packager_summary.json"]).unwrap();
+    let inputs: Vec<&str> = summary["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        inputs,
+        [
+            "m.yaml",
+            "model.safetensors",
+            "tok/merges.txt",
+            "tok/vocab.txt"
+        ]
+    );
+    // The copied files are not hard links to the sources: editing a source later cannot change
+    // a built output.
+    fs::write(d.path().join("tok/vocab.txt"), "changed\n").unwrap();
+    assert!(omnipack(&["verify", s(&a)]).status.success());
+    let o = omnipack(&["build", s(&man), "--out", s(&a), "--cache-dir", s(&cache)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ran    package:vocab"), "{}", text(&o));
+    assert!(omnipack(&["verify", s(&a)]).status.success());
+}
