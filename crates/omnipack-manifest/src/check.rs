@@ -432,6 +432,11 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 .with_label(format!("expected {expected}"));
             if ref_name == Some("Duration") {
                 d = d.with_help(DURATION_SYNTAX);
+            } else if expected == "a string"
+                && matches!(instance, Value::Number(_) | Value::Bool(_))
+            {
+                let written = source_text(ctx, &path).unwrap_or_else(|| show(instance));
+                d = d.with_help(format!("quote it: `{what}: \"{written}\"`"));
             } else if let Some(desc) = describe(schema) {
                 d = d.with_help(format!("`{what}`: {desc}"));
             }
@@ -548,6 +553,16 @@ fn enum_error(
     )
     .with_label("not one of the valid values")
     .with_help(help)
+}
+
+/// The text of the value at `path` as written in its file.
+fn source_text(ctx: &Ctx<'_>, path: &[Segment]) -> Option<String> {
+    let found = node::find(ctx.tree, path);
+    let src = ctx.sources.get(found.node.file)?;
+    found
+        .exact
+        .then(|| src.text.get(found.node.span.clone()).map(str::to_string))
+        .flatten()
 }
 
 fn article(t: &str) -> String {

@@ -134,6 +134,15 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     diags.extend(schema_diags);
     diags.extend(crate::check::semantic_diagnostics(&ctx, &json));
     dedup(&mut diags);
+    // Reading order: by file (the manifest first, then its bases), then by position.
+    let file_rank = |d: &Diagnostic| {
+        loader
+            .sources
+            .iter()
+            .position(|s| s.name == d.file)
+            .unwrap_or(usize::MAX)
+    };
+    diags.sort_by_key(|d| (file_rank(d), d.span.as_ref().map(|r| r.start).unwrap_or(0)));
     if diags.iter().any(Diagnostic::is_error) {
         return Err(Diagnostics(diags));
     }
