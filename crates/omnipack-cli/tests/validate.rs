@@ -634,3 +634,34 @@ fn hostile_inputs_fail_cleanly() {
         (Some(2), Some(21))
     );
 }
+
+/// `validate` also checks budgets: a tier that cannot fit is an error at its `memory_limit`.
+#[test]
+fn a_tier_that_does_not_fit_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = repo().join("manifests/base.yaml");
+    let base = base.canonicalize().unwrap();
+    std::fs::write(
+        dir.path().join("small.yaml"),
+        format!(
+            "omnipack: 1\nextends: {}\ntiers:\n  - {{ name: tiny, device_memory: 1GiB, memory_limit: 200MiB }}\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let out = omnipack_in(dir.path(), &["validate", "--format", "json", "small.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let diags: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let d = diags
+        .iter()
+        .find(|d| d["path"] == "tiers[0].memory_limit")
+        .unwrap_or_else(|| panic!("{diags:?}"));
+    assert_eq!(
+        (d["file"].as_str(), d["line"].as_u64(), d["column"].as_u64()),
+        (Some("small.yaml"), Some(4), Some(54))
+    );
+    assert!(
+        d["message"].as_str().unwrap().contains("does not fit"),
+        "{d}"
+    );
+}

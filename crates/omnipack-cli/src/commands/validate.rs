@@ -1,10 +1,12 @@
-//! `omnipack validate MANIFEST...`: schema and semantic checks with located diagnostics.
+//! `omnipack validate MANIFEST...`: schema and semantic checks with located diagnostics, and
+//! for a manifest with tiers and components, the budgets (every tier must fit, as in `plan`).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omnipack_manifest::{Diagnostic, load, render};
+use omnipack_manifest::{Diagnostic, LoadedManifest, Severity, load, render};
+use omnipack_plan::PlanDiagnostic;
 
 use super::CommandResult;
 
@@ -37,6 +39,21 @@ pub fn run(args: ValidateArgs) -> CommandResult {
     for path in &args.manifests {
         match load(path) {
             Ok(m) => {
+                // Budgets: a manifest with tiers and components must also fit every tier.
+                let mut budget = Vec::new();
+                if !m.is_base_only() {
+                    match omnipack_plan::plan(&m, &[]) {
+                        Ok(plan) => budget.extend(plan.warnings.iter().map(|w| {
+                            located(&m, w.path.as_deref(), Severity::Warning, &w.message, None)
+                        })),
+                        Err(failure) => {
+                            failed = true;
+                            all.extend(m.warnings.iter().cloned());
+                            all.extend(failure.diagnostics.iter().map(|d| plan_error(&m, d)));
+                            continue;
+                        }
+                    }
+                }
                 let tiers = plural(m.resolved.tiers.len(), "tier");
                 let components = plural(m.resolved.components.len(), "component");
                 let what = if m.is_base_only() {
@@ -44,13 +61,14 @@ pub fn run(args: ValidateArgs) -> CommandResult {
                 } else {
                     format!(" ({tiers}, {components})")
                 };
-                let warn = match m.warnings.len() {
+                let warn = match m.warnings.len() + budget.len() {
                     0 => String::new(),
                     1 => ", 1 warning".to_string(),
                     n => format!(", {n} warnings"),
                 };
                 ok_lines.push(format!("{}: valid{what}{warn}", path.display()));
                 all.extend(m.warnings);
+                all.extend(budget);
             }
             Err(diags) => {
                 failed = true;
@@ -91,4 +109,36 @@ fn plural(n: usize, word: &str) -> String {
         1 => format!("1 {word}"),
         _ => format!("{n} {word}s"),
     }
+}
+
+fn located(
+    m: &LoadedManifest,
+    path: Option<&str>,
+    severity: Severity,
+    message: &str,
+    help: Option<String>,
+) -> Diagnostic {
+    match path {
+        Some(p) => m.diagnostic_at(p, severity, message, help),
+        None => Diagnostic::new(severity, m.path.to_string_lossy(), message).with_help_opt(help),
+    }
+}
+
+/// A planner error (a tier that does not fit, ...) as a located diagnostic.
+fn plan_error(m: &LoadedManifest, d: &PlanDiagnostic) -> Diagnostic {
+    let mut lines: Vec<String> = d.notes.clone();
+    if !d.help.is_empty() {
+        if !d.notes.is_empty() {
+            lines.push("changes that lower the peak:".to_string());
+        }
+        lines.extend(d.help.iter().map(|h| format!("- {h}")));
+    }
+    let help = lines.join("\n");
+    located(
+        m,
+        d.path.as_deref(),
+        Severity::Error,
+        &d.message,
+        (!help.is_empty()).then_some(help),
+    )
 }
