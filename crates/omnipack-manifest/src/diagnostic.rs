@@ -198,8 +198,11 @@ impl Diagnostic {
         span: Range<usize>,
         message: impl Into<String>,
     ) -> Self {
-        let start = span.start.min(source.text.len());
-        let end = span.end.clamp(start, source.text.len());
+        // Clamp to the text and to character boundaries, whatever the caller passed.
+        let start = source.floor_char_boundary(span.start.min(source.text.len()));
+        let end = source
+            .floor_char_boundary(span.end.clamp(start, source.text.len()))
+            .max(start);
         let (line, column) = source.line_col(start);
         Diagnostic {
             severity,
@@ -471,6 +474,11 @@ mod tests {
         assert_eq!(src.char_to_byte(src.text[..off].chars().count()), off);
         let text = d.render();
         assert!(text.contains("x.yaml:2:8"), "{text}");
+        // A span inside a multi-byte character or past the end is clamped, never a panic.
+        let odd = Diagnostic::located(Severity::Error, &src, 9..1000, "odd");
+        let span = odd.span.clone().unwrap();
+        assert!(src.text.is_char_boundary(span.start) && span.end == src.text.len());
+        assert!(!odd.render().is_empty());
         assert!(text.contains("fix it"), "{text}");
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["line"], 2);
