@@ -53,7 +53,9 @@ impl JsonSchema for ManifestVersion {
         json_schema!({
             "description": "Manifest format version. Always `1`.",
             "type": "integer",
-            "enum": [1]
+            "oneOf": [
+                { "const": 1, "description": "Version 1 of the omnipack manifest format." }
+            ]
         })
     }
 }
@@ -461,7 +463,11 @@ impl JsonSchema for GroupSize {
         json_schema!({
             "description": "Quantization group size: 32, 64 or 128 elements.",
             "type": "integer",
-            "enum": [32, 64, 128]
+            "oneOf": [
+                { "const": 32, "description": "32 elements per group: the most accurate, the most scales and biases." },
+                { "const": 64, "description": "64 elements per group: the default, as in mlx-lm." },
+                { "const": 128, "description": "128 elements per group: the smallest, the least accurate." }
+            ]
         })
     }
 }
