@@ -707,6 +707,13 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
     }
 }
 
+/// Bytes of a file actually written so far: its allocated blocks (the quantizer may size its
+/// output up front and fill it through a memory map), at most its length.
+fn written_bytes(m: &fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    (m.blocks() * 512).min(m.len())
+}
+
 /// The manifest's folder as an absolute path (the exporter's working directory).
 fn manifest_dir(loaded: &LoadedManifest) -> PathBuf {
     if loaded.dir.as_os_str().is_empty() {
@@ -802,7 +809,7 @@ fn quantize(
                     let done: u64 = fs::read_dir(work)
                         .map(|rd| {
                             rd.filter_map(|e| e.ok()?.metadata().ok())
-                                .map(|m| m.len())
+                                .map(|m| written_bytes(&m))
                                 .sum()
                         })
                         .unwrap_or(0);
