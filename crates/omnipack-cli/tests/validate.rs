@@ -288,6 +288,14 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         "`runtime_overhead`",
     ),
     (
+        "unknown-placeholder",
+        "unknown-placeholder.yaml",
+        14,
+        77,
+        "components[0].source.command.run[3]",
+        "did you mean `{out}`?",
+    ),
+    (
         "unknown-tier-component",
         "unknown-tier-component.yaml",
         9,

@@ -882,6 +882,44 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 }
             }
             if let Some(cmd) = src.get("command").and_then(Value::as_object) {
+                if let Some(Value::Array(run)) = cmd.get("run") {
+                    for (j, arg) in run.iter().enumerate() {
+                        let Some(arg) = arg.as_str() else { continue };
+                        let sp =
+                            at(&[key("source"), key("command"), key("run"), Segment::Index(j)]);
+                        if j == 0 && arg.trim().is_empty() {
+                            out.push(
+                                ctx.at(&sp, e, format!("component `{cname}`: the exporter command is empty"))
+                                    .with_label("no program")
+                                    .with_help("the first item of `run` is the program, for example `python3` or `sh`"),
+                            );
+                        }
+                        for name in placeholders(arg) {
+                            if PLACEHOLDERS.contains(&name) {
+                                continue;
+                            }
+                            let list = PLACEHOLDERS
+                                .iter()
+                                .map(|p| format!("`{{{p}}}`"))
+                                .collect::<Vec<_>>()
+                                .join(" ");
+                            let similar = nearest(name, PLACEHOLDERS).or_else(|| {
+                                PLACEHOLDERS
+                                    .into_iter()
+                                    .find(|p| name.starts_with(p) || p.starts_with(name))
+                            });
+                            let help = match similar {
+                                Some(n) => format!("did you mean `{{{n}}}`? placeholders: {list}"),
+                                None => format!("placeholders: {list}"),
+                            };
+                            out.push(
+                                ctx.at(&sp, e, format!("component `{cname}`: unknown placeholder `{{{name}}}` in the exporter command"))
+                                    .with_label("unknown placeholder")
+                                    .with_help(help),
+                            );
+                        }
+                    }
+                }
                 if let Some(Value::Array(inputs)) = cmd.get("inputs") {
                     for (j, f) in inputs.iter().enumerate() {
                         let Some(rel) = f.as_str() else { continue };
@@ -1089,6 +1127,34 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
     out
 }
 
+/// The placeholders of an exporter's argv.
+const PLACEHOLDERS: [&str; 6] = [
+    "out",
+    "tier",
+    "format",
+    "group_size",
+    "max_seq_len",
+    "component",
+];
+
+/// The `{name}` placeholders in one argument (lowercase identifiers only, so JSON such as
+/// `{"a": 1}` is left alone).
+fn placeholders(arg: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = arg;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(after.len());
+        if len > 0 && after[len..].starts_with('}') {
+            found.push(&after[..len]);
+        }
+        rest = after;
+    }
+    found
+}
+
 /// Why an exporter output path is not inside the stage folder, if it is not.
 fn output_problem(o: &str) -> Option<&'static str> {
     if o.trim().is_empty() {
@@ -1227,6 +1293,13 @@ mod tests {
         assert_eq!(nearest("qunatization", keys), Some("quantization"));
         assert_eq!(nearest("nmae", keys), Some("name"));
         assert_eq!(nearest("zzzzzz", keys), None);
+    }
+
+    #[test]
+    fn finds_placeholders() {
+        assert_eq!(placeholders("{out}/x-{tier}.bin"), ["out", "tier"]);
+        assert_eq!(placeholders("--cfg={\"a\": 1}"), Vec::<&str>::new());
+        assert_eq!(placeholders("{outdir}"), ["outdir"]);
     }
 
     #[test]
