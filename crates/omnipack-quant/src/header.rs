@@ -371,7 +371,11 @@ impl SafetensorsFile {
     pub(crate) fn release(&self, offset: u64, len: u64) {
         #[cfg(unix)]
         {
-            let page = 4096u64;
+            // SAFETY: sysconf has no preconditions.
+            let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+                p if p > 0 => p as u64,
+                _ => 4096,
+            };
             let start = offset.div_ceil(page) * page;
             let end = ((offset + len) / page) * page;
             if end > start && end <= self.mmap.len() as u64 {

@@ -102,6 +102,21 @@ impl WeightFormat {
     }
 }
 
+impl WeightFormat {
+    /// The `"quantization"` object mlx-lm and MLX Swift expect in `config.json` for an
+    /// affine format (`{"group_size", "bits", "mode": "affine"}`); `None` for other formats.
+    pub fn mlx_quantization_config(self, group_size: u32) -> Option<serde_json::Value> {
+        match self {
+            WeightFormat::Affine { bits } => Some(serde_json::json!({
+                "group_size": group_size,
+                "bits": bits,
+                "mode": "affine",
+            })),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for WeightFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
@@ -563,6 +578,18 @@ mod tests {
         ];
         let spec = QuantSpec::new(WeightFormat::Affine { bits: 8 }, 64);
         assert!(plan_outputs(&inputs, &spec).is_err());
+    }
+
+    #[test]
+    fn mlx_config() {
+        let c = WeightFormat::Affine { bits: 4 }
+            .mlx_quantization_config(64)
+            .unwrap();
+        assert_eq!(
+            c.to_string(),
+            r#"{"group_size":64,"bits":4,"mode":"affine"}"#
+        );
+        assert!(WeightFormat::Nf4.mlx_quantization_config(64).is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! few chunks however large the model is.
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +30,7 @@ use crate::spec::{
 const PAGE: usize = 4096;
 
 /// Input bytes processed per chunk (one rayon fan-out, one write).
-const CHUNK_BYTES: u64 = 16 << 20;
+const CHUNK_BYTES: u64 = 8 << 20;
 
 /// A tensor to quantize: a tensor of an opened source file, and its name in the output
 /// (for example with the component prefix stripped).
@@ -199,8 +199,7 @@ fn advise(start: usize, end: usize, advice: i32) {
         let e = end / page * page;
         if e > s {
             // SAFETY: callers pass ranges inside a live mapping they own; DONTNEED on a
-            // shared file mapping keeps the data in the page cache, POPULATE_WRITE only
-            // faults pages in.
+            // file mapping keeps the data in the page cache.
             unsafe {
                 libc::madvise(s as *mut libc::c_void, e - s, advice);
             }
@@ -212,60 +211,82 @@ fn advise(start: usize, end: usize, advice: i32) {
     }
 }
 
-#[cfg(target_os = "linux")]
-const POPULATE_WRITE: i32 = libc::MADV_POPULATE_WRITE;
-#[cfg(not(target_os = "linux"))]
-const POPULATE_WRITE: i32 = -1;
 #[cfg(unix)]
 const DONTNEED: i32 = libc::MADV_DONTNEED;
 #[cfg(not(unix))]
 const DONTNEED: i32 = -1;
 
-/// Faults a region of the output map in for writing in one call (much cheaper than one
-/// page fault per page from the kernels).
-fn populate(region: &[u8]) {
-    if region.len() >= 64 << 10 {
-        let p = region.as_ptr() as usize;
-        advise(p, p + region.len(), POPULATE_WRITE);
-    }
-}
-
-/// Hashes finished regions in file order and releases the output pages behind it.
-fn hash_thread(rx: Receiver<&[u8]>, base: usize) -> String {
+/// Hashes finished regions (file order) by reading them back through a read-only map of the
+/// output (the page cache: no copy), and releases the pages behind it.
+fn hash_thread(rx: Receiver<(usize, usize)>, map: &memmap2::Mmap) -> String {
     let mut hasher = Sha256::new();
-    let mut released = base;
-    for chunk in rx {
-        hasher.update(chunk);
-        let end = chunk.as_ptr() as usize + chunk.len();
-        // Release in slices so pages leave the resident set while we go.
+    let base = map.as_ptr() as usize;
+    let mut released = 0usize;
+    for (offset, len) in rx {
+        hasher.update(&map[offset..offset + len]);
+        let end = offset + len;
         if end - released >= 4 << 20 {
-            advise(released, end, DONTNEED);
+            advise(base + released, base + end, DONTNEED);
             released = end / page_size() * page_size();
         }
     }
     hex(&hasher.finalize())
 }
 
-/// The not-yet-produced rest of the mapped output file.
-struct Output<'s> {
-    rest: &'s mut [u8],
-    tx: SyncSender<&'s [u8]>,
+#[cfg(unix)]
+fn write_at(file: &File, buf: &[u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset)
 }
 
-impl<'s> Output<'s> {
-    /// The next `len` bytes of the file.
-    fn take(&mut self, len: usize) -> &'s mut [u8] {
-        let rest = std::mem::take(&mut self.rest);
-        let (head, tail) = rest.split_at_mut(len);
-        self.rest = tail;
-        head
+#[cfg(windows)]
+fn write_at(file: &File, mut buf: &[u8], mut offset: u64) -> std::io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, offset)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+/// Why a parallel task failed.
+enum TaskError {
+    /// Flat element index (within the task) of a non-finite value.
+    NonFinite(usize),
+    /// Writing the output failed.
+    Io(std::io::Error),
+}
+
+/// The output file: regions are reserved in file order, written at their offsets by any
+/// thread, and reported complete (in file order) to the hashing thread.
+struct Output<'a> {
+    file: &'a File,
+    path: &'a Path,
+    next: u64,
+    tx: SyncSender<(usize, usize)>,
+}
+
+impl Output<'_> {
+    /// Reserves the next `len` bytes of the file; returns their offset.
+    fn take(&mut self, len: u64) -> u64 {
+        let at = self.next;
+        self.next += len;
+        at
     }
 
-    /// Hands a finished region (in file order) to the hashing thread.
-    fn done(&self, region: &'s mut [u8]) -> Result<(), QuantError> {
+    fn write(&self, buf: &[u8], offset: u64) -> Result<(), QuantError> {
+        write_at(self.file, buf, offset).map_err(|e| QuantError::io(self.path, e))
+    }
+
+    /// Reports `[offset, offset+len)` written; regions must be reported in file order.
+    fn done(&self, offset: u64, len: u64) -> Result<(), QuantError> {
         self.tx
-            .send(region)
-            .map_err(|_| QuantError::Spec("internal error: the hashing thread stopped".to_string()))
+            .send((offset as usize, len as usize))
+            .map_err(|_| QuantError::Spec("internal error: the hashing thread stopped".into()))
     }
 }
 
@@ -291,8 +312,11 @@ pub fn quantize_to_file_with(
     let outputs = plan_outputs(&infos, spec)?;
     let header = header_bytes(&outputs, metadata);
     let planned = header.len() as u64 + data_bytes(&outputs);
-    let planned_usize = usize::try_from(planned)
-        .map_err(|_| QuantError::Spec(format!("output of {planned} bytes is too large")))?;
+    if usize::try_from(planned).is_err() {
+        return Err(QuantError::Spec(format!(
+            "output of {planned} bytes is too large"
+        )));
+    }
 
     let tmp = temp_path(out);
     let cleanup = |e: QuantError| {
@@ -309,24 +333,26 @@ pub fn quantize_to_file_with(
     if let Err(e) = file.set_len(planned) {
         return cleanup(QuantError::io(&tmp, e));
     }
-    // SAFETY: the file was just created by us under a unique temporary name; nothing else
-    // maps or resizes it while we write.
-    let mut map = match unsafe { memmap2::MmapMut::map_mut(&file) } {
+    // SAFETY: the file was just created by us under a unique temporary name and keeps its
+    // size; the map is only read, for regions already written.
+    let map = match unsafe { memmap2::Mmap::map(&file) } {
         Ok(m) => m,
         Err(e) => return cleanup(QuantError::io(&tmp, e)),
     };
-    let base = map.as_ptr() as usize;
-    let result = std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<&[u8]>(8);
-        let hasher = scope.spawn(move || hash_thread(rx, base));
+    let (produced, sha) = std::thread::scope(|scope| {
+        let (tx, rx) = sync_channel::<(usize, usize)>(64);
+        let map = &map;
+        let hasher = scope.spawn(move || hash_thread(rx, map));
         let mut o = Output {
-            rest: &mut map[..planned_usize],
+            file: &file,
+            path: &tmp,
+            next: 0,
             tx,
         };
         let produced = (|| -> Result<(Vec<TensorReport>, ErrorStats), QuantError> {
-            let h = o.take(header.len());
-            h.copy_from_slice(&header);
-            o.done(h)?;
+            let h = o.take(header.len() as u64);
+            o.write(&header, h)?;
+            o.done(h, header.len() as u64)?;
             let mut reports = Vec::new();
             let mut overall = ErrorStats::default();
             let mut oi = 0;
@@ -356,37 +382,28 @@ pub fn quantize_to_file_with(
                     });
                 }
             }
-            if !o.rest.is_empty() {
+            if o.next != planned {
                 return Err(QuantError::Spec(format!(
-                    "internal error: {} planned bytes were not produced",
-                    o.rest.len()
+                    "internal error: produced {} bytes, planned {planned}",
+                    o.next
                 )));
             }
             Ok((reports, overall))
         })();
         drop(o);
-        let sha = hasher.join();
-        (produced, sha)
+        (produced, hasher.join())
     });
-    let (produced, sha) = result;
-    let flushed = map.flush_async();
     drop(map);
     drop(file);
     let (reports, overall) = match produced {
         Ok(r) => r,
         Err(e) => return cleanup(e),
     };
-    let sha256 = match sha {
-        Ok(s) => s,
-        Err(_) => {
-            return cleanup(QuantError::Spec(
-                "internal error: the hashing thread panicked".into(),
-            ));
-        }
+    let Ok(sha256) = sha else {
+        return cleanup(QuantError::Spec(
+            "internal error: the hashing thread panicked".into(),
+        ));
     };
-    if let Err(e) = flushed {
-        return cleanup(QuantError::io(&tmp, e));
-    }
     if let Err(e) = std::fs::rename(&tmp, out) {
         return cleanup(QuantError::io(out, e));
     }
@@ -415,11 +432,21 @@ fn merge(mut a: ErrorStats, b: ErrorStats) -> ErrorStats {
     a
 }
 
+/// A reusable per-task output buffer (one per rayon split).
+fn buf() -> Vec<u8> {
+    Vec::new()
+}
+
+fn sized(v: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    v.resize(len, 0);
+    &mut v[..len]
+}
+
 impl Job<'_> {
-    fn run<'s>(
+    fn run(
         &self,
         outs: &[OutputTensor],
-        o: &mut Output<'s>,
+        o: &mut Output<'_>,
     ) -> Result<Option<ErrorStats>, QuantError> {
         match outs[0].kind {
             OutputKind::Kept => {
@@ -442,36 +469,55 @@ impl Job<'_> {
 
     fn copy(&self, o: &mut Output<'_>) -> Result<(), QuantError> {
         for (i, c) in self.bytes().chunks(CHUNK_BYTES as usize).enumerate() {
-            let dst = o.take(c.len());
-            populate(dst);
-            dst.copy_from_slice(c);
-            o.done(dst)?;
+            let at = o.take(c.len() as u64);
+            o.write(c, at)?;
+            o.done(at, c.len() as u64)?;
             self.release(i as u64 * CHUNK_BYTES, c.len() as u64);
         }
         Ok(())
+    }
+
+    fn task_result(
+        &self,
+        r: Result<ErrorStats, (usize, TaskError)>,
+        o: &Output<'_>,
+        chunk_first: usize,
+    ) -> Result<ErrorStats, QuantError> {
+        match r {
+            Ok(s) => Ok(s),
+            Err((_, TaskError::Io(e))) => Err(QuantError::io(o.path, e)),
+            Err((task_first, TaskError::NonFinite(at))) => {
+                // Tasks run in parallel: report the first non-finite element of the tensor,
+                // whichever task stopped first.
+                let found = (chunk_first + task_first + at) as u64;
+                Err(self.non_finite(self.first_non_finite().unwrap_or(found)))
+            }
+        }
     }
 
     fn cast(&self, to: Dtype, o: &mut Output<'_>) -> Result<ErrorStats, QuantError> {
         let from = self.info.dtype;
         let (fs, ts) = (from.size_bytes() as usize, to.size_bytes() as usize);
         let elems_per_chunk = (CHUNK_BYTES as usize / fs).max(1);
-        let sub = 16 * 1024;
+        let sub = 32 * 1024;
         let mut total = ErrorStats::default();
         let report = self.report;
         for (ci, c) in self.bytes().chunks(elems_per_chunk * fs).enumerate() {
             let n = c.len() / fs;
-            let out = o.take(n * ts);
-            populate(out);
-            let stats = out
-                .par_chunks_mut(sub * ts)
-                .zip(c.par_chunks(sub * fs))
-                .map(|(dst, src)| {
+            let at = o.take((n * ts) as u64);
+            let stats = c
+                .par_chunks(sub * fs)
+                .enumerate()
+                .map_init(buf, |b, (ti, src)| {
                     let k = src.len() / fs;
                     let mut w = vec![0f32; k];
                     kernels::decode_f32(src, from, &mut w);
+                    let dst = sized(b, k * ts);
                     kernels::encode_f32(&w, to, dst);
+                    write_at(o.file, dst, at + (ti * sub * ts) as u64)
+                        .map_err(|e| (0, TaskError::Io(e)))?;
                     if !report {
-                        return ErrorStats::default();
+                        return Ok(ErrorStats::default());
                     }
                     let mut r = vec![0f32; k];
                     kernels::decode_f32(dst, to, &mut r);
@@ -482,11 +528,11 @@ impl Job<'_> {
                         .filter(|(a, _)| a.is_finite())
                         .map(|(a, b)| (*a, *b))
                         .unzip();
-                    kernels::error_stats(&wf, &rf)
+                    Ok(kernels::error_stats(&wf, &rf))
                 })
-                .reduce(ErrorStats::default, merge);
-            total.merge(&stats);
-            o.done(out)?;
+                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+            total.merge(&self.task_result(stats, o, 0)?);
+            o.done(at, (n * ts) as u64)?;
             self.release((ci * elems_per_chunk * fs) as u64, c.len() as u64);
         }
         Ok(total)
@@ -501,6 +547,21 @@ impl Job<'_> {
     fn task_rows(&self, rows_per_chunk: usize) -> usize {
         let threads = rayon::current_num_threads().max(1);
         rows_per_chunk.div_ceil(threads * 4).max(1)
+    }
+
+    /// Flat index of the first non-finite element of the tensor (error path only).
+    fn first_non_finite(&self) -> Option<u64> {
+        let dt = self.info.dtype;
+        let es = dt.size_bytes() as usize;
+        let mut w = vec![0f32; 64 * 1024];
+        for (ci, c) in self.bytes().chunks(w.len() * es).enumerate() {
+            let n = c.len() / es;
+            kernels::decode_f32(c, dt, &mut w[..n]);
+            if let Some(i) = kernels::first_non_finite(&w[..n]) {
+                return Some((ci * 64 * 1024 + i) as u64);
+            }
+        }
+        None
     }
 
     fn non_finite(&self, flat: u64) -> QuantError {
@@ -531,12 +592,9 @@ impl Job<'_> {
         let sb_row = cols / g * es;
         let rpc = self.rows_per_chunk(cols as u64);
         let task = self.task_rows(rpc);
-        let codes_len = outs[0].data_bytes() as usize;
-        let sb_len = outs[1].data_bytes() as usize;
-        let mut codes = o.take(codes_len);
-        let scales = o.take(sb_len);
-        let biases = o.take(sb_len);
-        let (mut sc, mut bc) = (&mut scales[..], &mut biases[..]);
+        let codes_at = o.take(outs[0].data_bytes());
+        let scales_at = o.take(outs[1].data_bytes());
+        let biases_at = o.take(outs[2].data_bytes());
         let bytes = self.bytes();
         let report = self.report;
         let mut total = ErrorStats::default();
@@ -544,46 +602,47 @@ impl Job<'_> {
         while r0 < rows {
             let nr = rpc.min(rows - r0);
             let input = &bytes[r0 * cols * es..(r0 + nr) * cols * es];
-            let (c_chunk, c_rest) = std::mem::take(&mut codes).split_at_mut(nr * code_row);
-            codes = c_rest;
-            populate(c_chunk);
-            let (s_chunk, s_rest) = std::mem::take(&mut sc).split_at_mut(nr * sb_row);
-            sc = s_rest;
-            let (b_chunk, b_rest) = std::mem::take(&mut bc).split_at_mut(nr * sb_row);
-            bc = b_rest;
-            let res = c_chunk
-                .par_chunks_mut(task * code_row)
-                .zip(s_chunk.par_chunks_mut(task * sb_row))
-                .zip(b_chunk.par_chunks_mut(task * sb_row))
-                .zip(input.par_chunks(task * cols * es))
+            let res = input
+                .par_chunks(task * cols * es)
                 .enumerate()
-                .map(|(ti, (((c, s), b), i))| {
-                    let mut st = ErrorStats::default();
-                    kernels::affine_quantize_bytes(
-                        i,
-                        dt,
-                        cols,
-                        g,
-                        bits,
-                        c,
-                        s,
-                        b,
-                        report.then_some(&mut st),
-                    )
-                    .map(|()| st)
-                    .map_err(|at| (ti * task * cols + at) as u64)
-                })
+                .map_init(
+                    || (buf(), buf(), buf()),
+                    |(cb, sbuf, bbuf), (ti, i)| {
+                        let n = i.len() / (cols * es);
+                        let (c, s, b) = (
+                            sized(cb, n * code_row),
+                            sized(sbuf, n * sb_row),
+                            sized(bbuf, n * sb_row),
+                        );
+                        let mut st = ErrorStats::default();
+                        kernels::affine_quantize_bytes(
+                            i,
+                            dt,
+                            cols,
+                            g,
+                            bits,
+                            c,
+                            s,
+                            b,
+                            report.then_some(&mut st),
+                        )
+                        .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
+                        let row = (r0 + ti * task) as u64;
+                        let io = |e| (0, TaskError::Io(e));
+                        write_at(o.file, c, codes_at + row * code_row as u64).map_err(io)?;
+                        write_at(o.file, s, scales_at + row * sb_row as u64).map_err(io)?;
+                        write_at(o.file, b, biases_at + row * sb_row as u64).map_err(io)?;
+                        Ok(st)
+                    },
+                )
                 .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
-            match res {
-                Ok(st) => total.merge(&st),
-                Err(at) => return Err(self.non_finite((r0 * cols) as u64 + at)),
-            }
-            o.done(c_chunk)?;
+            total.merge(&self.task_result(res, o, r0 * cols)?);
+            o.done(codes_at + (r0 * code_row) as u64, (nr * code_row) as u64)?;
             self.release((r0 * cols * es) as u64, input.len() as u64);
             r0 += nr;
         }
-        o.done(scales)?;
-        o.done(biases)?;
+        o.done(scales_at, outs[1].data_bytes())?;
+        o.done(biases_at, outs[2].data_bytes())?;
         Ok(total)
     }
 
@@ -601,9 +660,8 @@ impl Job<'_> {
         let am_row = cols / block * 4;
         let rpc = self.rows_per_chunk(cols as u64);
         let task = self.task_rows(rpc);
-        let mut packed = o.take(outs[0].data_bytes() as usize);
-        let absmax = o.take(outs[1].data_bytes() as usize);
-        let mut ac = &mut absmax[..];
+        let packed_at = o.take(outs[0].data_bytes());
+        let absmax_at = o.take(outs[1].data_bytes());
         let bytes = self.bytes();
         let report = self.report;
         let mut total = ErrorStats::default();
@@ -611,47 +669,51 @@ impl Job<'_> {
         while r0 < rows {
             let nr = rpc.min(rows - r0);
             let input = &bytes[r0 * cols * es..(r0 + nr) * cols * es];
-            let (p_chunk, p_rest) = std::mem::take(&mut packed).split_at_mut(nr * packed_row);
-            packed = p_rest;
-            populate(p_chunk);
-            let (a_chunk, a_rest) = std::mem::take(&mut ac).split_at_mut(nr * am_row);
-            ac = a_rest;
-            let res = p_chunk
-                .par_chunks_mut(task * packed_row)
-                .zip(a_chunk.par_chunks_mut(task * am_row))
-                .zip(input.par_chunks(task * cols * es))
+            let res = input
+                .par_chunks(task * cols * es)
                 .enumerate()
-                .map(|(ti, ((p, a), i))| {
-                    let mut st = ErrorStats::default();
-                    kernels::bnb4_quantize_bytes(
-                        i,
-                        dt,
-                        block,
-                        kind,
-                        p,
-                        a,
-                        report.then_some(&mut st),
-                    )
-                    .map(|()| st)
-                    .map_err(|at| (ti * task * cols + at) as u64)
-                })
+                .map_init(
+                    || (buf(), buf()),
+                    |(pb, ab), (ti, i)| {
+                        let n = i.len() / (cols * es);
+                        let (p, a) = (sized(pb, n * packed_row), sized(ab, n * am_row));
+                        let mut st = ErrorStats::default();
+                        kernels::bnb4_quantize_bytes(
+                            i,
+                            dt,
+                            block,
+                            kind,
+                            p,
+                            a,
+                            report.then_some(&mut st),
+                        )
+                        .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
+                        let row = (r0 + ti * task) as u64;
+                        let io = |e| (0, TaskError::Io(e));
+                        write_at(o.file, p, packed_at + row * packed_row as u64).map_err(io)?;
+                        write_at(o.file, a, absmax_at + row * am_row as u64).map_err(io)?;
+                        Ok(st)
+                    },
+                )
                 .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
-            match res {
-                Ok(st) => total.merge(&st),
-                Err(at) => return Err(self.non_finite((r0 * cols) as u64 + at)),
-            }
-            o.done(p_chunk)?;
+            total.merge(&self.task_result(res, o, r0 * cols)?);
+            o.done(
+                packed_at + (r0 * packed_row) as u64,
+                (nr * packed_row) as u64,
+            )?;
             self.release((r0 * cols * es) as u64, input.len() as u64);
             r0 += nr;
         }
-        o.done(absmax)?;
-        let qm = o.take(64);
-        kernels::encode_f32(kind.code(), Dtype::F32, qm);
-        o.done(qm)?;
+        o.done(absmax_at, outs[1].data_bytes())?;
+        let mut qm = [0u8; 64];
+        kernels::encode_f32(kind.code(), Dtype::F32, &mut qm);
+        let at = o.take(64);
+        o.write(&qm, at)?;
+        o.done(at, 64)?;
         let state = bnb_quant_state_json(self.spec.format, self.spec.group_size, self.info);
-        let st = o.take(state.len());
-        st.copy_from_slice(state.as_bytes());
-        o.done(st)?;
+        let at = o.take(state.len() as u64);
+        o.write(state.as_bytes(), at)?;
+        o.done(at, state.len() as u64)?;
         Ok(total)
     }
 }

@@ -101,3 +101,60 @@ fn bnb_check() {
         }
     }
 }
+
+/// The fused bytes-to-bytes kernels (used by the writer) reproduce the vectors too, with
+/// scales and biases encoded in the input dtype.
+#[test]
+fn bytes_kernels_bit_exact() {
+    let f = fixture();
+    for (dt_name, dt) in [
+        ("f32", Dtype::F32),
+        ("f16", Dtype::F16),
+        ("bf16", Dtype::BF16),
+    ] {
+        let (w, _) = f32s(&f, &format!("input.{dt_name}"));
+        let es = dt.size_bytes() as usize;
+        let mut src = vec![0u8; w.len() * es];
+        kernels::encode_f32(&w, dt, &mut src);
+        for bits in [2u8, 3, 4, 6, 8] {
+            for group in [32usize, 64, 128] {
+                let key = format!("mlx.{dt_name}.b{bits}.g{group}");
+                let mut codes = vec![0u8; w.len() * bits as usize / 8];
+                let mut s = vec![0u8; w.len() / group * es];
+                let mut b = vec![0u8; w.len() / group * es];
+                kernels::affine_quantize_bytes(
+                    &src, dt, 256, group, bits, &mut codes, &mut s, &mut b, None,
+                )
+                .unwrap();
+                let e = f.entry(&format!("{key}.weight")).unwrap();
+                assert_eq!(codes.as_slice(), f.bytes(e), "{key}.weight");
+                for (part, got) in [("scales", &s), ("biases", &b)] {
+                    let mut v = vec![0f32; got.len() / es];
+                    kernels::decode_f32(got, dt, &mut v);
+                    let (want, _) = f32s(&f, &format!("{key}.{part}"));
+                    assert_eq!(bits_of(&v), bits_of(&want), "{key}.{part}");
+                }
+            }
+        }
+    }
+    let (w, _) = f32s(&f, "input.f32");
+    let mut src = vec![0u8; w.len() * 4];
+    kernels::encode_f32(&w, Dtype::F32, &mut src);
+    for (name, kind) in [("nf4", Bnb4::Nf4), ("fp4", Bnb4::Fp4)] {
+        for block in [64usize, 128] {
+            let key = format!("bnb.{name}.bs{block}");
+            let mut packed = vec![0u8; w.len() / 2];
+            let mut am = vec![0u8; w.len() / block * 4];
+            kernels::bnb4_quantize_bytes(&src, Dtype::F32, block, kind, &mut packed, &mut am, None)
+                .unwrap();
+            assert_eq!(
+                packed.as_slice(),
+                f.bytes(f.entry(&format!("{key}.packed")).unwrap())
+            );
+            assert_eq!(
+                am.as_slice(),
+                f.bytes(f.entry(&format!("{key}.absmax")).unwrap())
+            );
+        }
+    }
+}
