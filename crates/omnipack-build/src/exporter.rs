@@ -46,7 +46,7 @@ pub enum ExportError {
     UnsafeOutput(String),
     /// A symlink pointing out of the stage folder.
     #[error(
-        "exporter output `{path}` is a symlink to `{target}`, outside the exporter's folder: refused"
+        "exporter output `{path}` is a symlink to `{target}` (outside the exporter's folder, or a folder): refused"
     )]
     SymlinkOut { path: String, target: String },
     /// Something written next to the stage folder.
@@ -221,7 +221,16 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
                         path: ep.display().to_string(),
                         source,
                     })?;
-                    if m.is_dir() {
+                    let link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+                    if m.is_dir() && link {
+                        // A linked folder could loop or duplicate files: refuse it.
+                        return Err(ExportError::SymlinkOut {
+                            path: rel,
+                            target: fs::read_link(&ep)
+                                .map(|t| t.display().to_string())
+                                .unwrap_or_default(),
+                        });
+                    } else if m.is_dir() {
                         stack.push(ep);
                     } else {
                         files.push(rel);
@@ -363,6 +372,20 @@ mod tests {
             d.path(),
             &s4,
             &["p".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ExportError::SymlinkOut { .. }), "{e}");
+        let s7 = absolute(&d.path().join("s7"));
+        let e = run_exporter(
+            &sh(&format!(
+                "mkdir -p {0}/out/pkg && ln -s .. {0}/out/pkg/loop",
+                s7.display()
+            )),
+            d.path(),
+            &s7,
+            &["pkg".into()],
             Duration::from_secs(10),
             &log,
         )

@@ -332,7 +332,16 @@ pub fn build(
         })?
     };
     let _ = memo.save();
-    let input_bytes_hashed = stats.lock().map(|s| s.bytes_hashed).unwrap_or(0);
+    let (input_bytes_hashed, memo_hits) = stats
+        .lock()
+        .map(|s| (s.bytes_hashed, s.memo_hits))
+        .unwrap_or((0, 0));
+    if input_bytes_hashed > 0 {
+        progress.event(Event::Note(format!(
+            "hashed {} of new or changed inputs ({memo_hits} unchanged inputs not read)",
+            omnipack_manifest::format_bytes(input_bytes_hashed)
+        )));
+    }
 
     let ctx = Ctx {
         loaded,

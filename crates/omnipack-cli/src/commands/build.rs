@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -89,7 +89,9 @@ pub fn run(args: BuildArgs) -> CommandResult {
         Ok(report) => {
             let ran = report.stages.iter().filter(|s| !s.cached).count();
             let cached = report.stages.len() - ran;
-            println!(
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(
+                stdout,
                 "built {} bundle{} into {} in {:.2}s: {ran} stage{} ran, {cached} from the cache",
                 report.summary.bundles.len(),
                 if report.summary.bundles.len() == 1 {
@@ -101,7 +103,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
                 t0.elapsed().as_secs_f64(),
                 if ran == 1 { "" } else { "s" },
             );
-            print!("{}", tier_tables(&report.summary));
+            let _ = write!(stdout, "{}", tier_tables(&report.summary));
             Ok(ExitCode::SUCCESS)
         }
         Err(BuildError::Stages(failures)) => {
@@ -221,7 +223,7 @@ impl Reporter {
         if self.tty {
             let _ = self.multi.println(text);
         } else {
-            eprintln!("{text}");
+            let _ = writeln!(std::io::stderr(), "{text}");
         }
     }
 
