@@ -309,4 +309,34 @@ mod tests {
         let err = write_zip(&dir.path().join("a.zip"), vec![e], &|_| {}).unwrap_err();
         assert!(err.to_string().contains("changed since"), "{err}");
     }
+
+    /// Writes a 4 GiB + 1 MiB entry (zip64); slow and disk-hungry, so run it by hand:
+    /// `cargo test -p omnipack-build --release -- --ignored zip64`.
+    #[test]
+    #[ignore]
+    fn zip64_entry_over_4gib() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.safetensors");
+        let f = File::create(&big).unwrap();
+        f.set_len((4u64 << 30) + (1 << 20)).unwrap();
+        drop(f);
+        let (sha, size) = sha256_file(&big).unwrap();
+        let entries = vec![
+            Entry::bytes(BUNDLE_JSON, b"{}".to_vec()),
+            Entry {
+                path: "weights.safetensors".into(),
+                source: EntrySource::File(big.clone()),
+                size,
+                sha256: sha.clone(),
+            },
+            Entry::bytes("z.json", b"[]".to_vec()),
+        ];
+        let z = dir.path().join("b.zip");
+        write_zip(&z, entries, &|_| {}).unwrap();
+        let read = read_zip_entries(&z).unwrap();
+        assert_eq!(read[1].size, size);
+        assert_eq!(read[1].sha256, sha);
+        assert_eq!(read[1].data_start % DATA_ALIGNMENT as u64, 0);
+        assert_eq!(read[2].path, "z.json");
+    }
 }
