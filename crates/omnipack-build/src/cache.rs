@@ -76,7 +76,12 @@ pub enum Lookup {
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    /// `kind/key` of every entry this build used (hit or committed).
+    used: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
+
+/// Entry kinds, one folder each.
+pub const KINDS: [&str; 4] = ["select", "export", "quantize", "package"];
 
 /// Key material: hashed as canonical JSON together with the omnipack version.
 pub fn key_of(kind: &str, material: &Value) -> String {
@@ -91,7 +96,55 @@ pub fn key_of(kind: &str, material: &Value) -> String {
 impl Cache {
     /// A cache rooted at `root` (created on demand).
     pub fn new(root: PathBuf) -> Cache {
-        Cache { root }
+        Cache {
+            root,
+            used: Default::default(),
+        }
+    }
+
+    fn note_used(&self, kind: &str, key: &str) {
+        if let Ok(mut u) = self.used.lock() {
+            u.insert(format!("{kind}/{key}"));
+        }
+    }
+
+    /// Records the entries this build used and deletes every entry used by none of the last
+    /// `keep_builds` builds (this one included). Returns how many entries were deleted.
+    /// Only for a cache private to one output folder: a shared cache is never pruned.
+    pub fn prune(&self, keep_builds: usize) -> io::Result<usize> {
+        let recent_path = self.root.join("recent.json");
+        let mut recent: Vec<Vec<String>> = fs::read(&recent_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let used: Vec<String> = self
+            .used
+            .lock()
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default();
+        recent.push(used);
+        let skip = recent.len().saturating_sub(keep_builds.max(1));
+        recent.drain(..skip);
+        write_atomic(
+            &recent_path,
+            &serde_json::to_vec(&recent).map_err(io::Error::other)?,
+        )?;
+        let keep: std::collections::BTreeSet<&str> =
+            recent.iter().flatten().map(String::as_str).collect();
+        let mut removed = 0;
+        for kind in KINDS {
+            let Ok(rd) = fs::read_dir(self.root.join(kind)) else {
+                continue;
+            };
+            for e in rd.filter_map(|e| e.ok()) {
+                let name = format!("{kind}/{}", e.file_name().to_string_lossy());
+                if !keep.contains(name.as_str()) {
+                    remove_any(&e.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The root folder.
@@ -154,6 +207,7 @@ impl Cache {
                 }
             }
         }
+        self.note_used(kind, key);
         Lookup::Hit(CacheEntry { dir, record })
     }
 
@@ -217,6 +271,7 @@ impl Cache {
             }
             return Err(e);
         }
+        self.note_used(kind, key);
         Ok(CacheEntry { dir, record })
     }
 }
@@ -255,5 +310,31 @@ mod tests {
             key_of("a", &serde_json::json!(1)),
             key_of("a", &serde_json::json!(2))
         );
+    }
+
+    #[test]
+    fn prune_keeps_entries_of_recent_builds() {
+        let d = tempfile::tempdir().unwrap();
+        let make = |key: &str| {
+            let c = Cache::new(d.path().to_path_buf());
+            let w = c.work_dir("quantize", key).unwrap();
+            fs::write(w.join("f"), key).unwrap();
+            c.commit(
+                "quantize",
+                key,
+                &w,
+                vec![("f".into(), None)],
+                serde_json::json!({}),
+            )
+            .unwrap();
+            c
+        };
+        assert_eq!(make("a").prune(2).unwrap(), 0);
+        assert_eq!(make("b").prune(2).unwrap(), 0);
+        // A third build using only `c`: `a` was last used two builds ago and goes.
+        assert_eq!(make("c").prune(2).unwrap(), 1);
+        let c = Cache::new(d.path().to_path_buf());
+        assert!(matches!(c.lookup("quantize", "a"), Lookup::Miss));
+        assert!(matches!(c.lookup("quantize", "b"), Lookup::Hit(_)));
     }
 }

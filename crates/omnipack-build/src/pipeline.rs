@@ -28,6 +28,9 @@ pub const MAX_ASSET_PACKS: usize = 100;
 /// 200 GB.
 pub const MAX_ASSET_PACK_BYTES: u64 = 200_000_000_000;
 
+/// A private cache keeps the entries used by this many most recent builds.
+pub const KEEP_BUILDS: usize = 3;
+
 /// Options of a build.
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -452,6 +455,20 @@ pub fn build(
     crate::fsutil::write_atomic(&new.join(omnipack_summary::SUMMARY_FILE), &text)
         .map_err(io_err(&new))?;
     swap.commit()?;
+    if default_cache {
+        // A private cache keeps what the last three builds used; older entries are deleted.
+        match ctx.cache.prune(KEEP_BUILDS) {
+            Ok(0) => {}
+            Ok(n) => progress.event(Event::Note(format!(
+                "removed {n} cache entr{} no build among the last {KEEP_BUILDS} used",
+                if n == 1 { "y" } else { "ies" }
+            ))),
+            Err(e) => progress.event(Event::Warning(format!(
+                "could not prune the cache {}: {e}",
+                cache_root.display()
+            ))),
+        }
+    }
     drop(lock);
     Ok(BuildReport {
         summary,
