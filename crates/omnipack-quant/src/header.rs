@@ -366,6 +366,31 @@ impl SafetensorsFile {
         &self.mmap[entry.offset as usize..(entry.offset + entry.len) as usize]
     }
 
+    /// Maps `[offset, offset+len)` (file offsets) into our page tables in one call
+    /// (`MADV_POPULATE_READ`), cheaper than taking the page faults one by one.
+    pub(crate) fn populate(&self, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            let page = 4096u64;
+            let start = offset / page * page;
+            let end = (offset + len).min(self.mmap.len() as u64);
+            if end > start && len >= 64 << 10 {
+                // SAFETY: the range is inside the map; POPULATE_READ only faults pages in.
+                unsafe {
+                    libc::madvise(
+                        self.mmap.as_ptr().add(start as usize) as *mut libc::c_void,
+                        (end - start) as usize,
+                        libc::MADV_POPULATE_READ,
+                    );
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (offset, len);
+        }
+    }
+
     /// Tells the kernel we no longer need the mapped pages of `[offset, offset+len)` (file
     /// offsets), so they stop counting in our resident set; the page cache keeps them.
     pub(crate) fn release(&self, offset: u64, len: u64) {

@@ -329,7 +329,7 @@ pub fn quantize_to_file_with(
         .create(true)
         .truncate(true)
         .open(&tmp)
-        .map_err(|e| QuantError::io(&tmp, e))?;
+        .map_err(|e| QuantError::io(out, e))?;
     if let Err(e) = file.set_len(planned) {
         return cleanup(QuantError::io(&tmp, e));
     }
@@ -467,6 +467,12 @@ impl Job<'_> {
         self.file.release(self.entry.offset + byte_start, byte_len);
     }
 
+    fn populate(&self, input: &[u8]) {
+        let start = input.as_ptr() as usize - self.bytes().as_ptr() as usize;
+        self.file
+            .populate(self.entry.offset + start as u64, input.len() as u64);
+    }
+
     fn copy(&self, o: &mut Output<'_>) -> Result<(), QuantError> {
         for (i, c) in self.bytes().chunks(CHUNK_BYTES as usize).enumerate() {
             let at = o.take(c.len() as u64);
@@ -602,6 +608,7 @@ impl Job<'_> {
         while r0 < rows {
             let nr = rpc.min(rows - r0);
             let input = &bytes[r0 * cols * es..(r0 + nr) * cols * es];
+            self.populate(input);
             let res = input
                 .par_chunks(task * cols * es)
                 .enumerate()
@@ -669,6 +676,7 @@ impl Job<'_> {
         while r0 < rows {
             let nr = rpc.min(rows - r0);
             let input = &bytes[r0 * cols * es..(r0 + nr) * cols * es];
+            self.populate(input);
             let res = input
                 .par_chunks(task * cols * es)
                 .enumerate()
