@@ -202,17 +202,17 @@ fn jobs_1_and_default_are_byte_identical_and_rebuild_is_cached() {
     assert!(o.status.success(), "{}", text(&o));
     let ta = tree(&a);
     assert!(ta.len() > 10, "{:?}", ta.keys());
-    assert_eq!(ta, tree(&b));
+    assert!(ta == tree(&b), "output trees differ");
     // Unchanged rebuild: nothing runs.
     let o = build(p.path(), &a, &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(" 0 stages ran"), "{}", text(&o));
-    assert_eq!(ta, tree(&a));
+    assert!(ta == tree(&a), "output trees differ");
     // --no-cache runs everything and gives the same bytes.
     let o = build(p.path(), &a, &["--no-cache"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(" 0 from the cache"), "{}", text(&o));
-    assert_eq!(ta, tree(&a));
+    assert!(ta == tree(&a), "output trees differ");
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn failing_exporter_is_reported_with_its_log_and_output_is_untouched() {
         t.contains("package:tok"),
         "dependent stage should be named as not run: {t}"
     );
-    assert_eq!(before, tree(&out));
+    assert!(before == tree(&out), "output trees differ");
 }
 
 #[test]
@@ -279,7 +279,8 @@ fn killed_build_leaves_previous_output_and_next_build_recovers() {
         r#"sleep 0.3; printf '{"v":2}\n' > "$1/tok.json""#,
         "10s",
     );
-    for delay_ms in [50u64, 200, 450, 700] {
+    // Every kill lands before the exporter (which sleeps 0.3 s) is done, so before the swap.
+    for delay_ms in [30u64, 120, 240] {
         let m = p.path().join("omnipack.yaml");
         let mut child = Command::new(bin())
             .args(["build", s(&m), "--out", s(&out), "--no-cache"])
@@ -288,19 +289,15 @@ fn killed_build_leaves_previous_output_and_next_build_recovers() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
-        let _ = child.kill();
+        child.kill().unwrap();
         let status = child.wait().unwrap();
-        if status.success() {
-            // Finished before the kill: it installed the complete new output.
-            let v = omnipack(&["verify", s(&out)]);
-            assert!(v.status.success(), "{}", text(&v));
-            break;
-        }
-        assert_eq!(
-            before,
-            tree(&out),
+        assert!(!status.success());
+        assert!(
+            before == tree(&out),
             "output changed by a build killed after {delay_ms} ms"
         );
+        let v = omnipack(&["verify", s(&out)]);
+        assert!(v.status.success(), "{}", text(&v));
     }
     let o = build(p.path(), &out, &[]);
     assert!(o.status.success(), "{}", text(&o));
@@ -342,7 +339,10 @@ fn second_concurrent_build_exits_at_once_naming_the_lock() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains(".omnipack/lock"), "{}", text(&o));
     // It did not wait for the lock: the first build (its exporter sleeps 3 s) is still running.
-    assert!(first.try_wait().unwrap().is_none(), "the second build waited for the first");
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the second build waited for the first"
+    );
     let status = first.wait().unwrap();
     assert!(status.success());
     assert!(omnipack(&["verify", s(&out)]).status.success());
@@ -365,7 +365,7 @@ fn corrupt_cache_entry_is_detected_and_rebuilt() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("cache entry rebuilt"), "{}", text(&o));
     assert!(text(&o).contains("ran    quantize:"), "{}", text(&o));
-    assert_eq!(before, tree(&out));
+    assert!(before == tree(&out), "output trees differ");
     assert!(omnipack(&["verify", s(&out)]).status.success());
 }
 
@@ -489,7 +489,7 @@ components:
     let o = omnipack(&["build", s(&man), "--out", s(&b), "--cache-dir", s(&cache)]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains(" 0 stages ran"), "{}", text(&o));
-    assert_eq!(tree(&a), tree(&b));
+    assert!(tree(&a) == tree(&b), "output trees differ");
     assert!(!a.join(".omnipack/cache").exists());
     let t = tree(&a);
     let vocab = t
@@ -522,4 +522,52 @@ components:
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("ran    package:vocab"), "{}", text(&o));
     assert!(omnipack(&["verify", s(&a)]).status.success());
+}
+
+#[test]
+fn builds_killed_at_many_moments_never_leave_a_broken_output() {
+    let p = project(GOOD, "10s");
+    let out = p.path().join("dist");
+    let m = p.path().join("omnipack.yaml");
+    assert!(build(p.path(), &out, &[]).status.success());
+    for i in 0..8u64 {
+        let before = tree(&out);
+        write_manifest(
+            p.path(),
+            &format!(r#"printf '{{"v":{i}}}\n' > "$1/tok.json""#),
+            "10s",
+        );
+        let mut child = Command::new(bin())
+            .args(["build", s(&m), "--out", s(&out), "--no-cache"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(15 * i + 5));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let after = tree(&out);
+        let interrupted_swap = out.join(".omnipack/swap/READY").exists();
+        if !interrupted_swap && after != before {
+            // Only a build that got through its swap may change the output, and then the
+            // output is its complete new tree.
+            let v = omnipack(&["verify", s(&out)]);
+            assert!(
+                v.status.success(),
+                "killed after {} ms (exit {status:?}): {}",
+                15 * i + 5,
+                text(&v)
+            );
+            let tok = after
+                .iter()
+                .find(|(k, _)| k.ends_with("/tok.json"))
+                .map(|(_, v)| v.clone());
+            assert_eq!(tok, Some(format!("{{\"v\":{i}}}\n").into_bytes()));
+        }
+        // The next build recovers whatever state the kill left.
+        let o = build(p.path(), &out, &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        let v = omnipack(&["verify", s(&out)]);
+        assert!(v.status.success(), "{}", text(&v));
+    }
 }
