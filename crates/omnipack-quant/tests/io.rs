@@ -385,3 +385,57 @@ fn nan_weights_name_tensor_and_index() {
     quantize_file(&p, &out, &spec, true).unwrap();
     let _ = BTreeMap::<String, String>::new();
 }
+
+#[test]
+fn straddling_bit_widths_and_fp4_match_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample(dir.path(), Dtype::BF16);
+    let f = SafetensorsFile::open(&input).unwrap();
+    let e = f.entry("model.layers.0.mlp.weight").unwrap();
+    let mut w = vec![0f32; 64 * 256];
+    kernels::decode_f32(f.bytes(e), Dtype::BF16, &mut w);
+    for bits in [3u8, 6] {
+        let out = dir.path().join(format!("int{bits}.safetensors"));
+        let spec = QuantSpec::new(WeightFormat::Affine { bits }, 32);
+        quantize_file(&input, &out, &spec, true).unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let t = st.tensor("model.layers.0.mlp.weight").unwrap();
+        assert_eq!(t.shape(), &[64, 256 * bits as usize / 32]);
+        let mut codes = vec![0u32; 64 * 256 * bits as usize / 32];
+        let (mut s, mut b) = (vec![0f32; 64 * 8], vec![0f32; 64 * 8]);
+        kernels::affine_quantize(
+            &w,
+            256,
+            32,
+            bits,
+            Dtype::BF16,
+            &mut codes,
+            &mut s,
+            &mut b,
+            None,
+        )
+        .unwrap();
+        let want: Vec<u8> = codes.iter().flat_map(|c| c.to_le_bytes()).collect();
+        assert_eq!(t.data(), want.as_slice(), "int{bits}");
+        let sc = st.tensor("model.layers.0.mlp.scales").unwrap();
+        let mut got = vec![0f32; 64 * 8];
+        kernels::decode_f32(sc.data(), Dtype::BF16, &mut got);
+        assert_eq!(got, s);
+    }
+    let out = dir.path().join("fp4.safetensors");
+    quantize_file(&input, &out, &QuantSpec::new(WeightFormat::Fp4, 128), false).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut packed = vec![0u8; w.len() / 2];
+    let mut am = vec![0f32; w.len() / 128];
+    kernels::bnb4_quantize(&w, 128, Bnb4::Fp4, &mut packed, &mut am, None).unwrap();
+    assert_eq!(
+        st.tensor("model.layers.0.mlp.weight").unwrap().data(),
+        packed.as_slice()
+    );
+    assert!(
+        st.tensor("model.layers.0.mlp.weight.quant_state.bitsandbytes__fp4")
+            .is_ok()
+    );
+}
