@@ -26,5 +26,5 @@ pub use spec::{
 };
 pub use writer::{
     QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, quantize_file,
-    quantize_to_file, quantize_to_file_with,
+    quantize_to_file, quantize_to_file_with, sha256_file,
 };

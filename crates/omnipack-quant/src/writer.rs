@@ -168,6 +168,25 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
+/// Lowercase hex sha256 of a whole file (read through a memory map).
+pub fn sha256_file(path: &Path) -> Result<String, QuantError> {
+    let file = File::open(path).map_err(|e| QuantError::io(path, e))?;
+    let len = file.metadata().map_err(|e| QuantError::io(path, e))?.len();
+    let mut hasher = Sha256::new();
+    if len > 0 {
+        // SAFETY: read-only map; like every mmap reader we assume the file is not truncated
+        // while we hash it.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QuantError::io(path, e))?;
+        let base = map.as_ptr() as usize;
+        for c in map.chunks(8 << 20) {
+            hasher.update(c);
+            let end = c.as_ptr() as usize + c.len();
+            advise(base, end, DONTNEED);
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -82,6 +82,7 @@ fn int4_roundtrip_matches_plan_and_kernels() {
     let digest = sha2::Sha256::digest(&bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(hex, outcome.sha256);
+    assert_eq!(omnipack_quant::sha256_file(&out).unwrap(), outcome.sha256);
 
     let inputs = read_header(&input).unwrap();
     let mut sorted = inputs.clone();
