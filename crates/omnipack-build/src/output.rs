@@ -12,6 +12,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::fsutil::remove_any;
@@ -155,8 +156,20 @@ impl SwapArea {
 
     /// Marks the staged tree complete and installs it.
     pub fn commit(&self) -> Result<(), OutputError> {
-        sync_dir(&self.new_tree());
-        File::create(self.ready()).map_err(io_err(&self.ready()))?;
+        let new = self.new_tree();
+        // READY records the identity (device, inode) of each staged deliverable, so that a
+        // resumed swap knows which ones are installed even after atomic exchanges.
+        let mut ids = std::collections::BTreeMap::new();
+        for name in DELIVERABLES {
+            let p = new.join(name);
+            if let Ok(m) = fs::symlink_metadata(&p) {
+                ids.insert(name.to_string(), (m.dev(), m.ino()));
+            }
+        }
+        sync_dir(&new);
+        let ready =
+            serde_json::to_vec(&ids).map_err(|e| io_err(&self.ready())(io::Error::other(e)))?;
+        crate::fsutil::write_atomic(&self.ready(), &ready).map_err(io_err(&self.ready()))?;
         sync_dir(&self.root);
         self.roll_forward()
     }
@@ -164,25 +177,61 @@ impl SwapArea {
     fn roll_forward(&self) -> Result<(), OutputError> {
         let new = self.new_tree();
         let old = self.old_tree();
+        let ids: std::collections::BTreeMap<String, (u64, u64)> = fs::read(self.ready())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let id_of = |p: &Path| fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
         fs::create_dir_all(&old).map_err(io_err(&old))?;
         for name in DELIVERABLES {
+            let Some(&want) = ids.get(name) else { continue };
             let staged = new.join(name);
-            if fs::symlink_metadata(&staged).is_err() {
-                continue; // already installed
-            }
             let dest = self.out.join(name);
-            if fs::symlink_metadata(&dest).is_ok() {
-                let parked = old.join(name);
-                remove_any(&parked).map_err(io_err(&parked))?;
-                fs::rename(&dest, &parked).map_err(io_err(&dest))?;
+            if id_of(&dest) == Some(want) {
+                continue; // installed (the old one, if exchanged, is in `new/` and goes below)
             }
-            fs::rename(&staged, &dest).map_err(io_err(&staged))?;
+            if id_of(&staged) != Some(want) {
+                continue; // nothing of ours to install
+            }
+            if fs::symlink_metadata(&dest).is_ok() {
+                // One atomic step where the file system allows it; else park and move.
+                if exchange(&staged, &dest).is_err() {
+                    let parked = old.join(name);
+                    remove_any(&parked).map_err(io_err(&parked))?;
+                    fs::rename(&dest, &parked).map_err(io_err(&dest))?;
+                    fs::rename(&staged, &dest).map_err(io_err(&staged))?;
+                }
+            } else {
+                fs::rename(&staged, &dest).map_err(io_err(&staged))?;
+            }
         }
         sync_dir(&self.out);
         fs::remove_file(self.ready()).map_err(io_err(&self.ready()))?;
         // Stale files of the previous output go only now.
         remove_any(&self.root).map_err(io_err(&self.root))?;
         Ok(())
+    }
+}
+
+/// Atomically exchanges two paths (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: two valid NUL-terminated paths relative to the current directory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -219,16 +268,19 @@ mod tests {
         fs::create_dir_all(n.join("bundles")).unwrap();
         assert!(s.recover().unwrap().is_some());
         assert_eq!(fs::read(out.join("bundles/old.zip")).unwrap(), b"old");
-        // A complete one interrupted after the first rename is rolled forward.
+        // A complete one interrupted after installing `bundles` is rolled forward.
         let n = s.prepare().unwrap();
         fs::create_dir_all(n.join("bundles")).unwrap();
         fs::create_dir_all(n.join("asset-packs")).unwrap();
         fs::write(n.join("bundles/new.zip"), b"new").unwrap();
         fs::write(n.join(omnipack_summary::SUMMARY_FILE), b"new").unwrap();
-        File::create(s.ready()).unwrap();
-        fs::create_dir_all(s.old_tree()).unwrap();
-        fs::rename(out.join("bundles"), s.old_tree().join("bundles")).unwrap();
-        fs::rename(n.join("bundles"), out.join("bundles")).unwrap();
+        let mut ids = std::collections::BTreeMap::new();
+        for name in DELIVERABLES {
+            let m = fs::symlink_metadata(n.join(name)).unwrap();
+            ids.insert(name.to_string(), (m.dev(), m.ino()));
+        }
+        fs::write(s.ready(), serde_json::to_vec(&ids).unwrap()).unwrap();
+        exchange(&n.join("bundles"), &out.join("bundles")).unwrap();
         assert!(s.recover().unwrap().is_some());
         assert!(!out.join("bundles/old.zip").exists());
         assert_eq!(fs::read(out.join("bundles/new.zip")).unwrap(), b"new");
