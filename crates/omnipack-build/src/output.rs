@@ -2,12 +2,14 @@
 //!
 //! Everything omnipack needs besides the deliverables lives in `OUT/.omnipack/`. A build
 //! assembles the complete new tree in `OUT/.omnipack/swap/new/`, writes the summary last,
-//! then marks the tree complete with `OUT/.omnipack/swap/READY`. Only then are the three
-//! deliverables (`bundles/`, `asset-packs/`, `mobile_packager_summary.json`) replaced, each by
-//! two renames (old one out to `swap/old/`, new one in). Until `READY` exists the previous
-//! output is untouched; once it exists the swap is rolled forward, by this build or, after a
-//! kill, by the next one: a deliverable still present in `swap/new/` is not installed yet.
-//! The old tree is deleted only after the swap.
+//! then marks the tree complete by writing `OUT/.omnipack/swap/READY`, which records the
+//! device and inode of each staged deliverable. Only then are the three deliverables
+//! (`bundles/`, `asset-packs/`, `mobile_packager_summary.json`) replaced, each by one
+//! `renameat2(RENAME_EXCHANGE)` (or, where unsupported, by parking the old one in `swap/old/`
+//! and moving the new one in). Until `READY` exists the previous output is untouched; once it
+//! exists the swap is rolled forward, by this build or, after a kill, by the next one: a
+//! deliverable whose inode is the recorded one is installed. The old tree is deleted only after
+//! the swap.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
