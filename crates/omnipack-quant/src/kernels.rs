@@ -751,7 +751,16 @@ impl Bnb4Table {
 }
 
 #[inline(always)]
-fn bnb4_block(w: &[f32], table: &Bnb4Table, codes: &mut [u8]) -> Option<f32> {
+#[inline(always)]
+fn bnb4_recon(packed: &[u8], code: &[f32; 16], absmax: f32, out: &mut [f32]) {
+    for (o, &p) in out.chunks_exact_mut(2).zip(packed) {
+        o[0] = code[usize::from(p >> 4)] * absmax;
+        o[1] = code[usize::from(p & 15)] * absmax;
+    }
+}
+
+/// Quantizes one block (a multiple of 8 elements) into `packed` (half as many bytes).
+fn bnb4_block(w: &[f32], table: &Bnb4Table, packed: &mut [u8]) -> Option<f32> {
     if !all_finite(w) {
         return None;
     }
@@ -769,7 +778,7 @@ fn bnb4_block(w: &[f32], table: &Bnb4Table, codes: &mut [u8]) -> Option<f32> {
     }
     let inv = 1.0f32 / absmax.max(1e-38);
     let mut ranks = [0u32; 8];
-    for (cc, wc) in codes.chunks_exact_mut(8).zip(w.chunks_exact(8)) {
+    for (pc, wc) in packed.chunks_exact_mut(4).zip(w.chunks_exact(8)) {
         for i in 0..8 {
             let v = (wc[i] * inv).clamp(-1.0, 1.0);
             let mut k = 0u32;
@@ -778,13 +787,13 @@ fn bnb4_block(w: &[f32], table: &Bnb4Table, codes: &mut [u8]) -> Option<f32> {
             }
             ranks[i] = k;
         }
-        for i in 0..8 {
-            cc[i] = ranks[i] as u8;
+        if !table.identity {
+            for r in ranks.iter_mut() {
+                *r = u32::from(table.index[*r as usize]);
+            }
         }
-    }
-    if !table.identity {
-        for c in codes.iter_mut() {
-            *c = table.index[usize::from(*c)];
+        for j in 0..4 {
+            pc[j] = ((ranks[2 * j] << 4) | ranks[2 * j + 1]) as u8;
         }
     }
     Some(absmax)
@@ -801,7 +810,6 @@ fn bnb4_impl<const AVX: bool>(
 ) -> Result<(), usize> {
     let table = Bnb4Table::new(kind);
     let code = kind.code();
-    let mut codes = vec![0u8; block];
     let mut recon = vec![0.0f32; block];
     for (bi, ((wb, pb), am)) in w
         .chunks_exact(block)
@@ -809,17 +817,12 @@ fn bnb4_impl<const AVX: bool>(
         .zip(absmax.iter_mut())
         .enumerate()
     {
-        let Some(a) = bnb4_block(wb, &table, &mut codes) else {
+        let Some(a) = bnb4_block(wb, &table, pb) else {
             return Err(bi * block + first_non_finite(wb).unwrap_or(0));
         };
         *am = a;
-        for (p, c) in pb.iter_mut().zip(codes.chunks_exact(2)) {
-            *p = (c[0] << 4) | c[1];
-        }
         if let Some(st) = stats.as_deref_mut() {
-            for (r, &c) in recon.iter_mut().zip(&codes) {
-                *r = code[c as usize] * a;
-            }
+            bnb4_recon(pb, code, a, &mut recon);
             acc_stats(wb, &recon, st);
         }
     }
@@ -847,7 +850,6 @@ fn bnb4_bytes_impl<const AVX: bool>(
     // Decode a few blocks at a time into a cache-resident buffer.
     let per = block * (4096 / block).max(1);
     let mut w = vec![0f32; per];
-    let mut codes = vec![0u8; block];
     let mut recon = vec![0f32; block];
     for (ci, ((src_c, pc), ac)) in src
         .chunks(per * es)
@@ -863,17 +865,12 @@ fn bnb4_bytes_impl<const AVX: bool>(
             .zip(ac.chunks_exact_mut(4))
             .enumerate()
         {
-            let Some(a) = bnb4_block(wb, &table, &mut codes) else {
+            let Some(a) = bnb4_block(wb, &table, pb) else {
                 return Err(ci * per + bi * block + first_non_finite(wb).unwrap_or(0));
             };
             ab.copy_from_slice(&a.to_le_bytes());
-            for (p, c) in pb.iter_mut().zip(codes.chunks_exact(2)) {
-                *p = (c[0] << 4) | c[1];
-            }
             if let Some(st) = stats.as_deref_mut() {
-                for (r, &c) in recon.iter_mut().zip(&codes) {
-                    *r = code[c as usize] * a;
-                }
+                bnb4_recon(pb, code, a, &mut recon);
                 acc_stats(wb, &recon, st);
             }
         }
@@ -899,7 +896,7 @@ pub fn bnb4_quantize_bytes(
 ) -> Result<(), usize> {
     let es = dtype.size_bytes() as usize;
     let n = src.len() / es;
-    assert!(dtype.is_working_float() && block >= 2 && block.is_multiple_of(2));
+    assert!(dtype.is_working_float() && block >= 8 && block.is_multiple_of(8));
     assert!(n.is_multiple_of(block) && src.len() == n * es);
     assert_eq!(packed.len() * 2, n);
     assert_eq!(absmax.len(), n / block * 4);
@@ -907,7 +904,7 @@ pub fn bnb4_quantize_bytes(
 }
 
 /// bitsandbytes blockwise 4-bit quantization of a flattened tensor (`w.len()` a multiple
-/// of the even `block`): per block `absmax = max |w|`, `x = clamp(w * f32(1/absmax), -1, 1)`,
+/// of `block`, itself a multiple of 8): per block `absmax = max |w|`, `x = clamp(w * f32(1/absmax), -1, 1)`,
 /// the code is the number of decision thresholds below `x` (NF4; FP4 does the same on |x|
 /// and adds the sign bit), two codes per byte with the first in the high nibble. Returns
 /// the index of the first non-finite element as the error.
@@ -919,7 +916,7 @@ pub fn bnb4_quantize(
     absmax: &mut [f32],
     stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
-    assert!(block >= 2 && block.is_multiple_of(2) && w.len().is_multiple_of(block));
+    assert!(block >= 8 && block.is_multiple_of(8) && w.len().is_multiple_of(block));
     assert_eq!(packed.len() * 2, w.len());
     assert_eq!(absmax.len() * block, w.len());
     bnb4::dispatched(w, block, kind, packed, absmax, stats)
