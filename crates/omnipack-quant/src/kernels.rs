@@ -751,7 +751,6 @@ impl Bnb4Table {
 }
 
 #[inline(always)]
-#[inline(always)]
 fn bnb4_recon(packed: &[u8], code: &[f32; 16], absmax: f32, out: &mut [f32]) {
     for (o, &p) in out.chunks_exact_mut(2).zip(packed) {
         o[0] = code[usize::from(p >> 4)] * absmax;
@@ -760,6 +759,7 @@ fn bnb4_recon(packed: &[u8], code: &[f32; 16], absmax: f32, out: &mut [f32]) {
 }
 
 /// Quantizes one block (a multiple of 8 elements) into `packed` (half as many bytes).
+#[inline(always)]
 fn bnb4_block(w: &[f32], table: &Bnb4Table, packed: &mut [u8]) -> Option<f32> {
     if !all_finite(w) {
         return None;
