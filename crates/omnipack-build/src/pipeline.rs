@@ -440,7 +440,9 @@ pub fn build(
     // Assemble the new tree, summary last, then swap it in.
     let new = swap.prepare()?;
     for b in &summary.bundles {
-        let out_b = &bundles[&b.id];
+        let out_b = bundles
+            .get(&b.id)
+            .ok_or_else(|| BuildError::Plan(format!("bundle `{}` was not packaged", b.id)))?;
         link_or_copy(&out_b.zip, &new.join(&b.file)).map_err(io_err(&out_b.zip))?;
         let pack = new.join("asset-packs").join(&b.id);
         for f in walk_files(&out_b.pack_dir).map_err(io_err(&out_b.pack_dir))? {
@@ -487,7 +489,11 @@ fn describe(v: &Value) -> String {
             f.iter().map(|x| x.size).sum::<u64>()
         ),
         Value::Weights(w) => format!("{} bytes of weights", w.data_bytes),
-        Value::Bundle(b) => format!("{} bytes, sha256 {}", b.zip_size, &b.zip_sha256[..12]),
+        Value::Bundle(b) => format!(
+            "{} bytes, sha256 {}",
+            b.zip_size,
+            b.zip_sha256.get(..12).unwrap_or(&b.zip_sha256)
+        ),
     }
 }
 
