@@ -247,6 +247,15 @@ pub fn resolve_shards(path: impl AsRef<Path>) -> Result<Vec<PathBuf>, QuantError
     if !is_index {
         return Ok(vec![path.to_path_buf()]);
     }
+    let size = std::fs::metadata(path)
+        .map_err(|e| QuantError::io(path, e))?
+        .len();
+    if size > MAX_HEADER_BYTES {
+        return Err(QuantError::header(
+            path,
+            format!("shard index is {size} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
+        ));
+    }
     let bytes = std::fs::read(path).map_err(|e| QuantError::io(path, e))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| QuantError::header(path, format!("shard index is not valid JSON: {e}")))?;

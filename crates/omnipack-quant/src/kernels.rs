@@ -418,10 +418,10 @@ fn pack32<const BITS: u32>(q: &[u32; 32], out: &mut [u32]) {
     }
 }
 
-/// Quantizes one group exactly as `mx.quantize` on CPU. Returns the f32 scale and bias used
-/// for the codes, or `None` when the group holds a non-finite value.
+/// The scale and bias `mx.quantize` uses for one group (f32), or `None` when the group holds
+/// a non-finite value.
 #[inline(always)]
-fn affine_group<const BITS: u32>(w: &[f32], codes: &mut [u32]) -> Option<(f32, f32)> {
+fn affine_params<const BITS: u32>(w: &[f32]) -> Option<(f32, f32)> {
     let n = ((1u32 << BITS) - 1) as f32;
     let mut mn = [f32::INFINITY; 8];
     let mut mx = [f32::NEG_INFINITY; 8];
@@ -455,12 +455,32 @@ fn affine_group<const BITS: u32>(w: &[f32], codes: &mut [u32]) -> Option<(f32, f
         scale = edge / q0;
         bias = edge;
     }
+    Some((scale, bias))
+}
+
+/// Codes of one group for a given f32 scale and bias, packed into `codes`. When `stats` is
+/// given, also accumulates the error of the reconstruction `q * s_stored + b_stored`.
+#[inline(always)]
+fn affine_codes<const BITS: u32>(
+    w: &[f32],
+    scale: f32,
+    bias: f32,
+    stored: (f32, f32),
+    codes: &mut [u32],
+    stats: Option<&mut ErrorStats>,
+) {
+    let n = ((1u32 << BITS) - 1) as f32;
+    let top = (1i32 << BITS) - 1;
+    let (sr, br) = stored;
+    let mut se = [0.0f32; 8];
+    let mut sw = [0.0f32; 8];
+    let mut me = [0.0f32; 8];
+    let want = stats.is_some();
     for (chunk, out) in w
         .chunks_exact(32)
         .zip(codes.chunks_exact_mut(BITS as usize))
     {
         let mut q = [0u32; 32];
-        let top = (1i32 << BITS) - 1;
         for i in 0..32 {
             let v = ((chunk[i] - bias) / scale).clamp(-1.0, n + 1.0);
             // v + MAGIC rounds v to an integer (ties to even) held in the low mantissa bits:
@@ -468,29 +488,25 @@ fn affine_group<const BITS: u32>(w: &[f32], codes: &mut [u32]) -> Option<(f32, f
             let r = ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC_BITS);
             q[i] = r.clamp(0, top) as u32;
         }
-        pack32::<BITS>(&q, out);
-    }
-    Some((scale, bias))
-}
-
-/// Reconstructs a group's values from codes and (stored) scale and bias.
-#[inline(always)]
-fn affine_dequant_group<const BITS: u32>(codes: &[u32], scale: f32, bias: f32, out: &mut [f32]) {
-    let mask = (1u32 << BITS) - 1;
-    if 32 % BITS == 0 {
-        let per = (32 / BITS) as usize;
-        for (o, &word) in out.chunks_exact_mut(per).zip(codes) {
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = (((word >> (BITS * i as u32)) & mask) as i32) as f32 * scale + bias;
+        if want {
+            for j in 0..4 {
+                for i in 0..8 {
+                    let x = chunk[j * 8 + i];
+                    let e = x - ((q[j * 8 + i] as i32) as f32 * sr + br);
+                    se[i] += e * e;
+                    sw[i] += x * x;
+                    let ae = e.abs();
+                    me[i] = if ae > me[i] { ae } else { me[i] };
+                }
             }
         }
-    } else {
-        let mut tmp = [0u8; 128];
-        let k = out.len();
-        unpack_codes(codes, BITS as u8, &mut tmp[..k]);
-        for (v, &c) in out.iter_mut().zip(&tmp[..k]) {
-            *v = f32::from(c) * scale + bias;
-        }
+        pack32::<BITS>(&q, out);
+    }
+    if let Some(st) = stats {
+        st.count += w.len() as u64;
+        st.sum_sq_err += se.iter().map(|&x| f64::from(x)).sum::<f64>();
+        st.sum_sq_ref += sw.iter().map(|&x| f64::from(x)).sum::<f64>();
+        st.max_abs_err = me.iter().fold(st.max_abs_err, |a, &b| a.max(b));
     }
 }
 
@@ -507,23 +523,19 @@ fn affine_rows_bits<const BITS: u32>(
     mut stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
     let words_per_group = group * BITS as usize / 32;
-    let mut recon = [0.0f32; 128];
     for (gi, ((wg, cg), (s, b))) in w
         .chunks_exact(group)
         .zip(codes.chunks_exact_mut(words_per_group))
         .zip(scales.iter_mut().zip(biases.iter_mut()))
         .enumerate()
     {
-        let Some((scale, bias)) = affine_group::<BITS>(wg, cg) else {
+        let Some((scale, bias)) = affine_params::<BITS>(wg) else {
             let at = first_non_finite(wg).unwrap_or(0);
             return Err(gi * group + at);
         };
         *s = round_to_dtype(scale, store);
         *b = round_to_dtype(bias, store);
-        if let Some(st) = stats.as_deref_mut() {
-            affine_dequant_group::<BITS>(cg, *s, *b, &mut recon[..group]);
-            acc_stats(wg, &recon[..group], st);
-        }
+        affine_codes::<BITS>(wg, scale, bias, (*s, *b), cg, stats.as_deref_mut());
     }
     let _ = cols;
     Ok(())
@@ -575,7 +587,6 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
     let mut row = vec![0f32; cols];
     let mut s_row = vec![0f32; groups];
     let mut b_row = vec![0f32; groups];
-    let mut recon = [0f32; 128];
     let mut words = [0u32; 32];
     for (r, ((src_row, crow), (srow, brow))) in src
         .chunks_exact(cols * es)
@@ -593,19 +604,23 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
             .zip(crow.chunks_exact_mut(wpg * 4))
             .enumerate()
         {
-            let Some((scale, bias)) = affine_group::<BITS>(wg, &mut words[..wpg]) else {
+            let Some((scale, bias)) = affine_params::<BITS>(wg) else {
                 return Err(r * cols + g * group + first_non_finite(wg).unwrap_or(0));
             };
+            let (s, b) = (round_to_dtype(scale, dtype), round_to_dtype(bias, dtype));
+            affine_codes::<BITS>(
+                wg,
+                scale,
+                bias,
+                (s, b),
+                &mut words[..wpg],
+                stats.as_deref_mut(),
+            );
             for (dst, w) in cg.chunks_exact_mut(4).zip(&words[..wpg]) {
                 dst.copy_from_slice(&w.to_le_bytes());
             }
-            let (s, b) = (round_to_dtype(scale, dtype), round_to_dtype(bias, dtype));
             s_row[g] = s;
             b_row[g] = b;
-            if let Some(st) = stats.as_deref_mut() {
-                affine_dequant_group::<BITS>(&words[..wpg], s, b, &mut recon[..group]);
-                acc_stats(wg, &recon[..group], st);
-            }
         }
         encode_impl::<AVX>(&s_row, dtype, srow);
         encode_impl::<AVX>(&b_row, dtype, brow);

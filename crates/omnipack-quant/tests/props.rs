@@ -71,6 +71,11 @@ proptest! {
             }
         }
         prop_assert_eq!(stats.count, w.len() as u64);
+        // The fused report equals the error of the reconstruction.
+        let direct = kernels::error_stats(&w, &r);
+        prop_assert_eq!(stats.max_abs_err, direct.max_abs_err);
+        prop_assert!((stats.sum_sq_err - direct.sum_sq_err).abs() <= 1e-4 * direct.sum_sq_err + 1e-30);
+        prop_assert!((stats.sum_sq_ref - direct.sum_sq_ref).abs() <= 1e-4 * direct.sum_sq_ref + 1e-30);
     }
 
     #[test]
