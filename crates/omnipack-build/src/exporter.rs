@@ -115,7 +115,8 @@ pub fn run_exporter(
         .stderr(log2)
         .process_group(0);
     // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the exporter when the
-    // build dies (for example by SIGKILL), so no exporter outlives its build.
+    // build dies (for example by SIGKILL), so no exporter outlives its build (Linux only).
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);

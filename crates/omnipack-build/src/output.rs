@@ -215,11 +215,13 @@ impl SwapArea {
     }
 }
 
-/// Atomically exchanges two paths (`renameat2(RENAME_EXCHANGE)`).
+/// Atomically exchanges two paths: `renameat2(RENAME_EXCHANGE)` on Linux,
+/// `renamex_np(RENAME_SWAP)` on macOS; elsewhere unsupported (the caller falls back).
 fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let ca = std::ffi::CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
     let cb = std::ffi::CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     // SAFETY: two valid NUL-terminated paths relative to the current directory.
     let rc = unsafe {
         libc::renameat2(
@@ -229,6 +231,14 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
             cb.as_ptr(),
             libc::RENAME_EXCHANGE,
         )
+    };
+    #[cfg(target_vendor = "apple")]
+    // SAFETY: two valid NUL-terminated paths.
+    let rc = unsafe { libc::renamex_np(ca.as_ptr(), cb.as_ptr(), libc::RENAME_SWAP) };
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+    let rc = {
+        let _ = (ca, cb);
+        return Err(io::Error::from(io::ErrorKind::Unsupported));
     };
     if rc == 0 {
         Ok(())
