@@ -222,3 +222,39 @@ fn usage_errors_exit_2() {
     let o = omnipack(&["quantize", input.to_str().unwrap(), "--format", "int4"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn rendered_errors() {
+    let (dir, input) = setup();
+    let full = std::fs::read(&input).unwrap();
+    std::fs::write(dir.path().join("cut.safetensors"), &full[..full.len() - 64]).unwrap();
+    let mut lying = full.clone();
+    // A hostile length prefix: 2^50 bytes of header.
+    lying[..8].copy_from_slice(&(1u64 << 50).to_le_bytes());
+    std::fs::write(dir.path().join("huge.safetensors"), &lying).unwrap();
+    let nan = dir.path().join("nan.safetensors");
+    write_checkpoint(&nan, Some(7));
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_omnipack"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        stderr(&o)
+    };
+    insta::assert_snapshot!("error_truncated", run(&["inspect", "cut.safetensors"]));
+    insta::assert_snapshot!("error_huge_header", run(&["inspect", "huge.safetensors"]));
+    insta::assert_snapshot!(
+        "error_nan",
+        run(&[
+            "quantize",
+            "nan.safetensors",
+            "-o",
+            "o.safetensors",
+            "--format",
+            "int4"
+        ])
+    );
+}
