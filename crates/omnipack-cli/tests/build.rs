@@ -571,3 +571,55 @@ fn builds_killed_at_many_moments_never_leave_a_broken_output() {
         assert!(v.status.success(), "{}", text(&v));
     }
 }
+
+#[test]
+fn exporter_inputs_are_hashed_into_its_cache_key() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("src/sub")).unwrap();
+    fs::write(d.path().join("src/a.txt"), "one").unwrap();
+    fs::write(d.path().join("src/sub/b.txt"), "two").unwrap();
+    let m = r#"omnipack: 1
+package: { name: t, version: 1.0.0, bundle_id: com.example.t }
+runtime_overhead: 100MiB
+tiers:
+  - { name: small, device_memory: 4GiB, memory_limit: 2GiB }
+components:
+  - name: blob
+    role: data
+    source:
+      command:
+        run: [sh, -c, 'cat src/a.txt src/sub/b.txt > "$1/blob.txt"', sh, "{out}"]
+        inputs: [src]
+        outputs: [blob.txt]
+        timeout: 5s
+    size: 1KiB
+"#;
+    fs::write(d.path().join("m.yaml"), m).unwrap();
+    let man = d.path().join("m.yaml");
+    let out = d.path().join("out");
+    let o = omnipack(&["build", s(&man), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("mobile_packager_summary.json")).unwrap())
+            .unwrap();
+    let inputs: Vec<&str> = summary["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, ["m.yaml", "src/a.txt", "src/sub/b.txt"]);
+    let o = omnipack(&["build", s(&man), "--out", s(&out)]);
+    assert!(text(&o).contains("cached export:blob"), "{}", text(&o));
+    // A changed input file re-runs the exporter.
+    fs::write(d.path().join("src/sub/b.txt"), "three").unwrap();
+    let o = omnipack(&["build", s(&man), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ran    export:blob"), "{}", text(&o));
+    let blob = tree(&out)
+        .into_iter()
+        .find(|(k, _)| k.ends_with("/blob.txt"))
+        .map(|(_, v)| v)
+        .unwrap();
+    assert_eq!(blob, b"onethree");
+}
