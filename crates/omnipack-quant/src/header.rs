@@ -296,8 +296,38 @@ pub struct SourceTensor {
 
 /// Reads the headers of a shard set (see [`resolve_shards`]); a tensor name present in two
 /// shards is an error. Tensors are returned shard by shard, each in file order.
+///
+/// For an index, every `weight_map` entry must name a tensor present in the shard it points to.
 pub fn read_shard_set(path: impl AsRef<Path>) -> Result<Vec<SourceTensor>, QuantError> {
-    read_headers(&resolve_shards(path)?)
+    let path = path.as_ref();
+    let tensors = read_headers(&resolve_shards(path)?)?;
+    if path.extension().is_some_and(|e| e == "json") {
+        // resolve_shards validated the index; read the map again to cross-check it.
+        let bytes = std::fs::read(path).map_err(|e| QuantError::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| QuantError::header(path, format!("shard index is not valid JSON: {e}")))?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let found: BTreeMap<&str, &Path> = tensors
+            .iter()
+            .map(|t| (t.info.name.as_str(), t.file.as_path()))
+            .collect();
+        if let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) {
+            for (tensor, file) in map {
+                let want = dir.join(file.as_str().unwrap_or_default());
+                if found.get(tensor.as_str()) != Some(&want.as_path()) {
+                    return Err(QuantError::tensor(
+                        path,
+                        tensor.clone(),
+                        format!(
+                            "listed in weight_map for {} but not found there",
+                            want.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(tensors)
 }
 
 /// Reads the headers of several shards; a tensor name present in two shards is an error.

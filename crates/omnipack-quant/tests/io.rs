@@ -266,6 +266,17 @@ fn prefix_selection_across_files() {
     );
     assert_eq!(o.data_bytes, 2 * (2 * 64 + 2 * 2 * 2 * 4));
 
+    std::fs::write(
+        &index,
+        r#"{"weight_map": {"text.l.weight": "b.safetensors", "text.m.weight": "b.safetensors"}}"#,
+    )
+    .unwrap();
+    let err = read_shard_set(&index).unwrap_err().to_string();
+    assert!(
+        err.contains("text.l.weight") && err.contains("not found there"),
+        "{err}"
+    );
+
     std::fs::write(&index, r#"{"weight_map": {"x": "../escape.safetensors"}}"#).unwrap();
     let err = read_shard_set(&index).unwrap_err().to_string();
     assert!(err.contains("inside the index's folder"), "{err}");

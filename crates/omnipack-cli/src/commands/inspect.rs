@@ -363,7 +363,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
 
 fn inspect_shard_index(path: &Path) -> Result<String, String> {
     let shards = omnipack_quant::resolve_shards(path).map_err(|e| e.to_string())?;
-    let all = omnipack_quant::read_headers(&shards).map_err(|e| e.to_string())?;
+    let all = omnipack_quant::read_shard_set(path).map_err(|e| e.to_string())?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let config = read_config(dir)?;
     let mut rows: Vec<(TensorInfo, Option<String>)> = all
