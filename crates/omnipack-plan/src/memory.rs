@@ -1,7 +1,7 @@
 //! The memory model of DESIGN section 4, as pure integer functions.
 //!
 //! Every function here is exact integer arithmetic (saturating, so hostile numbers cannot
-//! overflow into a small value). `docs/memory-model.md` writes the same formulas out.
+//! overflow into a small value). README.md ("Memory model") writes the same formulas out, with a worked example.
 
 use omnipack_manifest::{
     Architecture, ComputeUnits, IoDtype, KvFormat, Paging, ResolvedComponent, Role, Runtime,
