@@ -11,16 +11,8 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
-}
+/// Lowercase hex of `bytes`, shared with the quantizer.
+pub use omnipack_quant::hex;
 
 /// sha256 of a byte slice, lowercase hex.
 pub fn sha256_bytes(bytes: &[u8]) -> String {

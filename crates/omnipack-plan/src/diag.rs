@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use omnipack_manifest::{Diagnostic, LoadedManifest, Severity};
+
 use crate::model::Plan;
 
 /// A planning error (or a note attached to one), located by manifest path.
@@ -71,6 +73,54 @@ impl PlanFailure {
         PlanFailure {
             diagnostics: vec![d],
             plan: None,
+        }
+    }
+}
+
+impl PlanDiagnostic {
+    /// This error as a diagnostic located in the manifest (at the manifest file itself when it
+    /// has no path): the notes first, then one `- ` line per suggested change.
+    pub fn to_diagnostic(&self, loaded: &LoadedManifest) -> Diagnostic {
+        let mut lines: Vec<String> = self.notes.clone();
+        if !self.help.is_empty() && !self.notes.is_empty() {
+            lines.push("changes that lower the peak:".to_string());
+        }
+        lines.extend(self.help.iter().map(|h| format!("- {h}")));
+        let help = lines.join("\n");
+        locate(
+            loaded,
+            self.path.as_deref(),
+            Severity::Error,
+            &self.message,
+            (!help.is_empty()).then_some(help),
+        )
+    }
+}
+
+impl crate::model::PlanWarning {
+    /// This warning as a diagnostic located in the manifest.
+    pub fn to_diagnostic(&self, loaded: &LoadedManifest) -> Diagnostic {
+        locate(
+            loaded,
+            self.path.as_deref(),
+            Severity::Warning,
+            &self.message,
+            None,
+        )
+    }
+}
+
+fn locate(
+    loaded: &LoadedManifest,
+    path: Option<&str>,
+    severity: Severity,
+    message: &str,
+    help: Option<String>,
+) -> Diagnostic {
+    match path {
+        Some(p) => loaded.diagnostic_at(p, severity, message, help),
+        None => {
+            Diagnostic::new(severity, loaded.path.to_string_lossy(), message).with_help_opt(help)
         }
     }
 }

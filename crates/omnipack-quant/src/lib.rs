@@ -25,6 +25,6 @@ pub use spec::{
     file_bytes, glob_match, header_bytes, plan_outputs,
 };
 pub use writer::{
-    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, quantize_file,
+    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, hex, quantize_file,
     quantize_to_file, quantize_to_file_with, sha256_file,
 };

@@ -187,7 +187,8 @@ pub fn sha256_file(path: &Path) -> Result<String, QuantError> {
     Ok(hex(&hasher.finalize()))
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes` (sha2 0.11 digests do not format with `{:x}`).
+pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use omnipack_build::{BuildError, BuildOptions, Event, Progress};
-use omnipack_manifest::diagnostic::{Diagnostic, Severity, render};
-use omnipack_manifest::{LoadedManifest, format_bytes, format_signed_bytes};
+use omnipack_manifest::diagnostic::{Diagnostic, render};
+use omnipack_manifest::{format_bytes, format_signed_bytes};
 use omnipack_plan::PlanFailure;
 
 use super::CommandResult;
@@ -55,7 +55,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
         Err(PlanFailure { diagnostics, .. }) => {
             let diags: Vec<Diagnostic> = diagnostics
                 .iter()
-                .map(|d| plan_diagnostic(&loaded, d))
+                .map(|d| d.to_diagnostic(&loaded))
                 .collect();
             eprint!("{}", render(&diags));
             eprintln!(
@@ -68,10 +68,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
     let warnings: Vec<Diagnostic> = plan
         .warnings
         .iter()
-        .map(|w| match &w.path {
-            Some(p) => loaded.diagnostic_at(p, Severity::Warning, &w.message, None),
-            None => Diagnostic::new(Severity::Warning, loaded.path.to_string_lossy(), &w.message),
-        })
+        .map(|w| w.to_diagnostic(&loaded))
         .collect();
     eprint!("{}", render(&warnings));
 
@@ -133,23 +130,6 @@ pub fn run(args: BuildArgs) -> CommandResult {
             eprintln!("error: build failed; {} is unchanged", args.out.display());
             Ok(ExitCode::from(1))
         }
-    }
-}
-
-fn plan_diagnostic(loaded: &LoadedManifest, d: &omnipack_plan::PlanDiagnostic) -> Diagnostic {
-    let mut help = String::new();
-    for n in &d.notes {
-        let _ = writeln!(help, "{n}");
-    }
-    for h in &d.help {
-        let _ = writeln!(help, "- {h}");
-    }
-    let help = help.trim_end().to_string();
-    let help = (!help.is_empty()).then_some(help);
-    match &d.path {
-        Some(p) => loaded.diagnostic_at(p, Severity::Error, &d.message, help),
-        None => Diagnostic::new(Severity::Error, loaded.path.to_string_lossy(), &d.message)
-            .with_help_opt(help),
     }
 }
 

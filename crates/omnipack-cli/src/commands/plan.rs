@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omnipack_manifest::diagnostic::{Diagnostic, Severity, render};
-use omnipack_manifest::{LoadedManifest, format_bytes, format_signed_bytes};
-use omnipack_plan::{Plan, PlanDiagnostic, PlanFailure, TierPlan};
+use omnipack_manifest::diagnostic::{Diagnostic, render};
+use omnipack_manifest::{format_bytes, format_signed_bytes};
+use omnipack_plan::{Plan, PlanFailure, TierPlan};
 
 use super::CommandResult;
 
@@ -54,15 +54,7 @@ pub fn run(args: PlanArgs) -> CommandResult {
         let warnings: Vec<Diagnostic> = plan
             .warnings
             .iter()
-            .map(|w| {
-                located(
-                    &loaded,
-                    w.path.as_deref(),
-                    Severity::Warning,
-                    &w.message,
-                    None,
-                )
-            })
+            .map(|w| w.to_diagnostic(&loaded))
             .collect();
         stderr.push_str(&render(&warnings));
         match args.format {
@@ -75,7 +67,7 @@ pub fn run(args: PlanArgs) -> CommandResult {
         }
     }
     if let Some(errors) = &failure {
-        let diags: Vec<Diagnostic> = errors.iter().map(|d| to_diagnostic(&loaded, d)).collect();
+        let diags: Vec<Diagnostic> = errors.iter().map(|d| d.to_diagnostic(&loaded)).collect();
         stderr.push_str(&render(&diags));
     }
     eprint!("{stderr}");
@@ -84,44 +76,6 @@ pub fn run(args: PlanArgs) -> CommandResult {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn located(
-    loaded: &LoadedManifest,
-    path: Option<&str>,
-    severity: Severity,
-    message: &str,
-    help: Option<String>,
-) -> Diagnostic {
-    match path {
-        Some(p) => loaded.diagnostic_at(p, severity, message, help),
-        None => {
-            Diagnostic::new(severity, loaded.path.to_string_lossy(), message).with_help_opt(help)
-        }
-    }
-}
-
-fn to_diagnostic(loaded: &LoadedManifest, d: &PlanDiagnostic) -> Diagnostic {
-    let mut help = String::new();
-    for n in &d.notes {
-        let _ = writeln!(help, "{n}");
-    }
-    if !d.help.is_empty() {
-        if !d.notes.is_empty() {
-            help.push_str("changes that lower the peak:\n");
-        }
-        for h in &d.help {
-            let _ = writeln!(help, "- {h}");
-        }
-    }
-    let help = help.trim_end().to_string();
-    located(
-        loaded,
-        d.path.as_deref(),
-        Severity::Error,
-        &d.message,
-        (!help.is_empty()).then_some(help),
-    )
 }
 
 fn mib(n: u64) -> String {

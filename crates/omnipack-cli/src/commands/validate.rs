@@ -5,8 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omnipack_manifest::{Diagnostic, LoadedManifest, Severity, load, render};
-use omnipack_plan::PlanDiagnostic;
+use omnipack_manifest::{Diagnostic, load, render};
 
 use super::CommandResult;
 
@@ -43,13 +42,13 @@ pub fn run(args: ValidateArgs) -> CommandResult {
                 let mut budget = Vec::new();
                 if !m.is_base_only() {
                     match omnipack_plan::plan(&m, &[]) {
-                        Ok(plan) => budget.extend(plan.warnings.iter().map(|w| {
-                            located(&m, w.path.as_deref(), Severity::Warning, &w.message, None)
-                        })),
+                        Ok(plan) => {
+                            budget.extend(plan.warnings.iter().map(|w| w.to_diagnostic(&m)))
+                        }
                         Err(failure) => {
                             failed = true;
                             all.extend(m.warnings.iter().cloned());
-                            all.extend(failure.diagnostics.iter().map(|d| plan_error(&m, d)));
+                            all.extend(failure.diagnostics.iter().map(|d| d.to_diagnostic(&m)));
                             continue;
                         }
                     }
@@ -109,36 +108,4 @@ fn plural(n: usize, word: &str) -> String {
         1 => format!("1 {word}"),
         _ => format!("{n} {word}s"),
     }
-}
-
-fn located(
-    m: &LoadedManifest,
-    path: Option<&str>,
-    severity: Severity,
-    message: &str,
-    help: Option<String>,
-) -> Diagnostic {
-    match path {
-        Some(p) => m.diagnostic_at(p, severity, message, help),
-        None => Diagnostic::new(severity, m.path.to_string_lossy(), message).with_help_opt(help),
-    }
-}
-
-/// A planner error (a tier that does not fit, ...) as a located diagnostic.
-fn plan_error(m: &LoadedManifest, d: &PlanDiagnostic) -> Diagnostic {
-    let mut lines: Vec<String> = d.notes.clone();
-    if !d.help.is_empty() {
-        if !d.notes.is_empty() {
-            lines.push("changes that lower the peak:".to_string());
-        }
-        lines.extend(d.help.iter().map(|h| format!("- {h}")));
-    }
-    let help = lines.join("\n");
-    located(
-        m,
-        d.path.as_deref(),
-        Severity::Error,
-        &d.message,
-        (!help.is_empty()).then_some(help),
-    )
 }
