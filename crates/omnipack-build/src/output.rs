@@ -37,6 +37,11 @@ pub enum OutputError {
         lock: String,
         holder: String,
     },
+    /// The output path exists and is not a folder.
+    #[error(
+        "{out}: the output path exists and is not a folder; give --out a folder (it is created when missing)"
+    )]
+    NotAFolder { out: String },
     /// I/O on a named path.
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
@@ -59,6 +64,11 @@ pub struct OutputLock {
 impl OutputLock {
     /// Takes the lock `OUT/.omnipack/lock` without waiting.
     pub fn acquire(out: &Path) -> Result<OutputLock, OutputError> {
+        if fs::metadata(out).is_ok_and(|m| !m.is_dir()) {
+            return Err(OutputError::NotAFolder {
+                out: out.display().to_string(),
+            });
+        }
         let private = out.join(PRIVATE_DIR);
         fs::create_dir_all(&private).map_err(io_err(&private))?;
         let path = private.join("lock");
@@ -255,6 +265,18 @@ fn sync_dir(p: &Path) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_output_path_that_is_a_file_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("dist");
+        fs::write(&file, b"not a folder").unwrap();
+        let err = OutputLock::acquire(&file).unwrap_err();
+        assert!(matches!(err, OutputError::NotAFolder { .. }), "{err}");
+        assert!(err.to_string().contains("is not a folder"));
+        assert_eq!(fs::read(&file).unwrap(), b"not a folder");
+    }
+
     use super::*;
 
     #[test]
