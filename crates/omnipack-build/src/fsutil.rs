@@ -101,15 +101,42 @@ pub fn is_safe_relative(p: &str) -> bool {
 /// Every regular file under `root` (following no symlinks), as `/`-separated paths relative
 /// to `root`, sorted by bytes. Symlinks are reported as errors by the caller's checks.
 pub fn walk_files(root: &Path) -> io::Result<Vec<String>> {
+    walk_files_skipping(root, &[])
+}
+
+/// The (device, inode) identity of a folder, for [`walk_files_skipping`].
+#[cfg(unix)]
+pub fn dir_identity(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// Like [`walk_files`], but skips the folders whose (device, inode) is in `skip` (omnipack's
+/// own output and cache folders when they lie inside an exporter's input folder).
+pub fn walk_files_skipping(root: &Path, skip: &[(u64, u64)]) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
-    fn rec(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    fn skipped(p: &Path, skip: &[(u64, u64)]) -> bool {
+        #[cfg(unix)]
+        {
+            !skip.is_empty() && dir_identity(p).is_ok_and(|id| skip.contains(&id))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (p, skip);
+            false
+        }
+    }
+    fn rec(root: &Path, dir: &Path, skip: &[(u64, u64)], out: &mut Vec<String>) -> io::Result<()> {
         let mut entries: Vec<_> = fs::read_dir(dir)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let p = e.path();
             let ft = e.file_type()?;
             if ft.is_dir() {
-                rec(root, &p, out)?;
+                if !skipped(&p, skip) {
+                    rec(root, &p, skip, out)?;
+                }
             } else {
                 let rel = p.strip_prefix(root).map_err(io::Error::other)?;
                 out.push(slash(rel));
@@ -118,7 +145,7 @@ pub fn walk_files(root: &Path) -> io::Result<Vec<String>> {
         Ok(())
     }
     if fs::metadata(root)?.is_dir() {
-        rec(root, root, &mut out)?;
+        rec(root, root, skip, &mut out)?;
     }
     out.sort();
     Ok(out)

@@ -16,7 +16,10 @@ use serde_json::json;
 use crate::cache::{Cache, CacheEntry, Lookup, key_of};
 use crate::executor::{StageStatus, execute};
 use crate::exporter::{absolute, fill_placeholders, run_exporter};
-use crate::fsutil::{link_or_copy, normalize, relative_to, remove_any, slash, walk_files};
+use crate::fsutil::{
+    dir_identity, link_or_copy, normalize, relative_to, remove_any, slash, walk_files,
+    walk_files_skipping,
+};
 use crate::hash::{DigestMemo, MemoStats};
 use crate::output::{OutputLock, PRIVATE_DIR, SwapArea};
 use crate::progress::{Event, Progress};
@@ -165,6 +168,8 @@ struct Ctx<'a> {
     cache: Cache,
     no_cache: bool,
     digests: BTreeMap<PathBuf, (String, u64)>,
+    /// The output and cache folders: never part of an exporter's input folder.
+    skip: Vec<(u64, u64)>,
     logs: PathBuf,
     progress: &'a dyn Progress,
     cached: Mutex<BTreeMap<String, bool>>,
@@ -210,10 +215,12 @@ impl Ctx<'_> {
     }
 }
 
-/// Input files of a component, absolute, as `(abs, relative-to-manifest)`.
+/// Input files of a component, absolute. Input folders are expanded, skipping the folders
+/// in `skip` (the build's own output and cache folders).
 fn component_inputs(
     loaded: &LoadedManifest,
     c: &ResolvedComponent,
+    skip: &[(u64, u64)],
 ) -> Result<Vec<PathBuf>, BuildError> {
     let abs = |rel: &str| normalize(&absolute(&loaded.dir.join(rel)));
     let mut out = Vec::new();
@@ -239,7 +246,7 @@ fn component_inputs(
                     message: format!("exporter input of component `{}`: {e}", c.name),
                 })?;
                 if meta.is_dir() {
-                    for f in walk_files(&p).map_err(io_err(&p))? {
+                    for f in walk_files_skipping(&p, skip).map_err(io_err(&p))? {
                         out.push(p.join(f));
                     }
                 } else {
@@ -294,6 +301,10 @@ pub fn build(
     }
     let logs = private.join("logs");
     fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+    let skip = vec![
+        dir_identity(out).map_err(io_err(out))?,
+        dir_identity(&cache_root).map_err(io_err(&cache_root))?,
+    ];
 
     // Digests of every input, from the memo when unchanged.
     let memo = DigestMemo::load(cache_root.join("digests.json"));
@@ -304,7 +315,7 @@ pub fn build(
         .map(|f| normalize(&absolute(f)))
         .collect();
     for cp in &plan.components {
-        inputs.extend(component_inputs(loaded, &cp.component)?);
+        inputs.extend(component_inputs(loaded, &cp.component, &skip)?);
     }
     let jobs = opts
         .jobs
@@ -352,6 +363,7 @@ pub fn build(
         cache: Cache::new(cache_root.clone()),
         no_cache: opts.no_cache,
         digests,
+        skip,
         logs,
         progress,
         cached: Mutex::new(BTreeMap::new()),
@@ -664,7 +676,7 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                 let p = ctx.abs(i);
                 let meta = fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
                 let files = if meta.is_dir() {
-                    walk_files(&p)
+                    walk_files_skipping(&p, &ctx.skip)
                         .map_err(|e| format!("{}: {e}", p.display()))?
                         .into_iter()
                         .map(|f| p.join(f))

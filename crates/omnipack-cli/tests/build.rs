@@ -623,3 +623,48 @@ components:
         .unwrap();
     assert_eq!(blob, b"onethree");
 }
+
+#[test]
+fn out_inside_an_exporter_input_folder_is_not_an_input() {
+    // `inputs: [.]` with the default `--out dist` next to the manifest: the build's own output,
+    // cache and lock must not become exporter inputs (they change with every build).
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("a.txt"), "one").unwrap();
+    let m = r#"omnipack: 1
+package: { name: t, version: 1.0.0, bundle_id: com.example.t }
+runtime_overhead: 100MiB
+tiers:
+  - { name: small, device_memory: 4GiB, memory_limit: 2GiB }
+components:
+  - name: blob
+    role: data
+    source:
+      command:
+        run: [sh, -c, 'cat a.txt > "$1/blob.txt"', sh, "{out}"]
+        inputs: ["."]
+        outputs: [blob.txt]
+        timeout: 5s
+    size: 1KiB
+"#;
+    fs::write(d.path().join("m.yaml"), m).unwrap();
+    let man = d.path().join("m.yaml");
+    let out = d.path().join("dist");
+    let cache = d.path().join("cache");
+    for round in 0..2 {
+        let o = omnipack(&["build", s(&man), "--out", s(&out), "--cache-dir", s(&cache)]);
+        assert!(o.status.success(), "round {round}: {}", text(&o));
+        if round == 1 {
+            assert!(text(&o).contains("cached export:blob"), "{}", text(&o));
+        }
+        let summary: serde_json::Value =
+            serde_json::from_slice(&fs::read(out.join("mobile_packager_summary.json")).unwrap())
+                .unwrap();
+        let inputs: Vec<&str> = summary["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(inputs, ["a.txt", "m.yaml"], "round {round}");
+    }
+}
