@@ -65,6 +65,7 @@ pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
             out.display()
         ));
     }
+    report.mismatches.extend(check_summary(&summary));
     let results: Vec<(usize, Vec<String>)> = summary
         .bundles
         .par_iter()
@@ -102,6 +103,71 @@ pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
         }
     }
     Ok(report)
+}
+
+/// What the summary's own fields must agree on: unique bundle ids, tiers naming listed
+/// bundles, and each tier's memory arithmetic (DESIGN section 4): `peak_bytes` is the sum of
+/// its parts, `headroom_bytes = memory_limit - peak`, `fits` iff `peak + min_headroom <=
+/// memory_limit`. An app decides what to load from these numbers, so a hand-edited summary
+/// must not verify.
+fn check_summary(summary: &Summary) -> Vec<String> {
+    let mut m = Vec::new();
+    let mut ids = BTreeSet::new();
+    for b in &summary.bundles {
+        if !ids.insert(b.id.as_str()) {
+            m.push(format!("{SUMMARY_FILE}: bundle `{}` is listed twice", b.id));
+        }
+    }
+    let mut tiers = BTreeSet::new();
+    for t in &summary.tiers {
+        let at = format!("{SUMMARY_FILE}: tier `{}`", t.name);
+        if !tiers.insert(t.name.as_str()) {
+            m.push(format!("{at} is listed twice"));
+        }
+        let mut seen = BTreeSet::new();
+        for id in &t.bundles {
+            if !ids.contains(id.as_str()) {
+                m.push(format!(
+                    "{at} loads bundle `{id}`, which is not in `bundles`"
+                ));
+            } else if !seen.insert(id.as_str()) {
+                m.push(format!("{at} loads bundle `{id}` twice"));
+            }
+        }
+        let mem = &t.memory;
+        let sum = [
+            mem.runtime_overhead_bytes,
+            mem.weights_resident_bytes,
+            mem.activations_bytes,
+            mem.kv_cache_bytes,
+            mem.lazy_peak_bytes,
+        ]
+        .iter()
+        .fold(0u64, |a, b| a.saturating_add(*b));
+        if sum != mem.peak_bytes {
+            m.push(format!(
+                "{at}: peak_bytes {} is not the sum of its parts ({sum})",
+                mem.peak_bytes
+            ));
+        }
+        let headroom = (i128::from(t.memory_limit_bytes) - i128::from(mem.peak_bytes))
+            .clamp(i128::from(i64::MIN), i128::from(i64::MAX));
+        if i128::from(mem.headroom_bytes) != headroom {
+            m.push(format!(
+                "{at}: headroom_bytes {} is not memory_limit_bytes - peak_bytes ({headroom})",
+                mem.headroom_bytes
+            ));
+        }
+        let fits = mem.peak_bytes.saturating_add(mem.min_headroom_bytes) <= t.memory_limit_bytes;
+        if t.fits != fits {
+            m.push(format!(
+                "{at}: fits is {}, but peak_bytes + min_headroom_bytes {} memory_limit_bytes",
+                t.fits,
+                if fits { "<=" } else { ">" }
+            ));
+        }
+    }
+    m
 }
 
 fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<String>) {

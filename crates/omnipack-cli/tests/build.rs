@@ -668,3 +668,39 @@ components:
         assert_eq!(inputs, ["a.txt", "m.yaml"], "round {round}");
     }
 }
+
+#[test]
+fn verify_rejects_an_edited_summary() {
+    let d = project(GOOD, "5s");
+    let out = d.path().join("out");
+    let o = build(d.path(), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let path = out.join("mobile_packager_summary.json");
+    let good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 4] = [
+        ("memory_limit_bytes", |v| {
+            let t = &mut v["tiers"][0];
+            t["memory_limit_bytes"] = (t["memory_limit_bytes"].as_u64().unwrap() * 2).into();
+        }),
+        ("fits", |v| v["tiers"][0]["fits"] = false.into()),
+        ("peak_bytes", |v| {
+            let m = &mut v["tiers"][0]["memory"];
+            m["kv_cache_bytes"] = (m["kv_cache_bytes"].as_u64().unwrap() + 1).into();
+        }),
+        ("not in `bundles`", |v| {
+            v["tiers"][0]["bundles"][0] = "text-int9-g64".into();
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut v = good.clone();
+        edit(&mut v);
+        fs::write(&path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+        let o = omnipack(&["verify", s(&out)]);
+        assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
+        assert!(text(&o).contains(what), "{what}: {}", text(&o));
+    }
+    fs::write(&path, serde_json::to_vec_pretty(&good).unwrap()).unwrap();
+    let o = omnipack(&["verify", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+}
