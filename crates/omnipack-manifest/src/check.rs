@@ -13,7 +13,7 @@ use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::load::{is_absolute, located, normalize};
 use crate::node::{self, Node, Segment};
 use crate::schema::SCHEMA;
-use crate::units::{DURATION_SYNTAX, SIZE_SYNTAX, parse_size};
+use crate::units::{DURATION_SYNTAX, SIZE_SYNTAX, parse_duration, parse_size};
 
 /// What the checks need: the files (for locations), the merged tree and the top folder.
 pub(crate) struct Ctx<'a> {
@@ -71,7 +71,142 @@ pub(crate) fn schema_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnostic>
     let errors: Vec<jsonschema::ValidationError<'_>> = validator.iter_errors(json).collect();
     let mut out = Vec::new();
     map_errors(ctx, errors.iter(), &mut out);
+    let mut reported = std::collections::HashSet::new();
+    error_paths(errors.iter(), &mut reported);
+    unrepresentable_values(ctx, json, &mut String::new(), &reported, &mut out);
     out
+}
+
+/// The instance paths of `errors` and of the errors inside their `anyOf`/`oneOf` branches.
+fn error_paths<'e, 'v: 'e>(
+    errors: impl Iterator<Item = &'e jsonschema::ValidationError<'v>>,
+    out: &mut std::collections::HashSet<String>,
+) {
+    for e in errors {
+        out.insert(e.instance_path().as_str().to_string());
+        if let ValidationErrorKind::AnyOf { context }
+        | ValidationErrorKind::OneOfNotValid { context } = e.kind()
+        {
+            for branch in context {
+                error_paths(branch.iter(), out);
+            }
+        }
+    }
+}
+
+/// The same value without mapping entries whose value is null (list items are kept, so
+/// indices, and therefore locations, do not change).
+pub(crate) fn without_null_entries(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_null_entries(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_null_entries).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Values the JSON schema accepts but the typed manifest cannot hold: a decimal number with
+/// no fraction (`2048.0`, `1e3`) or an integer beyond 64 bits where a whole number is
+/// expected (JSON Schema counts both as integers), and size or duration strings that match
+/// the unit syntax but overflow. Values the schema already reported are skipped.
+fn unrepresentable_values(
+    ctx: &Ctx<'_>,
+    v: &Value,
+    pointer: &mut String,
+    reported: &std::collections::HashSet<String>,
+    out: &mut Vec<Diagnostic>,
+) {
+    match v {
+        Value::Object(m) => {
+            for (k, item) in m {
+                let len = pointer.len();
+                pointer.push('/');
+                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                unrepresentable_values(ctx, item, pointer, reported, out);
+                pointer.truncate(len);
+            }
+            return;
+        }
+        Value::Array(a) => {
+            for (i, item) in a.iter().enumerate() {
+                let len = pointer.len();
+                pointer.push_str(&format!("/{i}"));
+                unrepresentable_values(ctx, item, pointer, reported, out);
+                pointer.truncate(len);
+            }
+            return;
+        }
+        _ => {}
+    }
+    if reported.contains(pointer.as_str()) {
+        return;
+    }
+    let path = node::pointer_segments(ctx.tree, pointer);
+    let (schema, ref_name) = subschema(&path);
+    let what = last_key(&path).unwrap_or("value");
+    match v {
+        Value::Number(n) => {
+            let Some(f) = n.as_f64().filter(|_| n.is_f64()) else {
+                return;
+            };
+            let integer_only = schema.and_then(|s| s.get("type")).is_some_and(|t| {
+                let has = |name: &str| match t {
+                    Value::String(s) => s == name,
+                    Value::Array(a) => a.iter().any(|x| x == name),
+                    _ => false,
+                };
+                has("integer") && !has("number")
+            });
+            // A size may be written as a number with a fraction; it is rounded down.
+            let in_range = (0.0..18_446_744_073_709_551_616.0).contains(&f);
+            if !integer_only || (ref_name == Some("ByteSize") && in_range) {
+                return;
+            }
+            let written = source_text(ctx, &path).unwrap_or_else(|| n.to_string());
+            let d = if in_range || f < 0.0 && f >= i64::MIN as f64 {
+                ctx.at(
+                    &path,
+                    Severity::Error,
+                    format!("`{what}` must be a whole number, not `{written}`"),
+                )
+                .with_label("not a whole number")
+                .with_help(format!(
+                    "write it without a decimal point or exponent, such as `{what}: {}`",
+                    f as i128
+                ))
+            } else {
+                ctx.at(
+                    &path,
+                    Severity::Error,
+                    format!("`{what}`: `{written}` is too large"),
+                )
+                .with_label("too large")
+                .with_help(format!("the largest value is {}", u64::MAX))
+            };
+            out.push(d.with_path(node::format_path(&path)));
+        }
+        Value::String(s) => {
+            if ref_name == Some("ByteSize") && parse_size(s).is_err() {
+                out.push(size_error(ctx, &path, what, v).with_path(node::format_path(&path)));
+            } else if ref_name == Some("Duration") && parse_duration(s).is_err() {
+                out.push(
+                    ctx.at(
+                        &path,
+                        Severity::Error,
+                        format!("`{what}`: `{s}` is too long a duration"),
+                    )
+                    .with_label("too long")
+                    .with_help(DURATION_SYNTAX)
+                    .with_path(node::format_path(&path)),
+                );
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Maps errors, skipping an `anyOf`/`oneOf` failure when a plainer error (such as "not one of
@@ -387,9 +522,20 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             // shape), then one without a type mismatch at the value itself.
             let deeper =
                 |b: &jsonschema::ValidationError<'_>| b.instance_path().as_str().len() > here.len();
+            // A failed enum (`oneOf` of constants) at the value is a mismatch of shape too.
+            let shape_mismatch = |b: &jsonschema::ValidationError<'_>| {
+                b.instance_path().as_str() == here
+                    && (matches!(b.kind(), ValidationErrorKind::Type { .. })
+                        || is_combinator(b.kind()))
+            };
             let best = context
                 .iter()
                 .find(|branch| !branch.is_empty() && branch.iter().all(deeper))
+                .or_else(|| {
+                    context
+                        .iter()
+                        .find(|branch| !branch.is_empty() && !branch.iter().any(shape_mismatch))
+                })
                 .or_else(|| {
                     context.iter().find(|branch| {
                         !branch.is_empty()
@@ -477,7 +623,13 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             out.push(
                 ctx.at(&path, e, msg)
                     .with_label("empty list")
-                    .with_help_opt(describe(schema)),
+                    .with_help_opt(if ref_name.is_some_and(|r| r.starts_with("OneOrMany")) {
+                        Some(format!(
+                            "give `{what}` one value, or a list of at least one value"
+                        ))
+                    } else {
+                        describe(schema)
+                    }),
             );
         }
         ValidationErrorKind::Pattern { .. } => {
@@ -652,8 +804,8 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
 
     if !tiers.is_empty() && !comps.is_empty() && json.get("package").is_none() {
         out.push(
-            ctx.at(
-                &[],
+            ctx.at_key(
+                &[key("package")],
                 e,
                 "missing `package`: a manifest with tiers and components needs a package identity",
             )

@@ -132,7 +132,12 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     let mut diags = loader.diags;
     let schema_diags = crate::check::schema_diagnostics(&ctx, &json);
     diags.extend(schema_diags);
-    diags.extend(crate::check::semantic_diagnostics(&ctx, &json));
+    // `key:` with nothing after it is YAML null, which the schema allows for every optional
+    // key: the semantic rules treat it as the key being absent, as deserialisation does.
+    diags.extend(crate::check::semantic_diagnostics(
+        &ctx,
+        &crate::check::without_null_entries(&json),
+    ));
     dedup(&mut diags);
     // Reading order: by file (the manifest first, then its bases), then by position.
     let file_rank = |d: &Diagnostic| {

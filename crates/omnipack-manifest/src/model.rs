@@ -291,8 +291,8 @@ pub enum FloatDtype {
 pub enum OneOrMany<T> {
     /// A single value.
     One(T),
-    /// A list of values.
-    Many(Vec<T>),
+    /// A list of values (at least one).
+    Many(#[schemars(length(min = 1))] Vec<T>),
 }
 
 impl<T: Clone> OneOrMany<T> {

@@ -306,7 +306,13 @@ pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -
         None => rendered.trim().to_string(),
     };
     let mut help = None;
-    if message.contains("limits breached") || message.contains("recursion limit") {
+    if message.contains("Documents {") {
+        message = "the manifest holds more than one YAML document".to_string();
+        help = Some(
+            "a manifest is one YAML document: remove this `---` and what follows, or put it in its own file"
+                .to_string(),
+        );
+    } else if message.contains("limits breached") || message.contains("recursion limit") {
         let detail = message
             .rsplit("limits breached: ")
             .next()
@@ -337,11 +343,24 @@ pub(crate) fn parse_error(source: &Arc<SourceFile>, err: &serde_saphyr::Error) -
         Some(loc) if loc.line() > 0 => {
             let mut start = byte_start(source, &loc);
             let mut end = next_char_end(text, start);
-            if message.contains("tab") {
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let indent = &text[line_start..start];
+            if message.contains("tab")
+                && indent.contains('\t')
+                && indent.chars().all(|c| c == ' ' || c == '\t')
+            {
+                // The scanner stopped after a tab in this line's indentation: point at it.
+                start = line_start + indent.rfind('\t').unwrap_or(0);
+                end = start + 1;
+            } else if message.contains("tab") {
                 // Point at the tab itself, not at the token the scanner was reading.
                 if let Some(t) = text[start..].find('\t') {
                     start += t;
                     end = start + 1;
+                }
+            } else if message.contains("more than one YAML document") {
+                if text[start..].starts_with("---") {
+                    end = start + 3;
                 }
             } else if message.contains("duplicate mapping key") {
                 // Underline the whole key.
