@@ -105,6 +105,36 @@ fn check_header_len(path: &Path, n: u64, file_size: u64) -> Result<u64, QuantErr
     Ok(n)
 }
 
+/// The first key that a JSON object repeats, if any (its values are skipped, not built).
+struct TopLevelKeys(Option<String>);
+
+impl<'de> serde::Deserialize<'de> for TopLevelKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TopLevelKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopLevelKeys, A::Error> {
+                let mut seen = std::collections::BTreeSet::new();
+                let mut dup = None;
+                while let Some(k) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if dup.is_none() && !seen.insert(k.clone()) {
+                        dup = Some(k);
+                    }
+                }
+                Ok(TopLevelKeys(dup))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Parses and validates header JSON bytes (the `N` bytes after the length prefix) for a
 /// file of `file_size` bytes.
 pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header, QuantError> {
@@ -114,6 +144,14 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header, 
     let serde_json::Value::Object(map) = value else {
         return Err(QuantError::header(path, "header is not a JSON object"));
     };
+    // serde_json keeps the last of duplicate keys; a tensor named twice is a hostile header.
+    if let Ok(TopLevelKeys(Some(dup))) = serde_json::from_slice::<TopLevelKeys>(json) {
+        return Err(QuantError::tensor(
+            path,
+            dup,
+            "named twice in the header (duplicate tensor name)",
+        ));
+    }
     let data_len = file_size - data_start;
     let mut metadata = BTreeMap::new();
     let mut tensors: Vec<(u64, u64, TensorInfo)> = Vec::with_capacity(map.len());

@@ -319,6 +319,12 @@ fn hostile_headers_are_clear_errors() {
         &[0u8; 8],
     );
     assert!(m.contains("overflows"), "{m}");
+    // Two entries with one name: serde_json would silently keep the second.
+    let m = header_err(
+        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+        &[0u8; 8],
+    );
+    assert!(m.contains("tensor `a`") && m.contains("named twice"), "{m}");
     let m = header_err(r#"{"a": [1, 2"#, &[]);
     assert!(m.contains("not valid JSON"), "{m}");
 
