@@ -1084,8 +1084,14 @@ fn suggestions(
             });
         if let Some((f, saved, r)) = pick {
             combined_resident.push((k, *r));
+            // A tier with its own override ignores the component-level list.
+            let site = if c.quantization.tiers.contains_key(&tier.name) {
+                format!("quantization.tiers.{}.format", tier.name)
+            } else {
+                "quantization.format".to_string()
+            };
             out.push(format!(
-                "`{f}` for `{}` (in `quantization.format`) saves {} ({})",
+                "`{f}` for `{}` (in `{site}`) saves {} ({})",
                 c.name,
                 mib_and_bytes(*saved),
                 verdict(*saved)

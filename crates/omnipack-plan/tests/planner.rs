@@ -334,6 +334,39 @@ fn suggestions_carry_savings_from_the_model() {
 }
 
 #[test]
+fn weight_format_suggestions_name_the_tier_override_in_effect() {
+    // Tier `a` overrides the format of `text`: adding a format to the component-level list
+    // would not change it, so the suggestion must name the override.
+    let mut t = text(json!(["f16", "int8"]));
+    t["quantization"]["tiers"] = json!({"a": {"format": "int8"}});
+    let m = base(
+        json!([
+            {"name": "a", "device_memory": 1 << 30, "memory_limit": 12 * MIB},
+            {"name": "b", "device_memory": 1 << 30, "memory_limit": 12 * MIB},
+        ]),
+        json!([t]),
+    );
+    let f = plan_with_sizers(&m, &[square()], &[]).expect_err("does not fit");
+    let help = |tier: &str| {
+        f.diagnostics
+            .iter()
+            .find(|d| d.path.as_deref() == Some(tier))
+            .map(|d| d.help.join("\n"))
+            .unwrap_or_default()
+    };
+    let a = help("tiers[0].memory_limit");
+    assert!(
+        a.contains("for `text` (in `quantization.tiers.a.format`) saves"),
+        "{a}"
+    );
+    let b = help("tiers[1].memory_limit");
+    assert!(
+        b.contains("for `text` (in `quantization.format`) saves"),
+        "{b}"
+    );
+}
+
+#[test]
 fn too_many_asset_packs_is_an_error() {
     let comps: Vec<serde_json::Value> = (0..101)
         .map(|i| json!({"name": format!("d{i}"), "role": "data", "source": {"files": ["x"]}}))
