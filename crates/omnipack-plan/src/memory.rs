@@ -11,9 +11,14 @@ use omnipack_summary::MemoryBreakdown;
 /// Bytes one KV row (`kv_head_dim` elements of one token and one head) takes when stored.
 ///
 /// Per group of `g` elements: f16 `2*g`; u8 `g + 4` (f16 scale and zero point);
-/// nf4 `g/2 + 2` (two codes per byte and an f16 absmax). A last partial group (a group size
-/// that does not divide `kv_head_dim`, which validation rejects) counts as a whole group.
+/// nf4 `g/2 + 2` (two codes per byte and an f16 absmax). An f16 row has no per-group data,
+/// so it is `2 * kv_head_dim` whatever the group size (the default group of 32 need not
+/// divide a head of 80 or 48). For u8 and nf4, a last partial group (a group size that does
+/// not divide `kv_head_dim`, which validation rejects) counts as a whole group.
 pub fn kv_bytes_per_row(kv_head_dim: u64, format: KvFormat, group_size: u64) -> u64 {
+    if format == KvFormat::F16 {
+        return kv_head_dim.saturating_mul(2);
+    }
     let g = group_size.max(1);
     let groups = kv_head_dim.div_ceil(g);
     let per_group = match format {
@@ -216,6 +221,10 @@ mod tests {
         assert_eq!(kv_bytes_per_row(128, KvFormat::Nf4, 32), 72);
         assert_eq!(kv_bytes_per_row(64, KvFormat::U8, 64), 68);
         assert_eq!(kv_bytes_per_row(64, KvFormat::Nf4, 64), 34);
+        // f16 has no groups: heads of 80 or 48 with the default group of 32 are not rounded
+        // up to whole groups.
+        assert_eq!(kv_bytes_per_row(80, KvFormat::F16, 32), 160);
+        assert_eq!(kv_bytes_per_row(48, KvFormat::F16, 32), 96);
     }
 
     #[test]
