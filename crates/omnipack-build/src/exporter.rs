@@ -49,6 +49,11 @@ pub enum ExportError {
         "exporter output `{path}` is a symlink to `{target}` (outside the exporter's folder, or a folder): refused"
     )]
     SymlinkOut { path: String, target: String },
+    /// A FIFO, socket or device among the outputs (reading it could block forever).
+    #[error(
+        "exporter output `{0}` is not a regular file or folder (a FIFO, socket or device): refused"
+    )]
+    NotAFile(String),
     /// Something written next to the stage folder.
     #[error("exporter wrote outside its folder: `{0}` (write only under {{out}})")]
     WroteOutside(String),
@@ -187,6 +192,7 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
         source,
     })?;
     let mut files = Vec::new();
+    let mut links = Vec::new();
     for o in outputs {
         if !is_safe_relative(o) {
             return Err(ExportError::UnsafeOutput(o.clone()));
@@ -234,17 +240,56 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
                     } else if m.is_dir() {
                         stack.push(ep);
                     } else {
+                        regular_file(&ep, &m, &rel, &mut links)?;
                         files.push(rel);
                     }
                 }
             }
         } else {
+            regular_file(&p, &meta, o, &mut links)?;
             files.push(crate::fsutil::slash(Path::new(o)));
         }
+    }
+    for l in &links {
+        materialize(l)?;
     }
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+/// Checks that an output file (`meta` follows symlinks) is a regular file; a symlink (to a
+/// file inside the folder, as checked before) is noted in `links`.
+fn regular_file(
+    p: &Path,
+    meta: &fs::Metadata,
+    rel: &str,
+    links: &mut Vec<PathBuf>,
+) -> Result<(), ExportError> {
+    if !meta.is_file() {
+        return Err(ExportError::NotAFile(rel.to_string()));
+    }
+    let link = fs::symlink_metadata(p).map_err(|source| ExportError::Io {
+        path: p.display().to_string(),
+        source,
+    })?;
+    if link.file_type().is_symlink() {
+        links.push(p.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Replaces a symlink by a copy of its target: the stage folder is cached and packaged file by
+/// file, where a relative link would dangle.
+fn materialize(p: &Path) -> Result<(), ExportError> {
+    let io = |source| ExportError::Io {
+        path: p.display().to_string(),
+        source,
+    };
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = p.with_file_name(format!(".{}.omnipack-copy", name.unwrap_or_default()));
+    fs::copy(p, &tmp).map_err(io)?;
+    fs::rename(&tmp, p).map_err(io)
 }
 
 fn check_inside(root: &Path, p: &Path, rel: &str) -> Result<(), ExportError> {
@@ -328,6 +373,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.files, ["b", "pkg/a"]);
+    }
+
+    #[test]
+    fn fifo_output_is_refused_and_inner_links_become_files() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("l.log");
+        // Reading a FIFO to hash it would block the build forever.
+        let s1 = absolute(&d.path().join("s1"));
+        let e = run_exporter(
+            &sh(&format!("mkfifo {}/out/x", s1.display())),
+            d.path(),
+            &s1,
+            &["x".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ExportError::NotAFile(_)), "{e}");
+        // A relative link to a file inside the folder is packaged as that file's bytes.
+        let s2 = absolute(&d.path().join("s2"));
+        let r = run_exporter(
+            &sh(&format!(
+                "mkdir {0}/out/p && echo a > {0}/out/p/real && ln -s real {0}/out/p/x && ln -s p/real {0}/out/y",
+                s2.display()
+            )),
+            d.path(),
+            &s2,
+            &["p".into(), "y".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap();
+        assert_eq!(r.files, ["p/real", "p/x", "y"]);
+        for f in &r.files {
+            let p = s2.join("out").join(f);
+            assert!(!fs::symlink_metadata(&p).unwrap().is_symlink(), "{f}");
+            assert_eq!(fs::read(&p).unwrap(), b"a\n", "{f}");
+        }
     }
 
     #[test]
