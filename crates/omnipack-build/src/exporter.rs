@@ -54,6 +54,9 @@ pub enum ExportError {
         "exporter output `{0}` is not a regular file or folder (a FIFO, socket or device): refused"
     )]
     NotAFile(String),
+    /// A file name that is not UTF-8 (zip entry names and JSON paths must be).
+    #[error("exporter output `{0}` has a file name that is not valid UTF-8: refused")]
+    NonUtf8Name(String),
     /// Something written next to the stage folder.
     #[error("exporter wrote outside its folder: `{0}` (write only under {{out}})")]
     WroteOutside(String),
@@ -223,6 +226,9 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
                     })?;
                     let ep = e.path();
                     let rel = crate::fsutil::slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
+                    if e.file_name().to_str().is_none() {
+                        return Err(ExportError::NonUtf8Name(rel));
+                    }
                     check_inside(&root, &ep, &rel)?;
                     let m = fs::metadata(&ep).map_err(|source| ExportError::Io {
                         path: ep.display().to_string(),
@@ -406,6 +412,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.files, ["p/real", "p/x", "y"]);
+        // A name that is not UTF-8 cannot be a zip entry or a JSON path.
+        let s3 = absolute(&d.path().join("s3"));
+        let e = run_exporter(
+            &sh(&format!(
+                "mkdir {0}/out/p && echo a > \"{0}/out/p/$(printf '\\377')x\"",
+                s3.display()
+            )),
+            d.path(),
+            &s3,
+            &["p".into()],
+            Duration::from_secs(10),
+            &log,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ExportError::NonUtf8Name(_)), "{e}");
         for f in &r.files {
             let p = s2.join("out").join(f);
             assert!(!fs::symlink_metadata(&p).unwrap().is_symlink(), "{f}");
