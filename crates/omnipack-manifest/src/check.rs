@@ -1183,14 +1183,22 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
             );
         }
         if role == "text_decode_step" && !tiers.is_empty() {
+            // Only the tiers that ship this component need to cap its context.
+            let ships = |t: &&Value| match t.get("components") {
+                Some(Value::Array(list)) => list.iter().any(|n| n.as_str() == Some(&cname)),
+                _ => true,
+            };
             let bounded = c.get("max_seq_len").is_some()
                 || kv.and_then(|k| k.get("paging")).is_some()
-                || tiers.iter().all(|t| t.get("max_seq_len").is_some());
+                || tiers
+                    .iter()
+                    .filter(ships)
+                    .all(|t| t.get("max_seq_len").is_some());
             if !bounded {
                 out.push(
                     ctx.at(&at(&[key("role")]), e, format!("component `{cname}`: the KV cache has no length limit"))
                         .with_label("unbounded context")
-                        .with_help("set the component's `max_seq_len`, `kv_cache.paging`, or `max_seq_len` on every tier"),
+                        .with_help("set the component's `max_seq_len`, `kv_cache.paging`, or `max_seq_len` on every tier that ships it"),
                 );
             }
         }

@@ -215,3 +215,49 @@ fn schema_errors_become_advice_at_the_value() {
         err.render()
     );
 }
+
+#[test]
+fn only_the_tiers_that_ship_a_decode_step_must_cap_its_context() {
+    // `text_b` has no max_seq_len of its own; the only tier that ships it caps the context,
+    // the tier without a cap ships `text_a`, which has its own max_seq_len.
+    let dir = tempfile::tempdir().unwrap();
+    tiny_safetensors(&dir.path().join("m.safetensors"));
+    let manifest = |b_tiers: &str| {
+        format!(
+            "omnipack: 1\n\
+             package: {{ name: x, version: \"1\", bundle_id: com.x }}\n\
+             tiers:\n\
+             \x20 - {{ name: small, device_memory: 3GiB, memory_limit: 1GiB, max_seq_len: 2048, components: [{b_tiers}] }}\n\
+             \x20 - {{ name: big, device_memory: 8GiB, memory_limit: 5GiB, components: [text_a] }}\n\
+             components:\n\
+             \x20 - name: text_a\n\
+             \x20   role: text_decode_step\n\
+             \x20   source: {{ safetensors: m.safetensors }}\n\
+             \x20   architecture: {{ layers: 1, kv_heads: 1, kv_head_dim: 32, hidden_size: 32, vocab_size: 8 }}\n\
+             \x20   max_seq_len: 4096\n\
+             \x20 - name: text_b\n\
+             \x20   role: text_decode_step\n\
+             \x20   source: {{ safetensors: m.safetensors }}\n\
+             \x20   architecture: {{ layers: 1, kv_heads: 1, kv_head_dim: 32, hidden_size: 32, vocab_size: 8 }}\n"
+        )
+    };
+    let path = dir.path().join("m.yaml");
+    std::fs::write(&path, manifest("text_b")).unwrap();
+    if let Err(d) = load(&path) {
+        panic!("capped by every tier that ships it:\n{}", d.render());
+    }
+    // Shipped by the uncapped tier too: unbounded there.
+    std::fs::write(
+        &path,
+        manifest("text_b").replace("[text_a]", "[text_a, text_b]"),
+    )
+    .unwrap();
+    let err = load(&path).unwrap_err();
+    assert!(
+        err.iter().any(|d| d
+            .message
+            .contains("`text_b`: the KV cache has no length limit")),
+        "{}",
+        err.render()
+    );
+}
