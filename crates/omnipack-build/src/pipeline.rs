@@ -281,7 +281,7 @@ pub fn build(
         ));
     }
     let out = &opts.out_dir;
-    fs::create_dir_all(out).map_err(io_err(out))?;
+    // `acquire` creates the folder, or says clearly that `out` is a file.
     let lock = OutputLock::acquire(out)?;
     let private = out.join(PRIVATE_DIR);
     let swap = SwapArea::new(out);

@@ -443,6 +443,17 @@ components:
 }
 
 #[test]
+fn out_naming_a_file_is_a_clear_error() {
+    let d = project(GOOD, "5s");
+    let out = d.path().join("dist");
+    fs::write(&out, "a file").unwrap();
+    let o = build(d.path(), &out, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is not a folder"), "{}", text(&o));
+    assert_eq!(fs::read(&out).unwrap(), b"a file");
+}
+
+#[test]
 fn verify_without_a_summary_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let o = omnipack(&["verify", s(d.path())]);
