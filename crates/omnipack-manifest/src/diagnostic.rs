@@ -71,7 +71,12 @@ impl SourceFile {
             Err(i) => i - 1,
         };
         let start = self.line_starts[line];
-        let column = self.text[start..offset].chars().count() + 1;
+        let mut before = &self.text[start..offset];
+        if line == 0 {
+            // A byte order mark is not a column: editors show the first character at 1.
+            before = before.strip_prefix('\u{feff}').unwrap_or(before);
+        }
+        let column = before.chars().count() + 1;
         (line + 1, column)
     }
 
@@ -483,5 +488,13 @@ mod tests {
         let json = serde_json::to_value(&d).unwrap();
         assert_eq!(json["line"], 2);
         assert_eq!(json["severity"], "error");
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_a_column() {
+        let src = SourceFile::new("x.yaml", "\u{feff}omnipak: 1\nb: 2\n".to_string());
+        assert_eq!(src.line_col(3), (1, 1));
+        assert_eq!(src.line_col(src.text.find("ak").unwrap()), (1, 6));
+        assert_eq!(src.line_col(src.text.find("b:").unwrap()), (2, 1));
     }
 }
