@@ -729,3 +729,47 @@ fn a_tier_that_does_not_fit_is_an_error() {
         "{d}"
     );
 }
+
+/// An exporter's quantization is declarative (passed as `{format}`): a Core ML exporter may
+/// declare `int4`, and running it on CPU/GPU is the DESIGN warning (the file shrinks, the
+/// memory does not), not an error. A native int4 layout for Core ML stays an error
+/// (`manifests/errors/int-format-coreml.yaml`).
+#[test]
+fn a_quantized_coreml_exporter_on_gpu_is_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("cq.yaml"),
+        "omnipack: 1\n\
+         package: { name: x, version: \"1\", bundle_id: com.x }\n\
+         tiers:\n\
+         \x20 - { name: a, device_memory: 3GiB, memory_limit: 2GiB, max_seq_len: 512 }\n\
+         components:\n\
+         \x20 - name: text_coreml\n\
+         \x20   role: text_decode_step\n\
+         \x20   runtime: coreml\n\
+         \x20   compute_units: cpu_and_gpu\n\
+         \x20   architecture: { layers: 4, kv_heads: 4, kv_head_dim: 32, hidden_size: 128, vocab_size: 512 }\n\
+         \x20   size: 400MiB\n\
+         \x20   quantization: { format: int4 }\n\
+         \x20   source:\n\
+         \x20     command:\n\
+         \x20       run: [python3, -m, export, --out, \"{out}/m.mlpackage\", --bits, \"{format}\"]\n\
+         \x20       outputs: [m.mlpackage]\n",
+    )
+    .unwrap();
+    let out = omnipack_in(dir.path(), &["validate", "--format", "json", "cq.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let diags: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let d = diags
+        .iter()
+        .find(|d| d["path"] == "components[0].compute_units")
+        .unwrap_or_else(|| panic!("{diags:?}"));
+    assert_eq!(d["severity"], "warning");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("the file shrinks, the memory does not"),
+        "{d}"
+    );
+}

@@ -1213,6 +1213,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         }
 
         // Formats allowed by the runtime.
+        let exporter = c.get("source").and_then(|s| s.get("command")).is_some();
         if let Some(q) = c.get("quantization") {
             let mut format_sites: Vec<(Vec<Segment>, &Value)> = vec![(
                 at(&[key("quantization"), key("format")]),
@@ -1262,8 +1263,14 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                         );
                     }
                     seen.push(f);
+                    // An exporter's quantization is declarative (passed to it as `{format}`,
+                    // used by the memory model): only omnipack's own native layouts are
+                    // limited to the runtimes that load them.
                     let bad = known_runtime
-                        && ((INT_FORMATS.contains(&f) && runtime != "mlx" && runtime != "custom")
+                        && ((INT_FORMATS.contains(&f)
+                            && runtime != "mlx"
+                            && runtime != "custom"
+                            && !exporter)
                             || (f == "nf4" && runtime != "custom"));
                     if bad {
                         let allowed = if f == "nf4" {
@@ -1275,8 +1282,13 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                             ctx.at(&sp, e, format!("component `{cname}`: format `{f}` needs runtime {allowed}, not `{runtime}`"))
                                 .with_label(format!("not loadable by {runtime}"))
                                 .with_help(format!(
-                                    "{} is a native layout only {allowed} load; with runtime `{runtime}` use `f32`, `f16` or `bf16` (its exporter does its own compression)",
-                                    f
+                                    "{} is a native layout only {allowed} load; with runtime `{runtime}` use `f32`, `f16` or `bf16` (its exporter does its own compression){}",
+                                    f,
+                                    if f == "nf4" {
+                                        ""
+                                    } else {
+                                        ", or produce the weights with an exporter (`source.command`), which receives the format as `{format}`"
+                                    }
                                 )),
                         );
                     }
