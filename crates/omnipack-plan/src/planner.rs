@@ -1118,7 +1118,7 @@ fn suggestions(
         let o = &mut combined.comps[k].options[ranks[k]];
         o.resident_bytes = o.resident_bytes.min(r);
     }
-    let alone = out.iter().any(|l| l.ends_with("(enough on its own)"));
+    let alone = out.iter().any(|l| l.contains("(enough on its own)"));
     if !alone && out.len() >= 2 {
         let saved = mem
             .peak_bytes

@@ -359,6 +359,13 @@ fn weight_format_suggestions_name_the_tier_override_in_effect() {
         a.contains("for `text` (in `quantization.tiers.a.format`) saves"),
         "{a}"
     );
+    // A change that is enough on its own (here a tier max_seq_len) makes the "all of the
+    // above together" line pointless.
+    assert!(
+        a.contains("on tier `a` saves") && a.contains("(enough on its own); or page"),
+        "{a}"
+    );
+    assert!(!a.contains("all of the above"), "{a}");
     let b = help("tiers[1].memory_limit");
     assert!(
         b.contains("for `text` (in `quantization.format`) saves"),
