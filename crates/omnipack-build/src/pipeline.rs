@@ -87,6 +87,29 @@ pub enum BuildError {
     Plan(String),
 }
 
+/// A build replaces `OUT/bundles`, `OUT/asset-packs` and the summary wholesale. When `OUT` was
+/// never an omnipack output (no `.omnipack/` folder and no readable summary), such entries are
+/// someone else's files: refuse rather than delete them.
+fn refuse_foreign_output(out: &Path) -> Result<(), BuildError> {
+    if out.join(PRIVATE_DIR).is_dir()
+        || crate::verify::read_summary(&out.join(omnipack_summary::SUMMARY_FILE)).is_ok()
+    {
+        return Ok(());
+    }
+    let foreign: Vec<&str> = crate::output::DELIVERABLES
+        .into_iter()
+        .filter(|n| fs::symlink_metadata(out.join(n)).is_ok())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Plan(format!(
+        "{}: holds {} but is not an omnipack output folder (no {PRIVATE_DIR}/, no readable summary); a build would replace them: move them away or choose another --out",
+        out.display(),
+        foreign.join(", ")
+    )))
+}
+
 fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     move |source| BuildError::Io {
         path: p.display().to_string(),
@@ -281,6 +304,7 @@ pub fn build(
         ));
     }
     let out = &opts.out_dir;
+    refuse_foreign_output(out)?;
     // `acquire` creates the folder, or says clearly that `out` is a file.
     let lock = OutputLock::acquire(out)?;
     let private = out.join(PRIVATE_DIR);

@@ -454,6 +454,28 @@ fn out_naming_a_file_is_a_clear_error() {
 }
 
 #[test]
+fn foreign_files_in_out_are_never_deleted() {
+    let d = project(GOOD, "5s");
+    let out = d.path().join("site");
+    fs::create_dir_all(out.join("bundles")).unwrap();
+    fs::write(out.join("bundles/mine.txt"), "precious").unwrap();
+    let o = build(d.path(), &out, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("not an omnipack output folder"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(fs::read(out.join("bundles/mine.txt")).unwrap(), b"precious");
+    // An omnipack output whose private folder was deleted (summary intact) is still ours.
+    fs::remove_dir_all(out.join("bundles")).unwrap();
+    assert!(build(d.path(), &out, &[]).status.success());
+    fs::remove_dir_all(out.join(".omnipack")).unwrap();
+    let o = build(d.path(), &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+#[test]
 fn verify_without_a_summary_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let o = omnipack(&["verify", s(d.path())]);
