@@ -262,14 +262,16 @@ impl Cache {
         if let Some(p) = dir.parent() {
             fs::create_dir_all(p)?;
         }
-        remove_any(&dir)?;
-        if let Err(e) = fs::rename(work, &dir) {
-            // Another build sharing this cache committed the same key meanwhile: use theirs.
+        // Never delete a valid entry first: another build sharing this cache may have committed
+        // the same key meanwhile and be linking its files right now.
+        if fs::rename(work, &dir).is_err() {
             if let Lookup::Hit(entry) = self.lookup(kind, key) {
                 let _ = remove_any(work);
                 return Ok(entry);
             }
-            return Err(e);
+            // A corrupt or incomplete leftover (lookup removed it): take its place.
+            remove_any(&dir)?;
+            fs::rename(work, &dir)?;
         }
         self.note_used(kind, key);
         Ok(CacheEntry { dir, record })
@@ -310,6 +312,57 @@ mod tests {
             key_of("a", &serde_json::json!(1)),
             key_of("a", &serde_json::json!(2))
         );
+    }
+
+    #[test]
+    fn committing_a_key_already_committed_keeps_the_first_entry() {
+        // Two builds sharing a cache produce the same key: the second must not delete the
+        // entry the first is linking from.
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let c = Cache::new(d.path().to_path_buf());
+        let w = c.work_dir("q", "k").unwrap();
+        fs::write(w.join("a.bin"), b"hello").unwrap();
+        let first = c
+            .commit(
+                "q",
+                "k",
+                &w,
+                vec![("a.bin".into(), None)],
+                serde_json::json!({}),
+            )
+            .unwrap();
+        let ino = fs::metadata(first.file("a.bin")).unwrap().ino();
+        let w2 = d.path().join("tmp").join("other-build");
+        fs::create_dir_all(&w2).unwrap();
+        fs::write(w2.join("a.bin"), b"hello").unwrap();
+        let second = c
+            .commit(
+                "q",
+                "k",
+                &w2,
+                vec![("a.bin".into(), None)],
+                serde_json::json!({}),
+            )
+            .unwrap();
+        assert_eq!(fs::metadata(first.file("a.bin")).unwrap().ino(), ino);
+        assert_eq!(second.file("a.bin"), first.file("a.bin"));
+        assert!(!w2.exists());
+        // A corrupt leftover under the key is replaced.
+        fs::write(first.file("a.bin"), b"hell").unwrap();
+        let w3 = d.path().join("tmp").join("third-build");
+        fs::create_dir_all(&w3).unwrap();
+        fs::write(w3.join("a.bin"), b"hello").unwrap();
+        c.commit(
+            "q",
+            "k",
+            &w3,
+            vec![("a.bin".into(), None)],
+            serde_json::json!({}),
+        )
+        .unwrap();
+        assert!(matches!(c.lookup("q", "k"), Lookup::Hit(_)));
+        assert_eq!(fs::read(first.file("a.bin")).unwrap(), b"hello");
     }
 
     #[test]

@@ -476,6 +476,34 @@ fn foreign_files_in_out_are_never_deleted() {
 }
 
 #[test]
+fn concurrent_builds_sharing_a_cache_dir_both_succeed() {
+    let d = tempfile::tempdir().unwrap();
+    let man = root().join("manifests/release.yaml");
+    for round in 0..4 {
+        let cache = d.path().join(format!("cache{round}"));
+        let outs: Vec<PathBuf> = (0..2)
+            .map(|i| d.path().join(format!("out{round}-{i}")))
+            .collect();
+        let children: Vec<_> = outs
+            .iter()
+            .map(|o| {
+                Command::new(bin())
+                    .args(["build", s(&man), "--out", s(o), "--cache-dir", s(&cache)])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().unwrap();
+            assert!(o.status.success(), "round {round}: {}", text(&o));
+        }
+        assert_eq!(tree(&outs[0]), tree(&outs[1]), "round {round}");
+    }
+}
+
+#[test]
 fn verify_without_a_summary_fails_clearly() {
     let d = tempfile::tempdir().unwrap();
     let o = omnipack(&["verify", s(d.path())]);
