@@ -19,6 +19,8 @@ import sys
 SEED = 0x0A11C0DE
 
 # Text decoder (the decode step of the manifests): 4 layers, 4 KV heads of 32, hidden 128.
+# Its tensors are named as mlx-lm's `llama` model expects them (under the `text.` prefix), and
+# `text-config.json` describes it, so the text bundles load in mlx-lm and MLX Swift.
 LAYERS = 4
 KV_HEADS = 4
 KV_HEAD_DIM = 32
@@ -34,9 +36,9 @@ PATCH_PIXELS = 16 * 16 * 3  # 768
 
 def tensor_specs():
     """(name, shape, kind) in a fixed order; kind is 'w' (weight), 'norm' or 'bias'."""
-    specs = [("text.embed_tokens.weight", (VOCAB, HIDDEN), "w")]
+    specs = [("text.model.embed_tokens.weight", (VOCAB, HIDDEN), "w")]
     for i in range(LAYERS):
-        p = f"text.layers.{i}."
+        p = f"text.model.layers.{i}."
         specs += [
             (p + "self_attn.q_proj.weight", (KV_HEADS * KV_HEAD_DIM, HIDDEN), "w"),
             (p + "self_attn.k_proj.weight", (KV_HEADS * KV_HEAD_DIM, HIDDEN), "w"),
@@ -49,7 +51,7 @@ def tensor_specs():
             (p + "post_attention_layernorm.weight", (HIDDEN,), "norm"),
         ]
     specs += [
-        ("text.norm.weight", (HIDDEN,), "norm"),
+        ("text.model.norm.weight", (HIDDEN,), "norm"),
         ("text.lm_head.weight", (VOCAB, HIDDEN), "w"),
     ]
     for kind in ("image", "video"):
@@ -117,7 +119,7 @@ def values(rng, count, kind, fan_in):
 
 def build():
     rng = SplitMix64(SEED)
-    header = {"__metadata__": {"format": "pt", "generator": "omnicoder-tiny generate.py v1"}}
+    header = {"__metadata__": {"format": "pt", "generator": "omnicoder-tiny generate.py v2"}}
     chunks = []
     offset = 0
     for name, shape, kind in tensor_specs():

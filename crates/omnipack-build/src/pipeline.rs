@@ -248,7 +248,10 @@ fn component_inputs(
     let abs = |rel: &str| normalize(&absolute(&loaded.dir.join(rel)));
     let mut out = Vec::new();
     match &c.source {
-        ResolvedSource::Safetensors { shards, .. } => {
+        ResolvedSource::Safetensors { shards, config, .. } => {
+            if let Some(cfg) = config {
+                out.push(abs(cfg));
+            }
             for s in shards {
                 let p = abs(s);
                 let shards = omnipack_quant::resolve_shards(&p).map_err(|e| BuildError::Input {
@@ -571,7 +574,7 @@ fn bundle_for<'p>(plan: &'p Plan, component: &str, tier: Option<&str>) -> Option
 fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Result<Value, String> {
     let c = ctx.component(component)?;
     match &c.source {
-        ResolvedSource::Safetensors { shards, prefix } => {
+        ResolvedSource::Safetensors { shards, prefix, .. } => {
             let mut tensors = Vec::new();
             let mut material = Vec::new();
             for s in shards {
@@ -923,6 +926,42 @@ fn quantize(
     out_of(&e)
 }
 
+/// The JSON object of the component's `source.config`, read from the bytes that were digested
+/// (a file changed since is an error, so the bundle matches the summary's `inputs[]`).
+fn source_config(
+    ctx: &Ctx,
+    c: &ResolvedComponent,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, String> {
+    let ResolvedSource::Safetensors {
+        config: Some(rel), ..
+    } = &c.source
+    else {
+        return Ok(None);
+    };
+    let abs = ctx.abs(rel);
+    let (sha, _) = ctx.digest(&abs)?;
+    let bytes = fs::read(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+    if crate::hash::sha256_bytes(&bytes) != sha {
+        return Err(format!(
+            "{}: changed during the build (run it again)",
+            abs.display()
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(format!(
+            "{}: `source.config` of component `{}` is not a JSON object",
+            abs.display(),
+            c.name
+        )),
+        Err(e) => Err(format!(
+            "{}: `source.config` of component `{}` is not valid JSON: {e}",
+            abs.display(),
+            c.name
+        )),
+    }
+}
+
 fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Value, String> {
     let b = ctx
         .plan
@@ -940,9 +979,10 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
                 sha256: w.sha256.clone(),
             });
             sources.insert("weights.safetensors".into(), (w.file.clone(), true));
+            let base = source_config(ctx, c)?;
             entries.push(Entry::bytes(
                 "config.json",
-                config_json(c, b.format, b.group_size),
+                config_json(c, b.format, b.group_size, base.as_ref()),
             ));
             (w.data_bytes, w.parameters)
         }

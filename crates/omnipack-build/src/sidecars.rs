@@ -37,8 +37,21 @@ pub fn sort_keys(v: &Value) -> Value {
 
 /// `config.json` of a native variant: the architecture in the names mlx-lm reads, and for
 /// MLX affine formats `"quantization": {"group_size", "bits", "mode": "affine"}`.
-pub fn config_json(c: &ResolvedComponent, format: Format, group_size: Option<u32>) -> Vec<u8> {
-    let mut m = Map::new();
+///
+/// With `base` (the component's `source.config`), the result is that object with these keys
+/// overlaid, and an affine `quantization` is also written as `quantization_config` (as mlx-lm's
+/// own conversion does); keys are sorted either way. A quantization key of `base` that does not describe
+/// the bundle's weights (for example the checkpoint's own `quantization_config`) is dropped.
+pub fn config_json(
+    c: &ResolvedComponent,
+    format: Format,
+    group_size: Option<u32>,
+    base: Option<&Map<String, Value>>,
+) -> Vec<u8> {
+    let mut m = base.cloned().unwrap_or_default();
+    for k in ["quantization", "quantization_config", "torch_dtype"] {
+        m.remove(k);
+    }
     m.insert("omnipack_component".into(), json!(c.name));
     m.insert("omnipack_role".into(), json!(role_str(c.role)));
     if let Some(a) = c.architecture {
@@ -52,10 +65,11 @@ pub fn config_json(c: &ResolvedComponent, format: Format, group_size: Option<u32
         m.insert("max_position_embeddings".into(), json!(t));
     }
     if let (Some(bits), Some(g)) = (format.affine_bits(), group_size) {
-        m.insert(
-            "quantization".into(),
-            json!({"group_size": g, "bits": bits, "mode": "affine"}),
-        );
+        let q = json!({"group_size": g, "bits": bits, "mode": "affine"});
+        if base.is_some() {
+            m.insert("quantization_config".into(), q.clone());
+        }
+        m.insert("quantization".into(), q);
     }
     if format == Format::Nf4 {
         m.insert(

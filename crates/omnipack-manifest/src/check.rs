@@ -966,6 +966,30 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                     ),
                 );
             }
+            if let Some(cfg) = src.get("config") {
+                let cp = at(&[key("source"), key("config")]);
+                if !src.contains_key("safetensors") {
+                    out.push(
+                        ctx.at_key(
+                            &cp,
+                            e,
+                            format!("component `{cname}`: `config` only applies to `safetensors`"),
+                        )
+                        .with_label("no safetensors to describe")
+                        .with_help(
+                            "remove `config`, or take the weights from a safetensors checkpoint",
+                        ),
+                    );
+                } else if let Some(rel) = cfg.as_str()
+                    && let Some((msg, help)) = check_config_json(ctx.dir, rel)
+                {
+                    out.push(
+                        ctx.at(&cp, e, format!("component `{cname}`: {msg}"))
+                            .with_label("here")
+                            .with_help(help),
+                    );
+                }
+            }
             for (j, shard) in as_list(src.get("safetensors")) {
                 let Some(rel) = shard.as_str() else { continue };
                 let mut sp = at(&[key("source"), key("safetensors")]);
@@ -1389,6 +1413,67 @@ fn parent_rel(rel: &str) -> String {
         None => ".".to_string(),
     }
 }
+
+/// Checks that a `source.config` file exists and holds one JSON object.
+fn check_config_json(dir: &Path, rel: &str) -> Option<(String, String)> {
+    let shown = display_path(dir, rel);
+    let full = dir.join(rel);
+    let help = "give a Hugging Face style config.json: one JSON object such as `{\"model_type\": \"llama\", ...}`";
+    let meta = match std::fs::metadata(&full) {
+        Ok(m) => m,
+        Err(_) => {
+            return Some((
+                format!("config file `{shown}` does not exist"),
+                missing_help(dir, rel),
+            ));
+        }
+    };
+    if !meta.is_file() {
+        return Some((format!("`{shown}` is not a file"), help.into()));
+    }
+    if meta.len() > MAX_CONFIG_JSON_BYTES {
+        return Some((
+            format!(
+                "config file `{shown}` is {} bytes, more than the {MAX_CONFIG_JSON_BYTES} a config.json may have",
+                meta.len()
+            ),
+            help.into(),
+        ));
+    }
+    let text = match std::fs::read(&full) {
+        Ok(t) => t,
+        Err(err) => {
+            return Some((
+                format!("cannot read `{shown}`: {err}"),
+                "check the file's permissions".into(),
+            ));
+        }
+    };
+    match serde_json::from_slice::<Value>(&text) {
+        Ok(Value::Object(_)) => None,
+        Ok(other) => {
+            let kind = match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                Value::Array(_) => "an array",
+                Value::Object(_) => "an object",
+            };
+            Some((
+                format!("config file `{shown}` holds {kind}, not a JSON object"),
+                help.into(),
+            ))
+        }
+        Err(err) => Some((
+            format!("config file `{shown}` is not valid JSON: {err}"),
+            help.into(),
+        )),
+    }
+}
+
+/// Largest `source.config` file accepted (a config.json is a few KiB).
+pub const MAX_CONFIG_JSON_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Checks cheaply that a shard exists and looks like safetensors: an 8-byte little-endian
 /// header length that fits the file, then `{`.

@@ -560,6 +560,9 @@ fn rebase_paths(tree: &mut Node, prefixes: &[String]) {
                 _ => rebase(st),
             }
         }
+        if let Some(cfg) = tree_get_mut(source, "config") {
+            rebase(cfg);
+        }
         if let Some(NodeValue::Seq(items)) = tree_get_mut(source, "files").map(|n| &mut n.value) {
             items.iter_mut().for_each(rebase);
         }

@@ -369,6 +369,12 @@ pub struct Source {
     /// Select the tensors whose names start with this prefix, and strip it (for example `text.`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// A Hugging Face style `config.json` (a JSON object), relative to the manifest; only with
+    /// `safetensors`. The bundle's `config.json` is this object with omnipack's keys
+    /// (`quantization`, `omnipack_*`, ...) overlaid, so that MLX runtimes (mlx-lm, MLX Swift)
+    /// can instantiate the model from the bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
     /// An external exporter (coremltools, MLC compile, ...) run without a shell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<CommandSource>,

@@ -71,6 +71,9 @@ pub enum ResolvedSource {
     Safetensors {
         shards: Vec<String>,
         prefix: String,
+        /// `source.config`: a Hugging Face style `config.json` the bundle's config starts from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<String>,
     },
     Command {
         run: Vec<String>,
@@ -218,6 +221,7 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
         ResolvedSource::Safetensors {
             shards: st.to_vec(),
             prefix: c.source.prefix.clone().unwrap_or_default(),
+            config: c.source.config.clone(),
         }
     } else if let Some(cmd) = &c.source.command {
         ResolvedSource::Command {

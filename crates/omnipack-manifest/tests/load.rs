@@ -73,7 +73,7 @@ fn extends_across_folders_rebases_paths_and_locates_errors_in_the_base() {
         "the child's value wins"
     );
     match &m.resolved.components[0].source {
-        ResolvedSource::Safetensors { shards, prefix } => {
+        ResolvedSource::Safetensors { shards, prefix, .. } => {
             assert_eq!(shards, &["../../shared/weights/m.safetensors"]);
             assert_eq!(prefix, "text.");
             assert!(m.dir.join(&shards[0]).is_file());

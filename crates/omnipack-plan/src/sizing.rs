@@ -172,7 +172,7 @@ impl ComponentSizer {
     /// Sizes component `c`, reading only safetensors headers and file metadata.
     pub fn new(c: &ResolvedComponent, dir: &Path) -> Result<ComponentSizer, SizingError> {
         match &c.source {
-            ResolvedSource::Safetensors { shards, prefix } => {
+            ResolvedSource::Safetensors { shards, prefix, .. } => {
                 let tensors = select_tensors(dir, shards, prefix)?;
                 let parameters = tensors
                     .iter()
