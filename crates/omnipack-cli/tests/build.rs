@@ -765,3 +765,93 @@ fn verify_rejects_an_edited_summary() {
     let o = omnipack(&["verify", s(&out)]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+#[test]
+fn source_config_is_the_base_of_the_bundle_config_json() {
+    let d = tempfile::tempdir().unwrap();
+    fs::copy(
+        root().join("examples/omnicoder-tiny/model.safetensors"),
+        d.path().join("model.safetensors"),
+    )
+    .unwrap();
+    fs::create_dir_all(d.path().join("hf")).unwrap();
+    // A checkpoint config with its own (bitsandbytes) quantization_config and a torch_dtype:
+    // both describe the source, not the bundle, so they are replaced.
+    fs::write(
+        d.path().join("hf/config.json"),
+        r#"{"model_type": "llama", "intermediate_size": 384, "num_attention_heads": 4,
+            "rms_norm_eps": 1e-5, "hidden_size": 1, "torch_dtype": "bfloat16",
+            "quantization_config": {"quant_method": "bitsandbytes"}}"#,
+    )
+    .unwrap();
+    let m = r#"omnipack: 1
+package: { name: t, version: 1.0.0, bundle_id: com.example.t }
+runtime_overhead: 100MiB
+tiers:
+  - { name: small, device_memory: 4GiB, memory_limit: 2GiB }
+components:
+  - name: text
+    role: text_decode_step
+    source: { safetensors: model.safetensors, prefix: text., config: hf/config.json }
+    architecture: { layers: 4, kv_heads: 4, kv_head_dim: 32, hidden_size: 128, vocab_size: 512 }
+    max_seq_len: 256
+    quantization: { format: int4, group_size: 32, keep: ["*norm*"] }
+  - name: image
+    role: image_decoder
+    source: { safetensors: model.safetensors, prefix: image. }
+    quantization: { format: f16 }
+"#;
+    fs::write(d.path().join("m.yaml"), m).unwrap();
+    let man = d.path().join("m.yaml");
+    let out = d.path().join("out");
+    let o = omnipack(&["build", s(&man), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let read = |id: &str| -> (Vec<u8>, serde_json::Value) {
+        let b = fs::read(out.join(format!("asset-packs/{id}/{id}/config.json"))).unwrap();
+        let v = serde_json::from_slice(&b).unwrap();
+        (b, v)
+    };
+    let (bytes, c) = read("text-int4-g32");
+    let q = serde_json::json!({"group_size": 32, "bits": 4, "mode": "affine"});
+    assert_eq!(c["model_type"], "llama");
+    assert_eq!(c["intermediate_size"], 384);
+    assert_eq!(c["num_attention_heads"], 4);
+    assert_eq!(c["rms_norm_eps"], 1e-5);
+    assert_eq!(c["hidden_size"], 128, "the manifest's architecture wins");
+    assert_eq!(c["num_hidden_layers"], 4);
+    assert_eq!(c["quantization"], q);
+    assert_eq!(c["quantization_config"], q);
+    assert!(c.get("torch_dtype").is_none(), "{c}");
+    assert_eq!(c["omnipack_component"], "text");
+    // Keys sorted, canonical bytes.
+    let keys: Vec<&String> = c.as_object().unwrap().keys().collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert!(bytes.ends_with(b"}\n"));
+    // A component without `config` keeps omnipack's own config.json.
+    let (_, img) = read("image-f16");
+    assert!(img.get("model_type").is_none(), "{img}");
+    assert_eq!(img["torch_dtype"], "float16");
+    // The config is an input: listed in the summary and part of the cache key.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("mobile_packager_summary.json")).unwrap())
+            .unwrap();
+    let inputs: Vec<&str> = summary["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(inputs, ["hf/config.json", "m.yaml", "model.safetensors"]);
+    fs::write(
+        d.path().join("hf/config.json"),
+        r#"{"model_type": "qwen2"}"#,
+    )
+    .unwrap();
+    let o = omnipack(&["build", s(&man), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ran    package:text"), "{}", text(&o));
+    assert_eq!(read("text-int4-g32").1["model_type"], "qwen2");
+    assert!(omnipack(&["verify", s(&out)]).status.success());
+}

@@ -31,6 +31,22 @@ fn text(bytes: &[u8]) -> String {
 /// (fixture, file the error is in, line, column, manifest path, text the help must contain)
 const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
     (
+        "config-missing",
+        "config-missing.yaml",
+        15,
+        15,
+        "components[0].source.config",
+        "did you mean `text-config.json`?",
+    ),
+    (
+        "config-not-object",
+        "config-not-object.yaml",
+        15,
+        15,
+        "components[0].source.config",
+        "one JSON object",
+    ),
+    (
         "decimal-integer",
         "decimal-integer.yaml",
         14,
