@@ -292,6 +292,61 @@ mod tests {
         assert_eq!(e["downloadPolicy"].as_object().unwrap().len(), 1);
     }
 
+    fn component(config: Option<&str>) -> ResolvedComponent {
+        let m: omnipack_manifest::Manifest = serde_json::from_value(json!({
+            "omnipack": 1,
+            "components": [{
+                "name": "text", "role": "text_decode_step",
+                "source": {"safetensors": "m.safetensors", "prefix": "text.", "config": config},
+                "architecture": {"layers": 2, "kv_heads": 2, "kv_head_dim": 16,
+                                 "hidden_size": 64, "vocab_size": 100},
+                "max_seq_len": 128
+            }]
+        }))
+        .unwrap();
+        omnipack_manifest::resolve(&m).components.remove(0)
+    }
+
+    #[test]
+    fn config_json_overlays_the_source_config() {
+        let base: Map<String, Value> = serde_json::from_value(json!({
+            "model_type": "llama", "num_attention_heads": 2, "hidden_size": 1,
+            "torch_dtype": "bfloat16", "quantization_config": {"quant_method": "fp8"}
+        }))
+        .unwrap();
+        let c = component(Some("hf.json"));
+        let parse = |b: Vec<u8>| -> Value { serde_json::from_slice(&b).unwrap() };
+        let q = json!({"group_size": 32, "bits": 4, "mode": "affine"});
+        let v = parse(config_json(&c, Format::Int4, Some(32), Some(&base)));
+        assert_eq!(v["model_type"], "llama");
+        assert_eq!(v["num_attention_heads"], 2);
+        assert_eq!(v["hidden_size"], 64);
+        assert_eq!(v["max_position_embeddings"], 128);
+        assert_eq!(v["quantization"], q);
+        assert_eq!(v["quantization_config"], q);
+        assert!(v.get("torch_dtype").is_none());
+        let v = parse(config_json(&c, Format::Nf4, Some(64), Some(&base)));
+        assert_eq!(v["quantization_config"]["quant_method"], "bitsandbytes");
+        assert_eq!(v["quantization_config"]["bnb_4bit_blocksize"], 64);
+        assert!(v.get("quantization").is_none());
+        let v = parse(config_json(&c, Format::F16, None, Some(&base)));
+        assert_eq!(v["torch_dtype"], "float16");
+        assert!(v.get("quantization_config").is_none() && v.get("quantization").is_none());
+        // Deterministic: the same inputs give the same bytes, whatever the base's key order.
+        let mut rev = Map::new();
+        for (k, x) in base.iter().rev() {
+            rev.insert(k.clone(), x.clone());
+        }
+        assert_eq!(
+            config_json(&c, Format::Int8, Some(64), Some(&base)),
+            config_json(&c, Format::Int8, Some(64), Some(&rev))
+        );
+        // Without a base: omnipack's own keys only (no `quantization_config`, as before).
+        let v = parse(config_json(&component(None), Format::Int4, Some(32), None));
+        assert_eq!(v["quantization"], q);
+        assert!(v.get("quantization_config").is_none() && v.get("model_type").is_none());
+    }
+
     #[test]
     fn canonical_sorts_keys() {
         let v = json!({"b": 1, "a": {"d": 2, "c": [ {"z": 1, "y": 2} ]}});
