@@ -667,9 +667,9 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
             inputs,
             outputs,
             timeout_secs,
+            workdir,
         } => {
             let b = bundle_for(ctx.plan, component, tier);
-            let tier_cap = tier.and_then(|t| ctx.plan.tiers.iter().find(|x| x.entry.name == t));
             let max_seq = match (
                 c.max_seq_len,
                 tier.and_then(|t| ctx.loaded.resolved.tiers.iter().find(|x| x.name == t))
@@ -678,7 +678,6 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let _ = tier_cap;
             let mut values: BTreeMap<&str, String> = BTreeMap::new();
             values.insert("tier", tier.unwrap_or("").to_string());
             values.insert("component", component.to_string());
@@ -721,7 +720,7 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
             }
             let key = key_of(
                 "export",
-                &json!({"argv": keyed_argv, "inputs": input_digests, "outputs": outputs, "component": component}),
+                &json!({"argv": keyed_argv, "workdir": workdir, "inputs": input_digests, "outputs": outputs, "component": component}),
             );
             let entry = match ctx.lookup("export", &key) {
                 Some(e) => {
@@ -740,7 +739,7 @@ fn export(ctx: &Ctx, stage: &Stage, component: &str, tier: Option<&str>) -> Resu
                         .join(format!("{}.log", stage.id.replace([':', '/'], "_")));
                     let r = run_exporter(
                         &argv,
-                        &manifest_dir(ctx.loaded),
+                        &manifest_dir(ctx.loaded).join(workdir),
                         &work,
                         outputs,
                         Duration::from_secs(*timeout_secs),

@@ -855,3 +855,54 @@ components:
     assert_eq!(read("text-int4-g32").1["model_type"], "qwen2");
     assert!(omnipack(&["verify", s(&out)]).status.success());
 }
+
+#[test]
+fn an_exporter_written_in_a_base_runs_in_the_base_folder() {
+    // The base, in its own folder, runs `scripts/make.sh` relative to itself; a release
+    // manifest in another folder extends it. The exporter must find its script.
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("shared/scripts")).unwrap();
+    fs::create_dir_all(d.path().join("apps/ios")).unwrap();
+    fs::write(
+        d.path().join("shared/scripts/make.sh"),
+        "printf 'made in %s\\n' \"$(basename \"$PWD\")\" > \"$1/made.txt\"\n",
+    )
+    .unwrap();
+    fs::write(
+        d.path().join("shared/base.yaml"),
+        r#"omnipack: 1
+package: { name: t, version: 1.0.0, bundle_id: com.example.t }
+components:
+  - name: made
+    role: data
+    source:
+      command:
+        run: [sh, scripts/make.sh, "{out}"]
+        inputs: [scripts/make.sh]
+        outputs: [made.txt]
+        timeout: 5s
+    size: 1KiB
+"#,
+    )
+    .unwrap();
+    fs::write(
+        d.path().join("apps/ios/release.yaml"),
+        r#"omnipack: 1
+extends: ../../shared/base.yaml
+runtime_overhead: 100MiB
+tiers:
+  - { name: small, device_memory: 4GiB, memory_limit: 2GiB }
+"#,
+    )
+    .unwrap();
+    let man = d.path().join("apps/ios/release.yaml");
+    let out = d.path().join("out");
+    let o = omnipack(&["build", s(&man), "--out", s(&out)]);
+    assert!(o.status.success(), "{}", text(&o));
+    let made = tree(&out)
+        .into_iter()
+        .find(|(k, _)| k.ends_with("/made.txt"))
+        .map(|(_, v)| v)
+        .expect("made.txt is in the asset pack");
+    assert_eq!(made, b"made in shared\n");
+}

@@ -166,7 +166,8 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
             return Err(Diagnostics(diags));
         }
     };
-    let resolved = resolve(&manifest);
+    let mut resolved = resolve(&manifest);
+    set_command_workdirs(&mut resolved, &tree, &loader.prefixes);
     Ok(LoadedManifest {
         path: path.to_path_buf(),
         dir,
@@ -571,6 +572,33 @@ fn rebase_paths(tree: &mut Node, prefixes: &[String]) {
         {
             items.iter_mut().for_each(rebase);
         }
+    }
+}
+
+/// An exporter runs in the folder of the manifest file that writes its `run`: a base in another
+/// folder keeps its relative program paths.
+fn set_command_workdirs(resolved: &mut crate::ResolvedManifest, tree: &Node, prefixes: &[String]) {
+    let Some(NodeValue::Seq(components)) = tree_get(tree, "components").map(|n| &n.value) else {
+        return;
+    };
+    for (comp, node) in resolved.components.iter_mut().zip(components) {
+        let run_file = tree_get(node, "source")
+            .and_then(|s| tree_get(s, "command"))
+            .and_then(|c| tree_get(c, "run"))
+            .map(|r| r.file);
+        if let (crate::ResolvedSource::Command { workdir, .. }, Some(file)) =
+            (&mut comp.source, run_file)
+        {
+            let prefix = prefixes.get(file).map(String::as_str).unwrap_or("");
+            *workdir = normalize(prefix.trim_end_matches('/'));
+        }
+    }
+}
+
+fn tree_get<'a>(n: &'a Node, key: &str) -> Option<&'a Node> {
+    match &n.value {
+        NodeValue::Map(m) => m.iter().find(|e| e.key == key).map(|e| &e.value),
+        _ => None,
     }
 }
 

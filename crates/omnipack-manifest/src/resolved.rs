@@ -80,6 +80,10 @@ pub enum ResolvedSource {
         inputs: Vec<String>,
         outputs: Vec<String>,
         timeout_secs: u64,
+        /// Folder the exporter runs in, relative to the top manifest's folder: the folder of
+        /// the manifest file that writes `run` (empty: the top manifest's own folder), so that
+        /// relative paths in `run` mean what they meant where they were written.
+        workdir: String,
     },
     Files {
         files: Vec<String>,
@@ -232,6 +236,7 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
                 .timeout
                 .map(|d| d.seconds())
                 .unwrap_or(DEFAULT_EXPORTER_TIMEOUT_SECS),
+            workdir: String::new(),
         }
     } else {
         ResolvedSource::Files {
