@@ -159,52 +159,45 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
         to_canonical_pretty(&io_json),
     ));
     let g = c.kv_cache.group_size;
-    match c.kv_cache.format {
-        KvFormat::F16 => {}
-        KvFormat::U8 => {
-            let kvq = json!({
-                "format": "u8",
-                "group_size": g,
-                "axis": "kv_head_dim",
-                "axis_index": -1,
-                "groups_per_row": a.kv_head_dim / g.max(1),
-                "scale_dtype": "float16",
-                "zero_point_dtype": "float16",
-                "code_dtype": "uint8",
-                "packing": "one code per byte, row-major [batch, kv_heads, tokens, kv_head_dim]",
-                "dequantize": "x = code * scale + zero_point",
-                "quantize": "scale = max((max - min) / 255, 1e-7); zero_point = min; code = clamp(rint((x - zero_point) / scale), 0, 255)",
-                "rounding": "nearest_even",
-                "bytes_per_group": g + 4,
-            });
-            out.push((
-                format!("{}.kvq.json", c.artifact),
-                to_canonical_pretty(&kvq),
-            ));
+    // The fields of the quantized format; the layout fields every format shares are added below.
+    let format_fields = match c.kv_cache.format {
+        KvFormat::F16 => None,
+        KvFormat::U8 => Some(json!({
+            "format": "u8",
+            "scale_dtype": "float16",
+            "zero_point_dtype": "float16",
+            "code_dtype": "uint8",
+            "packing": "one code per byte, row-major [batch, kv_heads, tokens, kv_head_dim]",
+            "dequantize": "x = code * scale + zero_point",
+            "quantize": "scale = max((max - min) / 255, 1e-7); zero_point = min; code = clamp(rint((x - zero_point) / scale), 0, 255)",
+            "rounding": "nearest_even",
+            "bytes_per_group": g + 4,
+        })),
+        KvFormat::Nf4 => Some(json!({
+            "format": "nf4",
+            "scale_dtype": "float16",
+            "scale": "absmax",
+            "zero_point_dtype": null,
+            "code_dtype": "uint4",
+            "packing": "two codes per byte, first element in the high nibble",
+            "quant_map": NF4_TABLE,
+            "dequantize": "x = quant_map[code] * absmax",
+            "quantize": "code = number of midpoints between sorted quant_map values that are < clamp(x / absmax, -1, 1)",
+            "rounding": "nearest",
+            "bytes_per_group": g / 2 + 2,
+        })),
+    };
+    if let Some(mut kvq) = format_fields {
+        if let Value::Object(m) = &mut kvq {
+            m.insert("group_size".into(), json!(g));
+            m.insert("axis".into(), json!("kv_head_dim"));
+            m.insert("axis_index".into(), json!(-1));
+            m.insert("groups_per_row".into(), json!(a.kv_head_dim / g.max(1)));
         }
-        KvFormat::Nf4 => {
-            let kvq = json!({
-                "format": "nf4",
-                "group_size": g,
-                "axis": "kv_head_dim",
-                "axis_index": -1,
-                "groups_per_row": a.kv_head_dim / g.max(1),
-                "scale_dtype": "float16",
-                "scale": "absmax",
-                "zero_point_dtype": null,
-                "code_dtype": "uint4",
-                "packing": "two codes per byte, first element in the high nibble",
-                "quant_map": NF4_TABLE,
-                "dequantize": "x = quant_map[code] * absmax",
-                "quantize": "code = number of midpoints between sorted quant_map values that are < clamp(x / absmax, -1, 1)",
-                "rounding": "nearest",
-                "bytes_per_group": g / 2 + 2,
-            });
-            out.push((
-                format!("{}.kvq.json", c.artifact),
-                to_canonical_pretty(&kvq),
-            ));
-        }
+        out.push((
+            format!("{}.kvq.json", c.artifact),
+            to_canonical_pretty(&kvq),
+        ));
     }
     if let Some(p) = c.kv_cache.paging {
         let paging = json!({
