@@ -13,6 +13,41 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Duration};
 
+/// Gives a unit-only enum `ALL` (every value, in declaration order), `as_str` (its name in
+/// manifests, plans and summaries, identical to its serde name) and `Display`. The one home of
+/// these names: other crates call `as_str` instead of spelling them.
+macro_rules! named_enum {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name written in manifests, plans and summaries.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+named_enum!(Role { TextDecodeStep => "text_decode_step", ImageDecoder => "image_decoder", VideoDecoder => "video_decoder", Data => "data" });
+named_enum!(Runtime { Mlx => "mlx", Coreml => "coreml", Mlc => "mlc", LlamaCpp => "llama_cpp", Custom => "custom" });
+named_enum!(ComputeUnits { CpuOnly => "cpu_only", CpuAndGpu => "cpu_and_gpu", CpuAndNe => "cpu_and_ne", All => "all" });
+named_enum!(Delivery { Essential => "essential", Prefetch => "prefetch", OnDemand => "on_demand" });
+named_enum!(Residency { Always => "always", Lazy => "lazy" });
+named_enum!(Format { F32 => "f32", F16 => "f16", Bf16 => "bf16", Int2 => "int2", Int3 => "int3", Int4 => "int4", Int6 => "int6", Int8 => "int8", Nf4 => "nf4" });
+named_enum!(FloatDtype { F32 => "f32", F16 => "f16", Bf16 => "bf16" });
+named_enum!(KvFormat { F16 => "f16", U8 => "u8", Nf4 => "nf4" });
+named_enum!(IoDtype { F32 => "f32", F16 => "f16" });
+
 /// An omnipack bundle manifest: the components of an on-device model, how each is quantized
 /// and delivered, and the device memory tiers it must fit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -219,34 +254,6 @@ pub enum Format {
 }
 
 impl Format {
-    /// Every format, in declaration order.
-    pub const ALL: [Format; 9] = [
-        Format::F32,
-        Format::F16,
-        Format::Bf16,
-        Format::Int2,
-        Format::Int3,
-        Format::Int4,
-        Format::Int6,
-        Format::Int8,
-        Format::Nf4,
-    ];
-
-    /// The name used in manifests and bundle ids.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::F32 => "f32",
-            Format::F16 => "f16",
-            Format::Bf16 => "bf16",
-            Format::Int2 => "int2",
-            Format::Int3 => "int3",
-            Format::Int4 => "int4",
-            Format::Int6 => "int6",
-            Format::Int8 => "int8",
-            Format::Nf4 => "nf4",
-        }
-    }
-
     /// Bits per code for MLX affine formats, `None` otherwise.
     pub fn affine_bits(self) -> Option<u32> {
         match self {
@@ -262,12 +269,6 @@ impl Format {
     /// True for formats that use a group size (affine and NF4).
     pub fn is_grouped(self) -> bool {
         self.affine_bits().is_some() || self == Format::Nf4
-    }
-}
-
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -565,4 +566,40 @@ pub struct Paging {
     /// Pages kept resident.
     #[schemars(range(min = 1))]
     pub resident_pages: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serde_name<T: Serialize>(v: T) -> String {
+        serde_json::to_value(v)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn enum_names_equal_serde_names() {
+        macro_rules! check {
+            ($($ty:ident),+) => {$(
+                for v in $ty::ALL {
+                    assert_eq!(v.as_str(), serde_name(*v), "{}", stringify!($ty));
+                    assert_eq!(v.to_string(), v.as_str());
+                }
+            )+};
+        }
+        check!(
+            Role,
+            Runtime,
+            ComputeUnits,
+            Delivery,
+            Residency,
+            Format,
+            FloatDtype,
+            KvFormat,
+            IoDtype
+        );
+    }
 }

@@ -1047,7 +1047,8 @@ fn suggestions(
             continue;
         }
         let allowed: Vec<Format> = Format::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|f| match c.runtime {
                 Runtime::Mlx => *f != Format::Nf4,
                 Runtime::Custom => true,

@@ -27,7 +27,7 @@ fn planned_weights_bytes_equal_quantizer_output() {
         let sizer = ComponentSizer::native(tensors, keep.clone(), None);
         let mut inputs = SelectedTensor::with_prefix(&file, prefix);
         inputs.sort_by(|a, b| a.output_name.cmp(&b.output_name));
-        for format in Format::ALL {
+        for &format in Format::ALL {
             let groups: Vec<u32> = if format.is_grouped() {
                 GroupSize::ALLOWED.to_vec()
             } else {
