@@ -4,51 +4,18 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use serde_json::Value;
 
-use crate::diagnostic::{Diagnostic, Severity, SourceFile};
-use crate::load::{is_absolute, located, normalize};
-use crate::node::{self, Node, Segment};
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::did_you_mean::{nearest, nearest_in_folder};
+use crate::locate::Locator;
+use crate::node::{self, Segment};
+use crate::rel_path::{self, is_absolute, normalize, shown};
 use crate::schema::SCHEMA;
 use crate::units::{DURATION_SYNTAX, SIZE_SYNTAX, parse_duration, parse_size};
-
-/// What the checks need: the files (for locations), the merged tree and the top folder.
-pub(crate) struct Ctx<'a> {
-    pub sources: &'a [Arc<SourceFile>],
-    pub tree: &'a Node,
-    pub dir: &'a Path,
-}
-
-impl Ctx<'_> {
-    fn at(&self, path: &[Segment], severity: Severity, message: impl Into<String>) -> Diagnostic {
-        located(
-            self.sources,
-            self.tree,
-            path,
-            false,
-            severity,
-            message.into(),
-        )
-    }
-    fn at_key(
-        &self,
-        path: &[Segment],
-        severity: Severity,
-        message: impl Into<String>,
-    ) -> Diagnostic {
-        located(
-            self.sources,
-            self.tree,
-            path,
-            true,
-            severity,
-            message.into(),
-        )
-    }
-}
 
 static VALIDATOR: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::new(|| {
     jsonschema::options()
@@ -58,7 +25,7 @@ static VALIDATOR: LazyLock<Result<jsonschema::Validator, String>> = LazyLock::ne
 });
 
 /// Checks `json` against the manifest schema.
-pub(crate) fn schema_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnostic> {
+pub(crate) fn schema_diagnostics(locator: &Locator<'_>, json: &Value) -> Vec<Diagnostic> {
     let validator = match &*VALIDATOR {
         Ok(v) => v,
         Err(e) => {
@@ -70,10 +37,10 @@ pub(crate) fn schema_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnostic>
     };
     let errors: Vec<jsonschema::ValidationError<'_>> = validator.iter_errors(json).collect();
     let mut out = Vec::new();
-    map_errors(ctx, errors.iter(), &mut out);
+    map_errors(locator, errors.iter(), &mut out);
     let mut reported = std::collections::HashSet::new();
     error_paths(errors.iter(), &mut reported);
-    unrepresentable_values(ctx, json, &mut String::new(), &reported, &mut out);
+    unrepresentable_values(locator, json, &mut String::new(), &reported, &mut out);
     out
 }
 
@@ -114,7 +81,7 @@ pub(crate) fn without_null_entries(v: &Value) -> Value {
 /// expected (JSON Schema counts both as integers), and size or duration strings that match
 /// the unit syntax but overflow. Values the schema already reported are skipped.
 fn unrepresentable_values(
-    ctx: &Ctx<'_>,
+    locator: &Locator<'_>,
     v: &Value,
     pointer: &mut String,
     reported: &std::collections::HashSet<String>,
@@ -126,7 +93,7 @@ fn unrepresentable_values(
                 let len = pointer.len();
                 pointer.push('/');
                 pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                unrepresentable_values(ctx, item, pointer, reported, out);
+                unrepresentable_values(locator, item, pointer, reported, out);
                 pointer.truncate(len);
             }
             return;
@@ -135,7 +102,7 @@ fn unrepresentable_values(
             for (i, item) in a.iter().enumerate() {
                 let len = pointer.len();
                 pointer.push_str(&format!("/{i}"));
-                unrepresentable_values(ctx, item, pointer, reported, out);
+                unrepresentable_values(locator, item, pointer, reported, out);
                 pointer.truncate(len);
             }
             return;
@@ -145,7 +112,7 @@ fn unrepresentable_values(
     if reported.contains(pointer.as_str()) {
         return;
     }
-    let path = node::pointer_segments(ctx.tree, pointer);
+    let path = node::pointer_segments(locator.tree, pointer);
     let (schema, ref_name) = subschema(&path);
     let what = last_key(&path).unwrap_or("value");
     match v {
@@ -166,42 +133,45 @@ fn unrepresentable_values(
             if !integer_only || (ref_name == Some("ByteSize") && in_range) {
                 return;
             }
-            let written = source_text(ctx, &path).unwrap_or_else(|| n.to_string());
+            let written = locator.source_text(&path).unwrap_or_else(|| n.to_string());
             let d = if in_range || f < 0.0 && f >= i64::MIN as f64 {
-                ctx.at(
-                    &path,
-                    Severity::Error,
-                    format!("`{what}` must be a whole number, not `{written}`"),
-                )
-                .with_label("not a whole number")
-                .with_help(format!(
-                    "write it without a decimal point or exponent, such as `{what}: {}`",
-                    f as i128
-                ))
+                locator
+                    .at(
+                        &path,
+                        Severity::Error,
+                        format!("`{what}` must be a whole number, not `{written}`"),
+                    )
+                    .with_label("not a whole number")
+                    .with_help(format!(
+                        "write it without a decimal point or exponent, such as `{what}: {}`",
+                        f as i128
+                    ))
             } else {
-                ctx.at(
-                    &path,
-                    Severity::Error,
-                    format!("`{what}`: `{written}` is too large"),
-                )
-                .with_label("too large")
-                .with_help(format!("the largest value is {}", u64::MAX))
+                locator
+                    .at(
+                        &path,
+                        Severity::Error,
+                        format!("`{what}`: `{written}` is too large"),
+                    )
+                    .with_label("too large")
+                    .with_help(format!("the largest value is {}", u64::MAX))
             };
             out.push(d.with_path(node::format_path(&path)));
         }
         Value::String(s) => {
             if ref_name == Some("ByteSize") && parse_size(s).is_err() {
-                out.push(size_error(ctx, &path, what, v).with_path(node::format_path(&path)));
+                out.push(size_error(locator, &path, what, v).with_path(node::format_path(&path)));
             } else if ref_name == Some("Duration") && parse_duration(s).is_err() {
                 out.push(
-                    ctx.at(
-                        &path,
-                        Severity::Error,
-                        format!("`{what}`: `{s}` is too long a duration"),
-                    )
-                    .with_label("too long")
-                    .with_help(DURATION_SYNTAX)
-                    .with_path(node::format_path(&path)),
+                    locator
+                        .at(
+                            &path,
+                            Severity::Error,
+                            format!("`{what}`: `{s}` is too long a duration"),
+                        )
+                        .with_label("too long")
+                        .with_help(DURATION_SYNTAX)
+                        .with_path(node::format_path(&path)),
                 );
             }
         }
@@ -212,7 +182,7 @@ fn unrepresentable_values(
 /// Maps errors, skipping an `anyOf`/`oneOf` failure when a plainer error (such as "not one of
 /// the valid values") was reported for the same value.
 fn map_errors<'e, 'v: 'e>(
-    ctx: &Ctx<'_>,
+    locator: &Locator<'_>,
     errors: impl Iterator<Item = &'e jsonschema::ValidationError<'v>> + Clone,
     out: &mut Vec<Diagnostic>,
 ) {
@@ -244,7 +214,7 @@ fn map_errors<'e, 'v: 'e>(
         {
             continue;
         }
-        map_error(ctx, err, out);
+        map_error(locator, err, out);
     }
 }
 
@@ -327,52 +297,6 @@ fn valid_keys(schema: Option<&Value>) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Edit distance counting a swap of two neighbours as one edit, for "did you mean".
-fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
-    for (i, row) in d.iter_mut().enumerate() {
-        row[0] = i;
-    }
-    for (j, cell) in d[0].iter_mut().enumerate() {
-        *cell = j;
-    }
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1)
-                .min(d[i][j - 1] + 1)
-                .min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
-/// The closest candidate, if close enough to be a likely typo.
-pub(crate) fn nearest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
-    let word_l = word.to_lowercase();
-    let mut scored: Vec<(usize, &'a str)> = candidates
-        .into_iter()
-        .map(|c| (distance(&word_l, &c.to_lowercase()), c))
-        .filter(|(d, c)| *d <= (c.chars().count().max(word.chars().count()) / 3).max(1))
-        .collect();
-    scored.sort_by_key(|(d, _)| *d);
-    match scored.as_slice() {
-        // A tie (`int5`: `int4` or `int6`?) is no useful suggestion.
-        [(d0, _), (d1, _), ..] if d0 == d1 => None,
-        [(_, c), ..] => Some(c),
-        [] => None,
-    }
-}
-
 fn backticked(items: &[String]) -> String {
     items
         .iter()
@@ -402,8 +326,12 @@ fn describe(schema: Option<&Value>) -> Option<String> {
         .map(str::to_string)
 }
 
-fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec<Diagnostic>) {
-    let path = node::pointer_segments(ctx.tree, err.instance_path().as_str());
+fn map_error(
+    locator: &Locator<'_>,
+    err: &jsonschema::ValidationError<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let path = node::pointer_segments(locator.tree, err.instance_path().as_str());
     let shown = node::format_path(&path);
     let instance: &Value = err.instance();
     let (schema, ref_name) = subschema(&path);
@@ -417,7 +345,7 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 | ValidationErrorKind::Type { .. }
         )
     {
-        out.push(size_error(ctx, &path, what, instance));
+        out.push(size_error(locator, &path, what, instance));
         return;
     }
     if ref_name == Some("Duration")
@@ -429,13 +357,14 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
         )
     {
         out.push(
-            ctx.at(
-                &path,
-                e,
-                format!("`{what}`: `{}` is not a duration", show(instance)),
-            )
-            .with_label("not a duration")
-            .with_help(DURATION_SYNTAX),
+            locator
+                .at(
+                    &path,
+                    e,
+                    format!("`{what}`: `{}` is not a duration", show(instance)),
+                )
+                .with_label("not a duration")
+                .with_help(DURATION_SYNTAX),
         );
         return;
     }
@@ -445,7 +374,7 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             for key in unexpected {
                 let mut key_path = path.clone();
                 key_path.push(Segment::Key(key.clone()));
-                let mut d = ctx
+                let mut d = locator
                     .at_key(&key_path, e, format!("unknown key `{key}`"))
                     .with_label("unknown key");
                 let list = format!("valid keys here: {}", backticked(&keys));
@@ -478,13 +407,14 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 format!("`{shown}`")
             };
             out.push(
-                ctx.at(
-                    &path,
-                    e,
-                    format!("missing required key `{prop}` in {where_}"),
-                )
-                .with_label(format!("`{prop}` missing here"))
-                .with_help(help),
+                locator
+                    .at(
+                        &path,
+                        e,
+                        format!("missing required key `{prop}` in {where_}"),
+                    )
+                    .with_label(format!("`{prop}` missing here"))
+                    .with_help(help),
             );
         }
         ValidationErrorKind::Enum { options } => {
@@ -492,11 +422,11 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 .as_array()
                 .map(|a| a.iter().map(show).collect())
                 .unwrap_or_default();
-            out.push(enum_error(ctx, &path, what, instance, &values));
+            out.push(enum_error(locator, &path, what, instance, &values));
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             if ref_name == Some("ByteSize") {
-                out.push(size_error(ctx, &path, what, instance));
+                out.push(size_error(locator, &path, what, instance));
                 return;
             }
             // A documented enum: `oneOf` of `const`s.
@@ -513,7 +443,7 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 })
                 .collect();
             if let Some(values) = consts.filter(|v| !v.is_empty()) {
-                out.push(enum_error(ctx, &path, what, instance, &values));
+                out.push(enum_error(locator, &path, what, instance, &values));
                 return;
             }
             // Pick the alternative that matches the value's shape and report its errors.
@@ -546,15 +476,16 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                     })
                 });
             match best {
-                Some(branch) => map_errors(ctx, branch.iter(), out),
+                Some(branch) => map_errors(locator, branch.iter(), out),
                 None => out.push(
-                    ctx.at(
-                        &path,
-                        e,
-                        format!("`{what}` cannot be {}", kind_of(instance)),
-                    )
-                    .with_label("wrong kind of value")
-                    .with_help_opt(describe(schema)),
+                    locator
+                        .at(
+                            &path,
+                            e,
+                            format!("`{what}` cannot be {}", kind_of(instance)),
+                        )
+                        .with_label("wrong kind of value")
+                        .with_help_opt(describe(schema)),
                 ),
             }
         }
@@ -569,7 +500,7 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                     .collect::<Vec<_>>()
                     .join(" or "),
             };
-            let mut d = ctx
+            let mut d = locator
                 .at(
                     &path,
                     e,
@@ -581,7 +512,7 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
             } else if expected == "a string"
                 && matches!(instance, Value::Number(_) | Value::Bool(_))
             {
-                let written = source_text(ctx, &path).unwrap_or_else(|| show(instance));
+                let written = locator.source_text(&path).unwrap_or_else(|| show(instance));
                 d = d.with_help(format!("quote it: `{what}: \"{written}\"`"));
             } else if let Some(desc) = describe(schema) {
                 d = d.with_help(format!("`{what}`: {desc}"));
@@ -598,7 +529,8 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 format!("`{what}` must be at least {limit}, not {}", show(instance))
             };
             out.push(
-                ctx.at(&path, e, msg)
+                locator
+                    .at(&path, e, msg)
                     .with_label("too small")
                     .with_help(format!("use a whole number of at least {limit}")),
             );
@@ -606,12 +538,13 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
         ValidationErrorKind::Maximum { limit }
         | ValidationErrorKind::ExclusiveMaximum { limit } => {
             out.push(
-                ctx.at(
-                    &path,
-                    e,
-                    format!("`{what}` must be at most {limit}, not {}", show(instance)),
-                )
-                .with_label("too large"),
+                locator
+                    .at(
+                        &path,
+                        e,
+                        format!("`{what}` must be at most {limit}, not {}", show(instance)),
+                    )
+                    .with_label("too large"),
             );
         }
         ValidationErrorKind::MinItems { limit } => {
@@ -621,7 +554,8 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 format!("`{what}` needs at least {limit} items")
             };
             out.push(
-                ctx.at(&path, e, msg)
+                locator
+                    .at(&path, e, msg)
                     .with_label("empty list")
                     .with_help_opt(if ref_name.is_some_and(|r| r.starts_with("OneOrMany")) {
                         Some(format!(
@@ -652,24 +586,27 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
                 ),
             };
             out.push(
-                ctx.at(&path, e, msg)
+                locator
+                    .at(&path, e, msg)
                     .with_label("not allowed here")
                     .with_help(help),
             );
         }
         ValidationErrorKind::Constant { expected_value } => {
             out.push(
-                ctx.at(
-                    &path,
-                    e,
-                    format!("`{what}` must be `{}`", show(expected_value)),
-                )
-                .with_label("unexpected value"),
+                locator
+                    .at(
+                        &path,
+                        e,
+                        format!("`{what}` must be `{}`", show(expected_value)),
+                    )
+                    .with_label("unexpected value"),
             );
         }
         _ => {
             out.push(
-                ctx.at(&path, e, format!("`{shown}`: {err}"))
+                locator
+                    .at(&path, e, format!("`{shown}`: {err}"))
                     .with_help_opt(describe(schema)),
             );
         }
@@ -677,7 +614,7 @@ fn map_error(ctx: &Ctx<'_>, err: &jsonschema::ValidationError<'_>, out: &mut Vec
 }
 
 fn enum_error(
-    ctx: &Ctx<'_>,
+    locator: &Locator<'_>,
     path: &[Segment],
     what: &str,
     instance: &Value,
@@ -685,7 +622,7 @@ fn enum_error(
 ) -> Diagnostic {
     let got = show(instance);
     if what == "omnipack" {
-        return ctx
+        return locator
             .at(
                 path,
                 Severity::Error,
@@ -698,23 +635,14 @@ fn enum_error(
     if let Some(n) = nearest(&got, values.iter().map(String::as_str)) {
         help = format!("did you mean `{n}`? {help}");
     }
-    ctx.at(
-        path,
-        Severity::Error,
-        format!("`{got}` is not a valid `{what}`"),
-    )
-    .with_label("not one of the valid values")
-    .with_help(help)
-}
-
-/// The text of the value at `path` as written in its file.
-fn source_text(ctx: &Ctx<'_>, path: &[Segment]) -> Option<String> {
-    let found = node::find(ctx.tree, path);
-    let src = ctx.sources.get(found.node.file)?;
-    found
-        .exact
-        .then(|| src.text.get(found.node.span.clone()).map(str::to_string))
-        .flatten()
+    locator
+        .at(
+            path,
+            Severity::Error,
+            format!("`{got}` is not a valid `{what}`"),
+        )
+        .with_label("not one of the valid values")
+        .with_help(help)
 }
 
 fn article(t: &str) -> String {
@@ -739,7 +667,7 @@ fn kind_of(v: &Value) -> String {
     }
 }
 
-fn size_error(ctx: &Ctx<'_>, path: &[Segment], what: &str, instance: &Value) -> Diagnostic {
+fn size_error(locator: &Locator<'_>, path: &[Segment], what: &str, instance: &Value) -> Diagnostic {
     let got = show(instance);
     let reason = match instance {
         Value::String(s) => parse_size(s).err().map(|e| e.0),
@@ -754,7 +682,8 @@ fn size_error(ctx: &Ctx<'_>, path: &[Segment], what: &str, instance: &Value) -> 
         Some(r) => format!("`{what}`: {r}"),
         None => format!("`{what}`: `{got}` is not a size"),
     };
-    ctx.at(path, Severity::Error, message)
+    locator
+        .at(path, Severity::Error, message)
         .with_label("not a size")
         .with_help(SIZE_SYNTAX)
 }
@@ -784,8 +713,13 @@ fn size_of(v: Option<&Value>) -> Option<u64> {
 
 const INT_FORMATS: [&str; 5] = ["int2", "int3", "int4", "int6", "int8"];
 
-/// Every semantic rule of DESIGN section 3.
-pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnostic> {
+/// Every semantic rule (docs/manifest.md, "Rules beyond the schema"); paths in `json` are
+/// relative to `dir`.
+pub(crate) fn semantic_diagnostics(
+    locator: &Locator<'_>,
+    dir: &Path,
+    json: &Value,
+) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     let e = Severity::Error;
     let w = Severity::Warning;
@@ -804,7 +738,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
 
     if !tiers.is_empty() && !comps.is_empty() && json.get("package").is_none() {
         out.push(
-            ctx.at_key(
+            locator.at_key(
                 &[key("package")],
                 e,
                 "missing `package`: a manifest with tiers and components needs a package identity",
@@ -823,19 +757,19 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         for (i, item) in list.iter().enumerate() {
             let Some(name) = name_of(item) else { continue };
             if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
-                let first_loc = ctx
-                    .at(&[key(section), Segment::Index(*first), key("name")], e, "")
-                    .location();
+                let first_loc =
+                    locator.location(&[key(section), Segment::Index(*first), key("name")]);
                 out.push(
-                    ctx.at(
-                        &[key(section), Segment::Index(i), key("name")],
-                        e,
-                        format!("duplicate {what} name `{name}`"),
-                    )
-                    .with_label("used twice")
-                    .with_help(format!(
-                        "{what} names must be unique; the first `{name}` is at {first_loc}"
-                    )),
+                    locator
+                        .at(
+                            &[key(section), Segment::Index(i), key("name")],
+                            e,
+                            format!("duplicate {what} name `{name}`"),
+                        )
+                        .with_label("used twice")
+                        .with_help(format!(
+                            "{what} names must be unique; the first `{name}` is at {first_loc}"
+                        )),
                 );
             } else {
                 seen.push((name, i));
@@ -850,14 +784,15 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         if let Some(Value::Array(list)) = t.get("components") {
             if list.is_empty() {
                 out.push(
-                    ctx.at(
-                        &[&base[..], &[key("components")]].concat(),
-                        w,
-                        format!("tier `{tname}` ships no components"),
-                    )
-                    .with_help(
-                        "list the components it ships, or remove `components` to ship them all",
-                    ),
+                    locator
+                        .at(
+                            &[&base[..], &[key("components")]].concat(),
+                            w,
+                            format!("tier `{tname}` ships no components"),
+                        )
+                        .with_help(
+                            "list the components it ships, or remove `components` to ship them all",
+                        ),
                 );
             }
             for (j, c) in list.iter().enumerate() {
@@ -868,13 +803,14 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                         help = format!("did you mean `{n}`? {help}");
                     }
                     out.push(
-                        ctx.at(
-                            &[&base[..], &[key("components"), Segment::Index(j)]].concat(),
-                            e,
-                            format!("tier `{tname}` names unknown component `{c}`"),
-                        )
-                        .with_label("no such component")
-                        .with_help(help),
+                        locator
+                            .at(
+                                &[&base[..], &[key("components"), Segment::Index(j)]].concat(),
+                                e,
+                                format!("tier `{tname}` names unknown component `{c}`"),
+                            )
+                            .with_label("no such component")
+                            .with_help(help),
                     );
                 }
             }
@@ -886,23 +822,24 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
             && l > d
         {
             out.push(
-                ctx.at(
-                    &[&base[..], &[key("memory_limit")]].concat(),
-                    e,
-                    format!("tier `{tname}`: `memory_limit` is larger than `device_memory`"),
-                )
-                .with_label("more than the device has")
-                .with_help(format!(
-                    "iOS lets an app use only part of the device's memory: use at most {}",
-                    crate::units::format_bytes(d)
-                )),
+                locator
+                    .at(
+                        &[&base[..], &[key("memory_limit")]].concat(),
+                        e,
+                        format!("tier `{tname}`: `memory_limit` is larger than `device_memory`"),
+                    )
+                    .with_label("more than the device has")
+                    .with_help(format!(
+                        "iOS lets an app use only part of the device's memory: use at most {}",
+                        crate::units::format_bytes(d)
+                    )),
             );
         }
         if let (Some(h), Some(l)) = (headroom, limit)
             && h >= l
         {
             out.push(
-                ctx.at(
+                locator.at(
                     &[&base[..], &[key("min_headroom")]].concat(),
                     e,
                     format!("tier `{tname}`: `min_headroom` leaves no memory for the app"),
@@ -935,42 +872,44 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 .collect();
             if kinds.is_empty() {
                 out.push(
-                    ctx.at(&at(&[key("source")]), e, format!("component `{cname}`: `source` needs one of `safetensors`, `command` or `files`"))
+                    locator.at(&at(&[key("source")]), e, format!("component `{cname}`: `source` needs one of `safetensors`, `command` or `files`"))
                         .with_label("no source given")
                         .with_help("for example `source: { safetensors: model.safetensors, prefix: text. }`"),
                 );
             } else if kinds.len() > 1 {
                 out.push(
-                    ctx.at_key(
-                        &at(&[key("source"), key(kinds[1])]),
-                        e,
-                        format!(
-                            "component `{cname}`: `source` has both `{}` and `{}`",
-                            kinds[0], kinds[1]
-                        ),
-                    )
-                    .with_label("second source")
-                    .with_help("give exactly one of `safetensors`, `command` or `files`"),
+                    locator
+                        .at_key(
+                            &at(&[key("source"), key(kinds[1])]),
+                            e,
+                            format!(
+                                "component `{cname}`: `source` has both `{}` and `{}`",
+                                kinds[0], kinds[1]
+                            ),
+                        )
+                        .with_label("second source")
+                        .with_help("give exactly one of `safetensors`, `command` or `files`"),
                 );
             }
             if src.contains_key("prefix") && !src.contains_key("safetensors") {
                 out.push(
-                    ctx.at_key(
-                        &at(&[key("source"), key("prefix")]),
-                        e,
-                        format!("component `{cname}`: `prefix` only applies to `safetensors`"),
-                    )
-                    .with_label("no safetensors to select from")
-                    .with_help(
-                        "remove `prefix`, or take the weights from a safetensors checkpoint",
-                    ),
+                    locator
+                        .at_key(
+                            &at(&[key("source"), key("prefix")]),
+                            e,
+                            format!("component `{cname}`: `prefix` only applies to `safetensors`"),
+                        )
+                        .with_label("no safetensors to select from")
+                        .with_help(
+                            "remove `prefix`, or take the weights from a safetensors checkpoint",
+                        ),
                 );
             }
             if let Some(cfg) = src.get("config") {
                 let cp = at(&[key("source"), key("config")]);
                 if !src.contains_key("safetensors") {
                     out.push(
-                        ctx.at_key(
+                        locator.at_key(
                             &cp,
                             e,
                             format!("component `{cname}`: `config` only applies to `safetensors`"),
@@ -981,9 +920,10 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                         ),
                     );
                 } else if let Some(rel) = cfg.as_str() {
-                    match check_config_json(ctx.dir, rel) {
+                    match check_config_json(dir, rel) {
                         Err((msg, help)) => out.push(
-                            ctx.at(&cp, e, format!("component `{cname}`: {msg}"))
+                            locator
+                                .at(&cp, e, format!("component `{cname}`: {msg}"))
                                 .with_label("here")
                                 .with_help(help),
                         ),
@@ -999,12 +939,12 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                                 };
                                 if want != got {
                                     out.push(
-                                        ctx.at(
+                                        locator.at(
                                             &at(&[key("architecture"), key(ak)]),
                                             e,
                                             format!(
                                                 "component `{cname}`: `architecture.{ak}` is {want} but `{ck}` in `{}` is {got}",
-                                                display_path(ctx.dir, rel)
+                                                shown(dir, rel)
                                             ),
                                         )
                                         .with_label("disagrees with the config")
@@ -1024,9 +964,10 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 if let Some(j) = j {
                     sp.push(Segment::Index(j));
                 }
-                if let Some((msg, help)) = check_safetensors(ctx.dir, rel) {
+                if let Some((msg, help)) = check_safetensors(dir, rel) {
                     out.push(
-                        ctx.at(&sp, e, format!("component `{cname}`: {msg}"))
+                        locator
+                            .at(&sp, e, format!("component `{cname}`: {msg}"))
                             .with_label("here")
                             .with_help(help),
                     );
@@ -1036,20 +977,18 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 let mut names: Vec<(String, usize)> = Vec::new();
                 for (j, f) in files.iter().enumerate() {
                     let Some(rel) = f.as_str() else { continue };
-                    let full = ctx.dir.join(rel);
-                    let shown = display_path(ctx.dir, rel);
+                    let full = dir.join(rel);
+                    let shown = shown(dir, rel);
                     // Files are packaged flat, under their own names.
                     let base = rel.rsplit(['/', '\\']).next().unwrap_or(rel).to_string();
                     if let Some((_, first)) = names.iter().find(|(n, _)| *n == base) {
-                        let first_loc = ctx
-                            .at(
-                                &at(&[key("source"), key("files"), Segment::Index(*first)]),
-                                e,
-                                "",
-                            )
-                            .location();
+                        let first_loc = locator.location(&at(&[
+                            key("source"),
+                            key("files"),
+                            Segment::Index(*first),
+                        ]));
                         out.push(
-                            ctx.at(
+                            locator.at(
                                 &at(&[key("source"), key("files"), Segment::Index(j)]),
                                 e,
                                 format!("component `{cname}`: two files named `{base}`"),
@@ -1065,22 +1004,24 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                     match std::fs::metadata(&full) {
                         Ok(m) if m.is_file() => {}
                         Ok(_) => out.push(
-                            ctx.at(
-                                &sp,
-                                e,
-                                format!("component `{cname}`: `{shown}` is not a file"),
-                            )
-                            .with_label("not a file")
-                            .with_help("list the files to ship one by one"),
+                            locator
+                                .at(
+                                    &sp,
+                                    e,
+                                    format!("component `{cname}`: `{shown}` is not a file"),
+                                )
+                                .with_label("not a file")
+                                .with_help("list the files to ship one by one"),
                         ),
                         Err(_) => out.push(
-                            ctx.at(
-                                &sp,
-                                e,
-                                format!("component `{cname}`: `{shown}` does not exist"),
-                            )
-                            .with_label("file not found")
-                            .with_help("paths are relative to the manifest that names them"),
+                            locator
+                                .at(
+                                    &sp,
+                                    e,
+                                    format!("component `{cname}`: `{shown}` does not exist"),
+                                )
+                                .with_label("file not found")
+                                .with_help("paths are relative to the manifest that names them"),
                         ),
                     }
                 }
@@ -1093,7 +1034,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                             at(&[key("source"), key("command"), key("run"), Segment::Index(j)]);
                         if j == 0 && arg.trim().is_empty() {
                             out.push(
-                                ctx.at(&sp, e, format!("component `{cname}`: the exporter command is empty"))
+                                locator.at(&sp, e, format!("component `{cname}`: the exporter command is empty"))
                                     .with_label("no program")
                                     .with_help("the first item of `run` is the program, for example `python3` or `sh`"),
                             );
@@ -1117,7 +1058,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                                 None => format!("placeholders: {list}"),
                             };
                             out.push(
-                                ctx.at(&sp, e, format!("component `{cname}`: unknown placeholder `{{{name}}}` in the exporter command"))
+                                locator.at(&sp, e, format!("component `{cname}`: unknown placeholder `{{{name}}}` in the exporter command"))
                                     .with_label("unknown placeholder")
                                     .with_help(help),
                             );
@@ -1127,12 +1068,12 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                 if let Some(Value::Array(inputs)) = cmd.get("inputs") {
                     for (j, f) in inputs.iter().enumerate() {
                         let Some(rel) = f.as_str() else { continue };
-                        if std::fs::metadata(ctx.dir.join(rel)).is_err() {
+                        if std::fs::metadata(dir.join(rel)).is_err() {
                             out.push(
-                                ctx.at(
+                                locator.at(
                                     &at(&[key("source"), key("command"), key("inputs"), Segment::Index(j)]),
                                     e,
-                                    format!("component `{cname}`: exporter input `{}` does not exist", display_path(ctx.dir, rel)),
+                                    format!("component `{cname}`: exporter input `{}` does not exist", shown(dir, rel)),
                                 )
                                 .with_label("not found")
                                 .with_help("inputs are hashed into the cache key, so they must exist; paths are relative to the manifest that names them"),
@@ -1145,7 +1086,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                         let Some(o) = o.as_str() else { continue };
                         if let Some(problem) = output_problem(o) {
                             out.push(
-                                ctx.at(
+                                locator.at(
                                     &at(&[key("source"), key("command"), key("outputs"), Segment::Index(j)]),
                                     e,
                                     format!("component `{cname}`: exporter output `{o}` {problem}"),
@@ -1162,7 +1103,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         // Architecture and KV cache.
         if role == "text_decode_step" && arch.is_none() {
             out.push(
-                ctx.at(&at(&[key("role")]), e, format!("component `{cname}`: a `text_decode_step` needs `architecture`"))
+                locator.at(&at(&[key("role")]), e, format!("component `{cname}`: a `text_decode_step` needs `architecture`"))
                     .with_label("needs architecture")
                     .with_help("add `architecture: { layers: .., kv_heads: .., kv_head_dim: .., hidden_size: .., vocab_size: .. }`: the memory model sizes the KV cache and activations from it"),
             );
@@ -1171,13 +1112,14 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
             for k in ["kv_cache", "architecture"] {
                 if c.get(k).is_some() {
                     out.push(
-                        ctx.at_key(
-                            &at(&[key(k)]),
-                            w,
-                            format!("component `{cname}`: `{k}` is ignored for role `{role}`"),
-                        )
-                        .with_label("ignored")
-                        .with_help("only a `text_decode_step` has a KV cache"),
+                        locator
+                            .at_key(
+                                &at(&[key(k)]),
+                                w,
+                                format!("component `{cname}`: `{k}` is ignored for role `{role}`"),
+                            )
+                            .with_label("ignored")
+                            .with_help("only a `text_decode_step` has a KV cache"),
                     );
                 }
             }
@@ -1203,14 +1145,14 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                         .map(|d| d.to_string())
                         .collect();
                     out.push(
-                        ctx.at(&at(&[key("kv_cache"), key("group_size")]), e, format!("component `{cname}`: `kv_cache.group_size` {g} does not divide `kv_head_dim` {head_dim}"))
+                        locator.at(&at(&[key("kv_cache"), key("group_size")]), e, format!("component `{cname}`: `kv_cache.group_size` {g} does not divide `kv_head_dim` {head_dim}"))
                             .with_label("does not divide kv_head_dim")
                             .with_help(format!("groups run along kv_head_dim: use a divisor of {head_dim}, such as {}", divisors.join(", "))),
                     );
                 }
                 None if quantized && head_dim % head_dim.min(32) != 0 => {
                     out.push(
-                        ctx.at(&at(&[key("kv_cache")]), e, format!("component `{cname}`: the default KV group size 32 does not divide `kv_head_dim` {head_dim}"))
+                        locator.at(&at(&[key("kv_cache")]), e, format!("component `{cname}`: the default KV group size 32 does not divide `kv_head_dim` {head_dim}"))
                             .with_help("set `kv_cache.group_size` to a divisor of kv_head_dim"),
                     );
                 }
@@ -1218,18 +1160,21 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
             }
             if kv_format == "nf4" && kv_group.unwrap_or(head_dim.min(32)) % 2 == 1 {
                 out.push(
-                    ctx.at(
-                        &at(&[key("kv_cache"), key("group_size")]),
-                        e,
-                        format!("component `{cname}`: an nf4 KV cache needs an even group size"),
-                    )
-                    .with_help("nf4 packs two codes per byte"),
+                    locator
+                        .at(
+                            &at(&[key("kv_cache"), key("group_size")]),
+                            e,
+                            format!(
+                                "component `{cname}`: an nf4 KV cache needs an even group size"
+                            ),
+                        )
+                        .with_help("nf4 packs two codes per byte"),
                 );
             }
         }
         if runtime == "mlc" && (kv_format == "u8" || kv_format == "nf4") {
             out.push(
-                ctx.at(&at(&[key("kv_cache"), key("format")]), e, format!("component `{cname}`: runtime `mlc` keeps an f16 paged KV cache; it cannot use `{kv_format}`"))
+                locator.at(&at(&[key("kv_cache"), key("format")]), e, format!("component `{cname}`: runtime `mlc` keeps an f16 paged KV cache; it cannot use `{kv_format}`"))
                     .with_label("not supported by mlc")
                     .with_help("use `kv_cache.format: f16` (or remove it) with runtime `mlc`"),
             );
@@ -1248,7 +1193,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                     .all(|t| t.get("max_seq_len").is_some());
             if !bounded {
                 out.push(
-                    ctx.at(&at(&[key("role")]), e, format!("component `{cname}`: the KV cache has no length limit"))
+                    locator.at(&at(&[key("role")]), e, format!("component `{cname}`: the KV cache has no length limit"))
                         .with_label("unbounded context")
                         .with_help("set the component's `max_seq_len`, `kv_cache.paging`, or `max_seq_len` on every tier that ships it"),
                 );
@@ -1258,7 +1203,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
         // compute_units only for coreml.
         if c.get("compute_units").is_some() && known_runtime && runtime != "coreml" {
             out.push(
-                ctx.at_key(&at(&[key("compute_units")]), e, format!("component `{cname}`: `compute_units` only applies to runtime `coreml` (this is `{runtime}`)"))
+                locator.at_key(&at(&[key("compute_units")]), e, format!("component `{cname}`: `compute_units` only applies to runtime `coreml` (this is `{runtime}`)"))
                     .with_label("only for coreml")
                     .with_help("remove `compute_units`, or set `runtime: coreml`"),
             );
@@ -1277,16 +1222,14 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                     // A base shared by manifests with different tiers may carry overrides
                     // for tiers this manifest does not have: only overrides written in the
                     // top file must name one of its tiers.
-                    let in_top_file = node::find(ctx.tree, &op)
-                        .entry
-                        .is_some_and(|e| e.key_file == 0);
+                    let in_top_file = locator.written_in_top_file(&op);
                     if !tiers.is_empty() && in_top_file && !tier_names.iter().any(|n| n == tier) {
                         let mut help = format!("tiers: {}", backticked(&tier_names));
                         if let Some(n) = nearest(tier, tier_names.iter().map(String::as_str)) {
                             help = format!("did you mean `{n}`? {help}");
                         }
                         out.push(
-                            ctx.at_key(&op, e, format!("component `{cname}`: quantization override for unknown tier `{tier}`"))
+                            locator.at_key(&op, e, format!("component `{cname}`: quantization override for unknown tier `{tier}`"))
                                 .with_label("no such tier")
                                 .with_help(help),
                         );
@@ -1306,12 +1249,13 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                     }
                     if seen.contains(&f) {
                         out.push(
-                            ctx.at(
-                                &sp,
-                                w,
-                                format!("component `{cname}`: format `{f}` is listed twice"),
-                            )
-                            .with_label("repeated"),
+                            locator
+                                .at(
+                                    &sp,
+                                    w,
+                                    format!("component `{cname}`: format `{f}` is listed twice"),
+                                )
+                                .with_label("repeated"),
                         );
                     }
                     seen.push(f);
@@ -1331,7 +1275,7 @@ pub(crate) fn semantic_diagnostics(ctx: &Ctx<'_>, json: &Value) -> Vec<Diagnosti
                             "`mlx` or `custom`"
                         };
                         out.push(
-                            ctx.at(&sp, e, format!("component `{cname}`: format `{f}` needs runtime {allowed}, not `{runtime}`"))
+                            locator.at(&sp, e, format!("component `{cname}`: format `{f}` needs runtime {allowed}, not `{runtime}`"))
                                 .with_label(format!("not loadable by {runtime}"))
                                 .with_help(format!(
                                     "{} is a native layout only {allowed} load; with runtime `{runtime}` use `f32`, `f16` or `bf16` (its exporter does its own compression){}",
@@ -1396,49 +1340,21 @@ fn output_problem(o: &str) -> Option<&'static str> {
     None
 }
 
-fn display_path(dir: &Path, rel: &str) -> String {
-    if is_absolute(rel) {
-        return rel.to_string();
-    }
-    let d = dir.to_string_lossy();
-    let joined = if d.is_empty() {
-        rel.to_string()
-    } else {
-        format!("{d}/{rel}")
-    };
-    let n = normalize(&joined);
-    if n.is_empty() { ".".into() } else { n }
-}
-
 /// Advice for a path that does not exist: a similar name in the same folder, if any.
 fn missing_help(dir: &Path, rel: &str) -> String {
     let full = dir.join(rel);
     let general = "paths are relative to the manifest that names them";
-    let (Some(parent), Some(name)) = (full.parent(), full.file_name().and_then(|n| n.to_str()))
+    let (Some(folder), Some(name)) = (full.parent(), full.file_name().and_then(|n| n.to_str()))
     else {
         return general.to_string();
     };
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return format!(
+    match nearest_in_folder(folder, name, |_| true) {
+        Ok(Some(n)) => format!("did you mean `{n}`? {general}"),
+        Ok(None) => general.to_string(),
+        Err(_) => format!(
             "{general}; the folder `{}` does not exist",
-            display_path(dir, &parent_rel(rel))
-        );
-    };
-    let names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .take(10_000)
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .collect();
-    match nearest(name, names.iter().map(String::as_str)) {
-        Some(n) => format!("did you mean `{n}`? {general}"),
-        None => general.to_string(),
-    }
-}
-
-fn parent_rel(rel: &str) -> String {
-    match rel.rfind('/') {
-        Some(i) => rel[..i].to_string(),
-        None => ".".to_string(),
+            shown(dir, &rel_path::parent(rel))
+        ),
     }
 }
 
@@ -1456,7 +1372,7 @@ fn check_config_json(
     dir: &Path,
     rel: &str,
 ) -> Result<serde_json::Map<String, Value>, (String, String)> {
-    let shown = display_path(dir, rel);
+    let shown = shown(dir, rel);
     let full = dir.join(rel);
     let help = "give a Hugging Face style config.json: one JSON object such as `{\"model_type\": \"llama\", ...}`";
     let meta = match std::fs::metadata(&full) {
@@ -1518,7 +1434,7 @@ pub const MAX_CONFIG_JSON_BYTES: u64 = 16 * 1024 * 1024;
 /// Checks cheaply that a shard exists and looks like safetensors: an 8-byte little-endian
 /// header length that fits the file, then `{`.
 fn check_safetensors(dir: &Path, rel: &str) -> Option<(String, String)> {
-    let shown = display_path(dir, rel);
+    let shown = shown(dir, rel);
     let full = dir.join(rel);
     let meta = match std::fs::metadata(&full) {
         Ok(m) => m,
@@ -1583,14 +1499,6 @@ fn check_safetensors(dir: &Path, rel: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nearest_key() {
-        let keys = ["quantization", "kv_cache", "name", "role"];
-        assert_eq!(nearest("qunatization", keys), Some("quantization"));
-        assert_eq!(nearest("nmae", keys), Some("name"));
-        assert_eq!(nearest("zzzzzz", keys), None);
-    }
 
     #[test]
     fn finds_placeholders() {

@@ -4,12 +4,26 @@
 //! Entry point: [`load`] returns a [`LoadedManifest`] or every problem found as
 //! [`Diagnostics`]. Other crates report located problems with
 //! [`LoadedManifest::diagnostic_at`] and print them with [`render`].
+//!
+//! Modules, each using only those listed before it (no two import each other):
+//!
+//! 1. leaves: [`units`] (sizes, durations), [`diagnostic`] (located problems and their
+//!    rendering), `did_you_mean` (nearest names), `rel_path` (manifest-relative paths);
+//! 2. [`node`]: the YAML tree with file and byte span on every key and value;
+//! 3. [`model`]: the manifest as written; [`resolved`]: every default, in one place;
+//!    [`schema`]: the JSON schema generated from the model;
+//! 4. `locate`: manifest paths and the diagnostics located at them;
+//! 5. `check`: the schema check and the semantic rules;
+//! 6. [`load`]: reading, `extends`, validation and defaults.
 
 mod check;
 pub mod diagnostic;
+mod did_you_mean;
 pub mod load;
+mod locate;
 pub mod model;
 pub mod node;
+mod rel_path;
 pub mod resolved;
 pub mod schema;
 pub mod units;

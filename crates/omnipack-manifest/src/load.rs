@@ -8,10 +8,15 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::check;
 use crate::diagnostic::{Diagnostic, Diagnostics, Severity, SourceFile};
+use crate::did_you_mean::nearest_in_folder;
+use crate::locate::Locator;
 use crate::model::Manifest;
-use crate::node::{self, Entry, Node, NodeValue, Segment};
-use crate::resolved::{ResolvedManifest, resolve};
+use crate::node::{self, Entry, Node, NodeValue};
+use crate::rel_path::{self, is_absolute, join, normalize};
+use crate::resolved::{ResolvedManifest, ResolvedSource, resolve};
+use crate::units::format_bytes;
 
 /// Longest `extends` chain.
 pub const MAX_EXTENDS_DEPTH: usize = 16;
@@ -59,16 +64,14 @@ impl LoadedManifest {
         help: Option<String>,
     ) -> Diagnostic {
         let segments = node::parse_path(path).unwrap_or_default();
-        located(
-            &self.sources,
-            &self.tree,
-            &segments,
-            false,
-            severity,
-            message.into(),
-        )
-        .with_path(path)
-        .with_help_opt(help)
+        let locator = Locator {
+            sources: &self.sources,
+            tree: &self.tree,
+        };
+        locator
+            .at(&segments, severity, message)
+            .with_path(path)
+            .with_help_opt(help)
     }
 
     /// The manifest path of the tier called `name`, such as `tiers[2]`.
@@ -90,27 +93,6 @@ impl LoadedManifest {
     }
 }
 
-/// A diagnostic at `path` of the merged tree.
-pub(crate) fn located(
-    sources: &[Arc<SourceFile>],
-    tree: &Node,
-    path: &[Segment],
-    at_key: bool,
-    severity: Severity,
-    message: String,
-) -> Diagnostic {
-    let found = node::find(tree, path);
-    let (file, span) = match found.entry {
-        Some(e) if at_key && found.exact => (e.key_file, e.key_span.clone()),
-        _ => node::point_span(&found),
-    };
-    let diag = match sources.get(file) {
-        Some(src) => Diagnostic::located(severity, src, span, message),
-        None => Diagnostic::new(severity, String::new(), message),
-    };
-    diag.with_path(node::format_path(path))
-}
-
 /// Loads `path`, merges its `extends` chain, validates it (schema and semantic rules) and
 /// applies defaults. On failure, returns every problem found (warnings included).
 pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
@@ -124,19 +106,18 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     let json = tree.to_json();
     let tree = Arc::new(tree);
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let ctx = crate::check::Ctx {
+    let locator = Locator {
         sources: &loader.sources,
         tree: &tree,
-        dir: &dir,
     };
     let mut diags = loader.diags;
-    let schema_diags = crate::check::schema_diagnostics(&ctx, &json);
-    diags.extend(schema_diags);
+    diags.extend(check::schema_diagnostics(&locator, &json));
     // `key:` with nothing after it is YAML null, which the schema allows for every optional
     // key: the semantic rules treat it as the key being absent, as deserialisation does.
-    diags.extend(crate::check::semantic_diagnostics(
-        &ctx,
-        &crate::check::without_null_entries(&json),
+    diags.extend(check::semantic_diagnostics(
+        &locator,
+        &dir,
+        &check::without_null_entries(&json),
     ));
     dedup(&mut diags);
     // Reading order: by file (the manifest first, then its bases), then by position.
@@ -154,14 +135,7 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     let manifest: Manifest = match serde_json::from_value(json.clone()) {
         Ok(m) => m,
         Err(e) => {
-            let d = located(
-                &loader.sources,
-                &tree,
-                &[],
-                false,
-                Severity::Error,
-                format!("invalid manifest: {e}"),
-            );
+            let d = locator.at(&[], Severity::Error, format!("invalid manifest: {e}"));
             diags.push(d);
             return Err(Diagnostics(diags));
         }
@@ -225,7 +199,7 @@ fn dedup(diags: &mut Vec<Diagnostic>) {
 }
 
 /// Sorted keys at every level: the canonical form hashed into `manifest_sha256`.
-pub(crate) fn canonical(v: Value) -> Value {
+fn canonical(v: Value) -> Value {
     match v {
         Value::Object(m) => {
             let mut entries: Vec<(String, Value)> = m.into_iter().collect();
@@ -408,9 +382,9 @@ impl Loader {
         };
         let parent = fs_path.parent().unwrap_or(Path::new(""));
         let base_fs = parent.join(&base_rel);
-        let display_parent = parent_str(display);
+        let display_parent = rel_path::parent(display);
         let base_display = normalize(&join(&display_parent, &base_rel));
-        let base_prefix = normalize(&join(&prefix, &parent_str(&base_rel)));
+        let base_prefix = normalize(&join(&prefix, &rel_path::parent(&base_rel)));
         self.chain.push((canon, display.to_string()));
         let base = self.load_file(
             &base_fs,
@@ -434,14 +408,10 @@ fn similar_manifest(path: &Path) -> Option<String> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let names: Vec<String> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .take(10_000)
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| n.ends_with(".yaml") || n.ends_with(".yml"))
-        .collect();
-    crate::check::nearest(name, names.iter().map(String::as_str))
+    let yaml = |n: &str| n.ends_with(".yaml") || n.ends_with(".yml");
+    nearest_in_folder(dir, name, yaml)
+        .ok()
+        .flatten()
         .map(|n| format!("did you mean `{n}`?"))
 }
 
@@ -466,8 +436,8 @@ fn read_text(path: &Path, display: &str) -> Result<String, ReadError> {
         ReadError::Io(
             format!(
                 "the file is {} ({n} bytes); a manifest may be at most {}",
-                crate::units::format_bytes(n),
-                crate::units::format_bytes(limit)
+                format_bytes(n),
+                format_bytes(limit)
             ),
             Some("a manifest describes a model; it does not contain one: give weights as `source` paths".into()),
         )
@@ -577,7 +547,7 @@ fn rebase_paths(tree: &mut Node, prefixes: &[String]) {
 
 /// An exporter runs in the folder of the manifest file that writes its `run`: a base in another
 /// folder keeps its relative program paths.
-fn set_command_workdirs(resolved: &mut crate::ResolvedManifest, tree: &Node, prefixes: &[String]) {
+fn set_command_workdirs(resolved: &mut ResolvedManifest, tree: &Node, prefixes: &[String]) {
     let Some(NodeValue::Seq(components)) = tree_get(tree, "components").map(|n| &n.value) else {
         return;
     };
@@ -586,8 +556,7 @@ fn set_command_workdirs(resolved: &mut crate::ResolvedManifest, tree: &Node, pre
             .and_then(|s| tree_get(s, "command"))
             .and_then(|c| tree_get(c, "run"))
             .map(|r| r.file);
-        if let (crate::ResolvedSource::Command { workdir, .. }, Some(file)) =
-            (&mut comp.source, run_file)
+        if let (ResolvedSource::Command { workdir, .. }, Some(file)) = (&mut comp.source, run_file)
         {
             let prefix = prefixes.get(file).map(String::as_str).unwrap_or("");
             *workdir = normalize(prefix.trim_end_matches('/'));
@@ -606,73 +575,5 @@ fn tree_get_mut<'a>(n: &'a mut Node, key: &str) -> Option<&'a mut Node> {
     match &mut n.value {
         NodeValue::Map(m) => m.iter_mut().find(|e| e.key == key).map(|e| &mut e.value),
         _ => None,
-    }
-}
-
-/// True for `/x`, `\x` and `C:...` paths.
-pub(crate) fn is_absolute(p: &str) -> bool {
-    p.starts_with('/') || p.starts_with('\\') || p.as_bytes().get(1) == Some(&b':')
-}
-
-fn parent_str(p: &str) -> String {
-    match p.rfind('/') {
-        Some(0) => "/".into(),
-        Some(i) => p[..i].to_string(),
-        None => String::new(),
-    }
-}
-
-fn join(a: &str, b: &str) -> String {
-    if a.is_empty() || is_absolute(b) {
-        b.to_string()
-    } else if a.ends_with('/') {
-        format!("{a}{b}")
-    } else {
-        format!("{a}/{b}")
-    }
-}
-
-/// Lexical normalisation: drops `.` and empty parts, folds `x/..`; keeps leading `..`.
-pub(crate) fn normalize(p: &str) -> String {
-    let absolute = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => match parts.last() {
-                Some(&last) if last != ".." => {
-                    parts.pop();
-                }
-                _ if absolute => {}
-                _ => parts.push(".."),
-            },
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    if absolute {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        String::new()
-    } else {
-        joined
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn normalizes_paths() {
-        assert_eq!(normalize("a/./b/../c"), "a/c");
-        assert_eq!(normalize("../x/../../y"), "../../y");
-        assert_eq!(normalize("/a/../../b"), "/b");
-        assert_eq!(
-            normalize(&join("../../manifests", "../examples/m.safetensors")),
-            "../../examples/m.safetensors"
-        );
-        assert_eq!(parent_str("manifests/base.yaml"), "manifests");
-        assert_eq!(parent_str("base.yaml"), "");
     }
 }
