@@ -13,7 +13,7 @@
 //! 3. [`model`]: the manifest as written; [`resolved`]: every default, in one place;
 //!    [`schema`]: the JSON schema generated from the model;
 //! 4. `locate`: manifest paths and the diagnostics located at them;
-//! 5. `check`: the schema check and the semantic rules;
+//! 5. `check`: the schema check and the semantic rules, one module per part of the manifest;
 //! 6. [`load`]: reading, `extends`, validation and defaults.
 
 mod check;

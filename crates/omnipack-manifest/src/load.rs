@@ -110,15 +110,9 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
         sources: &loader.sources,
         tree: &tree,
     };
+    let validation = check::validate(&locator, &json, &dir);
     let mut diags = loader.diags;
-    diags.extend(check::schema_diagnostics(&locator, &json));
-    // `key:` with nothing after it is YAML null, which the schema allows for every optional
-    // key: the semantic rules treat it as the key being absent, as deserialisation does.
-    diags.extend(check::semantic_diagnostics(
-        &locator,
-        &dir,
-        &check::without_null_entries(&json),
-    ));
+    diags.extend(validation.diagnostics);
     dedup(&mut diags);
     // Reading order: by file (the manifest first, then its bases), then by position.
     let file_rank = |d: &Diagnostic| {
@@ -132,7 +126,7 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     if diags.iter().any(Diagnostic::is_error) {
         return Err(Diagnostics(diags));
     }
-    let manifest: Manifest = match serde_json::from_value(json.clone()) {
+    let manifest = match validation.manifest {
         Ok(m) => m,
         Err(e) => {
             let d = locator.at(&[], Severity::Error, format!("invalid manifest: {e}"));

@@ -2,10 +2,52 @@
 //! up in the merged spanned tree, and the diagnostic points at the file and byte span where that
 //! value (or, for a value that is not written, the nearest enclosing one) really is.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use crate::diagnostic::{Diagnostic, Severity, SourceFile};
 use crate::node::{self, Node, Segment};
+
+/// A path into the manifest, built step by step: `ManifestPath::root().key("tiers").index(0)`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ManifestPath(Vec<Segment>);
+
+impl ManifestPath {
+    /// The whole manifest.
+    pub(crate) fn root() -> Self {
+        ManifestPath(Vec::new())
+    }
+
+    /// This path followed by mapping key `key`.
+    pub(crate) fn key(&self, key: &str) -> Self {
+        let mut next = self.clone();
+        next.0.push(Segment::Key(key.to_string()));
+        next
+    }
+
+    /// This path followed by list index `index`.
+    pub(crate) fn index(&self, index: usize) -> Self {
+        let mut next = self.clone();
+        next.0.push(Segment::Index(index));
+        next
+    }
+
+    /// This path, followed by `index` when there is one (an item of a value that may be one
+    /// value or a list).
+    pub(crate) fn maybe_index(&self, index: Option<usize>) -> Self {
+        match index {
+            Some(i) => self.index(i),
+            None => self.clone(),
+        }
+    }
+}
+
+impl Deref for ManifestPath {
+    type Target = [Segment];
+    fn deref(&self) -> &[Segment] {
+        &self.0
+    }
+}
 
 /// Builds located diagnostics for one loaded manifest: its files and its merged tree.
 pub(crate) struct Locator<'a> {
@@ -85,6 +127,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn paths_build_step_by_step() {
+        let p = ManifestPath::root()
+            .key("components")
+            .index(0)
+            .key("quantization")
+            .key("format")
+            .maybe_index(Some(1));
+        assert_eq!(
+            node::format_path(&p),
+            "components[0].quantization.format[1]"
+        );
+        assert_eq!(p.maybe_index(None), p);
+    }
+
+    #[test]
     fn a_missing_value_points_at_its_nearest_written_parent() {
         let text = "omnipack: 1\ntiers:\n  - name: a\n".to_string();
         let src = Arc::new(SourceFile::new("m.yaml", text));
@@ -93,16 +150,13 @@ mod tests {
             sources: std::slice::from_ref(&src),
             tree: &tree,
         };
-        let path = |p: &str| node::parse_path(p).unwrap();
-        let d = locator.at(&path("tiers[0].memory_limit"), Severity::Error, "x");
+        let tier = ManifestPath::root().key("tiers").index(0);
+        let d = locator.at(&tier.key("memory_limit"), Severity::Error, "x");
         assert_eq!((d.line, d.column), (Some(3), Some(5)));
         assert_eq!(d.path, "tiers[0].memory_limit");
-        assert_eq!(locator.location(&path("tiers[0].name")), "m.yaml:3:11");
-        assert_eq!(
-            locator.source_text(&path("tiers[0].name")).as_deref(),
-            Some("a")
-        );
-        assert!(locator.written_in_top_file(&path("tiers[0].name")));
-        assert!(!locator.written_in_top_file(&path("tiers[0].memory_limit")));
+        assert_eq!(locator.location(&tier.key("name")), "m.yaml:3:11");
+        assert_eq!(locator.source_text(&tier.key("name")).as_deref(), Some("a"));
+        assert!(locator.written_in_top_file(&tier.key("name")));
+        assert!(!locator.written_in_top_file(&tier.key("memory_limit")));
     }
 }

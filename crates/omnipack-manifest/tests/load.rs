@@ -261,3 +261,51 @@ fn only_the_tiers_that_ship_a_decode_step_must_cap_its_context() {
         err.render()
     );
 }
+
+/// A component in which the schema rejects a value is checked by its name only (duplicates,
+/// references), never misread: serde alone would take the list below as a `source` mapping
+/// and report a missing safetensors file. A misspelt key does not stop the other rules.
+#[test]
+fn a_component_the_schema_rejects_is_checked_by_its_name_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.yaml");
+    std::fs::write(
+        &path,
+        "omnipack: 1\n\
+         package: { name: x, version: \"1\", bundle_id: com.x }\n\
+         tiers:\n\
+         \x20 - { name: t, device_memory: 4GiB, memory_limit: 2GiB, components: [tok, nope] }\n\
+         components:\n\
+         \x20 - { name: tok, role: data, source: [missing.safetensors] }\n\
+         \x20 - { name: tok, role: data, source: { files: [gone.json] }, colour: red }\n",
+    )
+    .unwrap();
+    let err = load(&path).unwrap_err();
+    let found = |p: &str, text: &str| err.iter().any(|d| d.path == p && d.message.contains(text));
+    assert!(
+        found("components[0].source", "must be a mapping"),
+        "{}",
+        err.render()
+    );
+    assert!(
+        found("components[1].name", "duplicate component name"),
+        "{}",
+        err.render()
+    );
+    assert!(
+        found("components[1].colour", "unknown key"),
+        "{}",
+        err.render()
+    );
+    assert!(
+        found("tiers[0].components[1]", "unknown component `nope`"),
+        "{}",
+        err.render()
+    );
+    assert!(
+        err.iter()
+            .all(|d| !d.message.contains("missing.safetensors")),
+        "{}",
+        err.render()
+    );
+}

@@ -1,0 +1,56 @@
+//! Component rules that follow from its role and runtime: a `text_decode_step` has an
+//! `architecture`, other roles ignore `kv_cache` and `architecture`, and `compute_units`
+//! belongs to Core ML.
+
+use crate::check::typed::TypedComponent;
+use crate::diagnostic::{Diagnostic, Severity};
+use crate::locate::{Locator, ManifestPath};
+use crate::model::{Role, Runtime};
+
+/// Checks `component`, the component at `at`.
+pub(crate) fn check(
+    component: &TypedComponent,
+    at: &ManifestPath,
+    locator: &Locator<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let written = &component.written;
+    let name = &written.name;
+    let role = written.role;
+    if role == Role::TextDecodeStep && written.architecture.is_none() {
+        out.push(
+            locator
+                .at(&at.key("role"), Severity::Error, format!("component `{name}`: a `{role}` needs `architecture`"))
+                .with_label("needs architecture")
+                .with_help("add `architecture: { layers: .., kv_heads: .., kv_head_dim: .., hidden_size: .., vocab_size: .. }`: the memory model sizes the KV cache and activations from it"),
+        );
+    }
+    if role != Role::TextDecodeStep {
+        let ignored = [
+            ("kv_cache", written.kv_cache.is_some()),
+            ("architecture", written.architecture.is_some()),
+        ];
+        for (key, _) in ignored.into_iter().filter(|(_, given)| *given) {
+            out.push(
+                locator
+                    .at_key(
+                        &at.key(key),
+                        Severity::Warning,
+                        format!("component `{name}`: `{key}` is ignored for role `{role}`"),
+                    )
+                    .with_label("ignored")
+                    .with_help(format!("only a `{}` has a KV cache", Role::TextDecodeStep)),
+            );
+        }
+    }
+    let runtime = component.resolved.runtime;
+    if written.compute_units.is_some() && runtime != Runtime::Coreml {
+        let coreml = Runtime::Coreml;
+        out.push(
+            locator
+                .at_key(&at.key("compute_units"), Severity::Error, format!("component `{name}`: `compute_units` only applies to runtime `{coreml}` (this is `{runtime}`)"))
+                .with_label(format!("only for {coreml}"))
+                .with_help(format!("remove `compute_units`, or set `runtime: {coreml}`")),
+        );
+    }
+}
