@@ -1,8 +1,8 @@
 //! Files a manifest names: a path that does not exist (with "did you mean"), a `source.config`
-//! that must hold one JSON object, a safetensors checkpoint (checked cheaply: the weights are
-//! not read).
+//! that must hold one JSON object, a safetensors checkpoint whose header omnipack-quant reads and
+//! validates (the weights are not read).
 
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
@@ -14,6 +14,7 @@ use crate::rel_path::{self, shown};
 const MAX_CONFIG_JSON_BYTES: u64 = 16 * 1024 * 1024;
 
 /// What is wrong with a file, and how to fix it.
+#[derive(Clone)]
 pub(crate) struct FileProblem {
     pub message: String,
     pub help: String,
@@ -102,9 +103,24 @@ pub(crate) fn config_json(
     }
 }
 
-/// Checks cheaply that a shard exists and looks like safetensors: an 8-byte little-endian
-/// header length that fits the file, then `{`.
-pub(crate) fn safetensors(dir: &Path, rel: &str) -> Option<FileProblem> {
+/// The safetensors shards checked during one validation, by the path shown to users: a
+/// checkpoint that several components select from (one `prefix` each) is read once.
+#[derive(Default)]
+pub(crate) struct CheckedShards(HashMap<String, Option<FileProblem>>);
+
+impl CheckedShards {
+    /// What is wrong with shard `rel` (relative to `dir`), if anything.
+    pub(crate) fn check(&mut self, dir: &Path, rel: &str) -> Option<FileProblem> {
+        self.0
+            .entry(shown(dir, rel))
+            .or_insert_with(|| safetensors(dir, rel))
+            .clone()
+    }
+}
+
+/// Checks that a shard exists and has a valid safetensors header (read and validated by
+/// omnipack-quant, as `build` reads it; the tensor data is not read).
+fn safetensors(dir: &Path, rel: &str) -> Option<FileProblem> {
     let shown = shown(dir, rel);
     let full = dir.join(rel);
     let Ok(meta) = std::fs::metadata(&full) else {
@@ -119,47 +135,24 @@ pub(crate) fn safetensors(dir: &Path, rel: &str) -> Option<FileProblem> {
             "give the path of a .safetensors file",
         ));
     }
-    let not_st = |why: String| {
-        Some(FileProblem::new(
-            format!("`{shown}` is not a safetensors file: {why}"),
-            "give a checkpoint saved with safetensors",
-        ))
-    };
-    let mut head = [0u8; 9];
-    let read = std::fs::File::open(&full).and_then(|mut f| {
-        let mut n = 0;
-        while n < head.len() {
-            let k = f.read(&mut head[n..])?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        Ok(n)
-    });
-    let n = match read {
-        Ok(n) => n,
-        Err(err) => {
-            return Some(FileProblem::new(
-                format!("cannot read `{shown}`: {err}"),
-                "check the file's permissions",
-            ));
-        }
-    };
-    if n < 9 {
-        return not_st(format!("it is only {} bytes long", meta.len()));
+    let not_safetensors = "give a checkpoint saved with safetensors";
+    match omnipack_quant::read_full_header(&full) {
+        Ok(_) => None,
+        Err(omnipack_quant::QuantError::Header { reason, .. }) => Some(FileProblem::new(
+            format!("`{shown}` is not a safetensors file: {reason}"),
+            not_safetensors,
+        )),
+        Err(omnipack_quant::QuantError::Tensor { tensor, reason, .. }) => Some(FileProblem::new(
+            format!("`{shown}` is not a valid safetensors file: tensor `{tensor}`: {reason}"),
+            not_safetensors,
+        )),
+        Err(omnipack_quant::QuantError::Io { source, .. }) => Some(FileProblem::new(
+            format!("cannot read `{shown}`: {source}"),
+            "check the file's permissions",
+        )),
+        Err(other) => Some(FileProblem::new(
+            format!("cannot read `{shown}` as safetensors: {other}"),
+            not_safetensors,
+        )),
     }
-    let header_len = u64::from_le_bytes([
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
-    ]);
-    if header_len < 2 || header_len > meta.len() - 8 {
-        return not_st(format!(
-            "its header length {header_len} does not fit the file ({} bytes)",
-            meta.len()
-        ));
-    }
-    if head[8] != b'{' {
-        return not_st("its header is not JSON".into());
-    }
-    None
 }

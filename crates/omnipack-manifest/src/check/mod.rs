@@ -54,10 +54,11 @@ pub(crate) fn validate(locator: &Locator<'_>, json: &Value, dir: &Path) -> Valid
     let manifest = typed::TypedManifest::new(json, &schema.unknown_keys, &rejected);
     identity::check(&manifest, locator, &mut diagnostics);
     tiers::check(&manifest, locator, &mut diagnostics);
+    let mut shards = files::CheckedShards::default();
     for (i, component) in manifest.typed_components() {
         let at = ManifestPath::root().key("components").index(i);
         let out = &mut diagnostics;
-        sources::check(component, &at, dir, locator, out);
+        sources::check(component, &at, dir, &mut shards, locator, out);
         exporter::check(component, &at, dir, locator, out);
         components::check(component, &at, locator, out);
         kv_cache::check(&manifest, component, &at, locator, out);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::check::files::{self, FileProblem};
+use crate::check::files::{self, CheckedShards, FileProblem};
 use crate::check::typed::TypedComponent;
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::locate::{Locator, ManifestPath};
@@ -13,10 +13,12 @@ use crate::model::{Architecture, OneOrMany, Source};
 use crate::rel_path::shown;
 
 /// Checks the source of `component`, the component at `at`; paths are relative to `dir`.
+/// `shards` remembers the checkpoints read so far.
 pub(crate) fn check(
     component: &TypedComponent,
     at: &ManifestPath,
     dir: &Path,
+    shards: &mut CheckedShards,
     locator: &Locator<'_>,
     out: &mut Vec<Diagnostic>,
 ) {
@@ -62,7 +64,7 @@ pub(crate) fn check(
         }
     }
     for (j, shard) in shard_paths(source) {
-        if let Some(problem) = files::safetensors(dir, shard) {
+        if let Some(problem) = shards.check(dir, shard) {
             let shard_at = at.key("safetensors").maybe_index(j);
             out.push(file_problem(name, problem, &shard_at, locator));
         }
