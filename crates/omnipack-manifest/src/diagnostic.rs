@@ -97,15 +97,6 @@ impl SourceFile {
             .unwrap_or(line_end)
     }
 
-    /// Byte offset of the `n`-th character.
-    pub fn char_to_byte(&self, n: usize) -> usize {
-        self.text
-            .char_indices()
-            .nth(n)
-            .map(|(i, _)| i)
-            .unwrap_or(self.text.len())
-    }
-
     fn floor_char_boundary(&self, mut i: usize) -> usize {
         while i > 0 && !self.text.is_char_boundary(i) {
             i -= 1;
@@ -476,7 +467,6 @@ mod tests {
             Diagnostic::located(Severity::Error, &src, off..off + 1, "boom").with_help("fix it");
         assert_eq!((d.line, d.column), (Some(2), Some(8)));
         assert_eq!(src.offset_of(2, 8), off);
-        assert_eq!(src.char_to_byte(src.text[..off].chars().count()), off);
         let text = d.render();
         assert!(text.contains("x.yaml:2:8"), "{text}");
         // A span inside a multi-byte character or past the end is clamped, never a panic.

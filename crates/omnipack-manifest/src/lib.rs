@@ -9,7 +9,7 @@
 //!
 //! 1. leaves: [`units`] (sizes, durations), [`diagnostic`] (located problems and their
 //!    rendering), `did_you_mean` (nearest names), `rel_path` (manifest-relative paths);
-//! 2. [`node`]: the YAML tree with file and byte span on every key and value;
+//! 2. `node`: the YAML tree with file and byte span on every key and value;
 //! 3. [`model`]: the manifest as written; [`resolved`]: every default, in one place;
 //!    [`schema`]: the JSON schema generated from the model;
 //! 4. `locate`: manifest paths and the diagnostics located at them;
@@ -22,7 +22,7 @@ mod did_you_mean;
 pub mod load;
 mod locate;
 pub mod model;
-pub mod node;
+mod node;
 mod rel_path;
 pub mod resolved;
 pub mod schema;

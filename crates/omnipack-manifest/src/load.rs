@@ -19,7 +19,7 @@ use crate::resolved::{ResolvedManifest, ResolvedSource, resolve};
 use crate::units::format_bytes;
 
 /// Longest `extends` chain.
-pub const MAX_EXTENDS_DEPTH: usize = 16;
+const MAX_EXTENDS_DEPTH: usize = 16;
 
 /// A manifest read from disk, with its `extends` chain merged and defaults applied.
 #[derive(Debug, Clone)]
@@ -40,9 +40,9 @@ pub struct LoadedManifest {
     /// Warnings found while validating (the manifest is usable).
     pub warnings: Vec<Diagnostic>,
     /// The text of every file read, in the order of `files`.
-    pub sources: Vec<Arc<SourceFile>>,
+    pub(crate) sources: Vec<Arc<SourceFile>>,
     /// The merged tree: every key and value with its file and byte span.
-    pub tree: Arc<Node>,
+    pub(crate) tree: Arc<Node>,
 }
 
 impl LoadedManifest {

@@ -1,4 +1,5 @@
-//! The manifest with every default of DESIGN section 3 applied, in this one place.
+//! The manifest with every default applied, in this one place (docs/manifest.md lists them
+//! in its table of keys).
 //!
 //! Planner and builder read only these types: no `Option` left that has a default.
 
@@ -142,8 +143,8 @@ pub struct ResolvedKvCache {
     pub paging: Option<Paging>,
 }
 
-/// Applies every default of DESIGN section 3. `package` must be present (validation checks
-/// it before planning); a manifest without it gets an empty package.
+/// Applies every default (see the module documentation). `package` must be present
+/// (validation checks it before planning); a manifest without it gets an empty package.
 pub fn resolve(m: &Manifest) -> ResolvedManifest {
     let components: Vec<ResolvedComponent> = m
         .components
