@@ -11,6 +11,7 @@ pub mod measured;
 pub mod memory;
 pub mod model;
 pub mod planner;
+pub mod search;
 pub mod sizing;
 
 pub use diag::{PlanDiagnostic, PlanFailure};
