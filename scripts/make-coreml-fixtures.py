@@ -141,8 +141,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--one", help="build only this fixture, in this process, and print its record")
+    ap.add_argument("--report-only", action="store_true", help="refresh the numbers in fixtures.json from the packages already in --out")
     args = ap.parse_args()
     import coremltools as ct
+
+    if args.report_only:
+        path = os.path.join(args.out, "fixtures.json")
+        with open(path) as f:
+            doc = json.load(f)
+        for name, record in doc["fixtures"].items():
+            if name.endswith(".mlmodel"):
+                record.update(ds.report(os.path.join(args.out, name)))
+                continue
+            numbers = ds.report(os.path.join(args.out, name + ".mlpackage"))
+            record.update(numbers)
+            if "compressed_from" in record:
+                record["compression"] = compression_facts(numbers)
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1, sort_keys=True)
+            f.write("\n")
+        return 0
 
     os.makedirs(args.out, exist_ok=True)
     if args.one:

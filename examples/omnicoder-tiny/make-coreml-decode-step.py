@@ -296,12 +296,36 @@ def report(path):
     inline_bytes = 0
 
     def values_of(op_spec):
-        for v in op_spec.attributes.values():
-            yield v
-        for arg in op_spec.inputs.values():
+        for k, v in op_spec.attributes.items():
+            yield k, v
+        for k, arg in op_spec.inputs.items():
             for b in arg.arguments:
                 if b.HasField("value"):
-                    yield b.value
+                    yield k, b.value
+
+    def immediate_bytes(v):
+        """Bytes of an immediate value as the protobuf stores it."""
+        if not v.HasField("immediateValue"):
+            return 0
+        iv = v.immediateValue
+        kind = iv.WhichOneof("value")
+        if kind == "tensor":
+            t = iv.tensor
+            which = t.WhichOneof("value")
+            if which is None:
+                return 0
+            vals = getattr(t, which).values
+            per = {"floats": 4, "ints": 4, "bools": 1, "longInts": 8, "doubles": 8}
+            if which in per:
+                return per[which] * len(vals)
+            if which == "strings":
+                return sum(len(x.encode()) for x in vals)
+            return len(vals)  # bytes
+        if kind in ("tuple", "list"):
+            return sum(immediate_bytes(x) for x in getattr(iv, kind).values)
+        if kind == "dictionary":
+            return sum(immediate_bytes(kv.key) + immediate_bytes(kv.value) for kv in iv.dictionary.values)
+        return 0
 
     def spec_ops(block):
         for op in block.operations:
@@ -316,9 +340,11 @@ def report(path):
                 spec_counts[op.type] = spec_counts.get(op.type, 0) + 1
                 if op.type != "const" and not op.type.startswith(WEIGHT_OPS_PREFIX):
                     continue
-                for v in values_of(op):
+                for key, v in values_of(op):
                     if v.HasField("blobFileValue"):
                         blobs[v.blobFileValue.offset] = v
+                    elif key != "name":
+                        inline_bytes += immediate_bytes(v)
     weight_bin = os.path.join(weights_dir, "weight.bin")
     by_dtype = {}
     with open(weight_bin, "rb") as f:
@@ -342,6 +368,9 @@ def report(path):
             "weight_bin_bytes": os.path.getsize(weight_bin),
             "weight_bin_header": {"count": count, "version": version},
             "blob_count": len(blobs),
+            # Immediate values of const / constexpr_* ops (their `name` attribute excluded).
+            "inline_const_bytes": inline_bytes,
+            "stored_bytes": sum(e["bytes"] for e in by_dtype.values()) + inline_bytes,
             "blobs_by_dtype": dict(sorted(by_dtype.items())),
         }
     )

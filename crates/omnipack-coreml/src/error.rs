@@ -1,0 +1,75 @@
+//! Errors: every one names the file and the cause.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::blob::BlobError;
+use crate::wire::WireError;
+
+/// A Core ML file that cannot be read, checked or rewritten.
+#[derive(Debug, Error)]
+#[error("{}: {kind}", path.display())]
+pub struct Error {
+    /// The file (or package folder) at fault.
+    pub path: PathBuf,
+    pub kind: ErrorKind,
+}
+
+impl Error {
+    pub fn new(path: impl AsRef<Path>, kind: ErrorKind) -> Self {
+        Self {
+            path: path.as_ref().to_path_buf(),
+            kind,
+        }
+    }
+
+    pub(crate) fn io(path: impl AsRef<Path>, e: io::Error) -> Self {
+        Self::new(path, ErrorKind::Io(e))
+    }
+}
+
+/// What is wrong.
+#[derive(Debug, Error)]
+pub enum ErrorKind {
+    #[error("cannot read: {0}")]
+    Io(io::Error),
+    #[error("is not a regular file (symbolic links and special files are not read)")]
+    NotRegularFile,
+    #[error("is not a folder")]
+    NotADirectory,
+    #[error("is {size} bytes; omnipack reads at most {limit} bytes here")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("is neither a `.mlpackage` folder nor a `.mlmodel` file")]
+    UnknownFormat,
+    #[error("is not a valid package manifest: {0}")]
+    Manifest(String),
+    #[error("item `{identifier}` has path `{path}`, which leaves the package's Data folder")]
+    UnsafeItemPath { identifier: String, path: String },
+    #[error("is not a protobuf message: {0}")]
+    Wire(WireError),
+    #[error("does not decode as a Core ML model: {0}")]
+    Decode(prost::DecodeError),
+    #[error("is not a valid MIL blob storage file: {0}")]
+    Blob(BlobError),
+    #[error(
+        "operation `{operation}` refers to a blob at offset {offset} of `{file_name}`, but no blob record starts there"
+    )]
+    MissingBlob {
+        operation: String,
+        file_name: String,
+        offset: u64,
+    },
+    #[error(
+        "operation `{operation}` refers to blob file `{file_name}`, which is not inside the package"
+    )]
+    BlobFileOutside {
+        operation: String,
+        file_name: String,
+    },
+    #[error("invalid ML program: {0}")]
+    Program(String),
+    #[error("the package folder already exists")]
+    OutputExists,
+}
