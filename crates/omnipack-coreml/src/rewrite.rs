@@ -536,6 +536,60 @@ mod tests {
         assert_eq!(canonical_model_bytes(&out).unwrap(), out);
     }
 
+    /// A program `{ functions: { name: Function { opset, attributes: {..} } } }` with its map
+    /// entries in the given order.
+    fn program_model(functions: &[(String, Vec<(String, Vec<u8>)>)]) -> Vec<u8> {
+        let mut program = Vec::new();
+        for (name, attrs) in functions {
+            let mut function = Vec::new();
+            wire::write_bytes_field(2, b"CoreML7", &mut function);
+            for (k, v) in attrs {
+                let mut value = Vec::new();
+                wire::write_bytes_field(1, v, &mut value); // docString
+                wire::write_bytes_field(4, &entry(k, &value), &mut function);
+            }
+            wire::write_bytes_field(2, &entry(name, &function), &mut program);
+        }
+        let mut model = vec![0x08, 0x08];
+        wire::write_bytes_field(502, &program, &mut model);
+        model
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            if let Ok(c) = canonical_model_bytes(&bytes) {
+                proptest::prop_assert_eq!(canonical_model_bytes(&c).unwrap(), c);
+            }
+            let _ = crate::package::decode_model(&bytes, Path::new("m"));
+        }
+
+        #[test]
+        fn map_order_does_not_matter(
+            functions in proptest::collection::btree_map(
+                "[a-z]{1,6}",
+                proptest::collection::btree_map("[a-z]{1,6}", proptest::collection::vec(0u8..255, 0..8), 0..5),
+                1..5,
+            ),
+            seed in 0u64..1000,
+        ) {
+            let sorted: Vec<(String, Vec<(String, Vec<u8>)>)> =
+                functions.iter().map(|(k, v)| (k.clone(), v.iter().map(|(a, b)| (a.clone(), b.clone())).collect())).collect();
+            // A deterministic shuffle of both levels.
+            let mut shuffled = sorted.clone();
+            let n = shuffled.len();
+            shuffled.rotate_left((seed as usize) % n);
+            for (_, attrs) in &mut shuffled {
+                attrs.reverse();
+            }
+            let a = canonical_model_bytes(&program_model(&shuffled)).unwrap();
+            let b = canonical_model_bytes(&program_model(&sorted)).unwrap();
+            proptest::prop_assert_eq!(&a, &b);
+            // Already sorted input is left byte for byte.
+            proptest::prop_assert_eq!(b, program_model(&sorted));
+        }
+    }
+
     #[test]
     fn uuids_are_upper_case_version_8() {
         let id = item_identifier(
