@@ -250,76 +250,74 @@ pub fn check_decode_step(facts: &ModelFacts, expect: &DecodeStepExpectation) -> 
         .map(|(t, list, _, _)| list.iter().filter_map(|f| index_of(t, &f.name)).collect())
         .collect();
     let found_layers = present[0].iter().next_back().map(|m| m + 1);
-    let layers = match (expect.layers, found_layers) {
-        (Some(l), found) => {
-            // Missing names are reported below; here only a model with more layers.
-            let k = &present[0];
-            if let Some(f) = found
-                && f > l
-            {
-                let listed: Vec<String> = k.iter().map(|&i| name_of(k_template, i)).collect();
-                push(
-                    Subject::Layers,
-                    Some(l.to_string()),
-                    format!(
-                        "the model has cache {in_word} for {} ({})",
-                        plural(f, "layer", "layers"),
-                        quote_names(&listed)
-                    ),
-                );
-            }
-            Some(l)
-        }
-        (None, found) => found,
+    if present[0].is_empty() {
+        push(
+            Subject::CacheInputs,
+            expect.layers.map(|l| {
+                format!(
+                    "cache {in_word} `{k_template}` for {}",
+                    plural(l, "layer", "layers")
+                )
+            }),
+            format!(
+                "the model has no cache {in_word} named `{k_template}` (its {in_word}: {})",
+                quote_names(&in_list.iter().map(|f| f.name.clone()).collect::<Vec<_>>())
+            ),
+        );
+    }
+    if let (Some(l), Some(f)) = (expect.layers, found_layers)
+        && l != f
+    {
+        let listed: Vec<String> = present[0].iter().map(|&i| name_of(k_template, i)).collect();
+        push(
+            Subject::Layers,
+            Some(l.to_string()),
+            format!(
+                "the model has cache {in_word} for {} ({})",
+                plural(f, "layer", "layers"),
+                quote_names(&listed)
+            ),
+        );
+    }
+    let layers = expect.layers.or(found_layers);
+    // Names missing below the layer count both sides agree on.
+    let agreed = match (expect.layers, found_layers) {
+        (Some(l), Some(f)) => l.min(f),
+        (_, f) => f.unwrap_or(0),
     };
-    if let Some(layers) = layers {
-        if layers == 0 || present[0].is_empty() {
-            push(
-                Subject::CacheInputs,
-                expect
-                    .layers
-                    .map(|l| format!("cache {in_word} for {}", plural(l, "layer", "layers"))),
-                format!(
-                    "the model has no cache {in_word} named `{}` (its {in_word}: {})",
-                    k_template,
-                    quote_names(&in_list.iter().map(|f| f.name.clone()).collect::<Vec<_>>())
-                ),
-            );
+    for ((template, list, word, subject), have) in families.iter().zip(&present) {
+        let missing: Vec<String> = (0..agreed)
+            .filter(|i| !have.contains(i))
+            .map(|i| name_of(template, i))
+            .collect();
+        if missing.is_empty() {
+            continue;
         }
-        for ((template, list, word, subject), have) in families.iter().zip(&present) {
-            let missing: Vec<String> = (0..layers)
-                .filter(|i| !have.contains(i))
-                .map(|i| name_of(template, i))
-                .collect();
-            if missing.is_empty() || present[0].is_empty() {
-                continue;
-            }
-            let singular = word.trim_end_matches('s');
-            let has: Vec<String> = list
-                .iter()
-                .filter(|f| index_of(template, &f.name).is_some())
-                .map(|f| format!("`{}`", f.name))
-                .collect();
-            push(
-                *subject,
-                Some(format!(
-                    "{word} `{template}` for every layer i in 0..{layers}"
-                )),
-                format!(
-                    "the model has no {singular} {} (it has {})",
-                    missing
-                        .iter()
-                        .map(|n| format!("`{n}`"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if has.is_empty() {
-                        "none".to_string()
-                    } else {
-                        has.join(", ")
-                    }
-                ),
-            );
-        }
+        let singular = word.trim_end_matches('s');
+        let has: Vec<String> = list
+            .iter()
+            .filter(|f| index_of(template, &f.name).is_some())
+            .map(|f| format!("`{}`", f.name))
+            .collect();
+        push(
+            *subject,
+            Some(format!(
+                "{word} `{template}` for every layer i in 0..{agreed}"
+            )),
+            format!(
+                "the model has no {singular} {} (it has {})",
+                missing
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if has.is_empty() {
+                    "none".to_string()
+                } else {
+                    has.join(", ")
+                }
+            ),
+        );
     }
 
     // Shapes and data types of every cache feature present.
@@ -438,8 +436,8 @@ pub fn check_decode_step(facts: &ModelFacts, expect: &DecodeStepExpectation) -> 
             }
             continue;
         }
-        if *is_input {
-            if let Some(n) = seq.upper_bound() {
+        if *is_input && let Some(n) = seq.upper_bound() {
+            {
                 max_context = Some(max_context.map_or(n, |m| m.min(n)));
                 if let Some(ctx) = expect.context
                     && n < ctx

@@ -518,9 +518,10 @@ fn weight_facts(model: &CoreMlModel) -> Result<WeightFacts, Error> {
                     continue;
                 }
                 match &v.value {
-                    Some(spec::value::Value::BlobFileValue(b)) => {
-                        if seen_blobs.insert((b.file_name.clone(), b.offset)) {
-                            let record = model
+                    Some(spec::value::Value::BlobFileValue(b))
+                        if seen_blobs.insert((b.file_name.clone(), b.offset)) =>
+                    {
+                        let record = model
                                 .blob_file(&b.file_name)
                                 .and_then(|f| f.index.record_at(b.offset))
                                 .ok_or_else(|| {
@@ -531,17 +532,16 @@ fn weight_facts(model: &CoreMlModel) -> Result<WeightFacts, Error> {
                                         b.file_name
                                     ))
                                 })?;
-                            let e = facts.blobs.entry(record.data_type.name()).or_default();
-                            e.blobs += 1;
-                            e.bytes += record.size;
-                            e.elements += record.elements().unwrap_or(0);
-                            facts.blob_bytes += record.size;
-                        }
+                        let e = facts.blobs.entry(record.data_type.name()).or_default();
+                        e.blobs += 1;
+                        e.bytes += record.size;
+                        e.elements += record.elements().unwrap_or(0);
+                        facts.blob_bytes += record.size;
                     }
                     Some(spec::value::Value::ImmediateValue(_)) => {
                         facts.inline_bytes += immediate_bytes(v)
                     }
-                    None => {}
+                    _ => {}
                 }
             }
             let Some(out) = op.outputs.first() else {

@@ -538,7 +538,10 @@ mod tests {
 
     /// A program `{ functions: { name: Function { opset, attributes: {..} } } }` with its map
     /// entries in the given order.
-    fn program_model(functions: &[(String, Vec<(String, Vec<u8>)>)]) -> Vec<u8> {
+    /// Functions by name, each with its attributes (name, docString bytes).
+    type Functions = Vec<(String, Vec<(String, Vec<u8>)>)>;
+
+    fn program_model(functions: &Functions) -> Vec<u8> {
         let mut program = Vec::new();
         for (name, attrs) in functions {
             let mut function = Vec::new();
@@ -573,7 +576,7 @@ mod tests {
             ),
             seed in 0u64..1000,
         ) {
-            let sorted: Vec<(String, Vec<(String, Vec<u8>)>)> =
+            let sorted: Functions =
                 functions.iter().map(|(k, v)| (k.clone(), v.iter().map(|(a, b)| (a.clone(), b.clone())).collect())).collect();
             // A deterministic shuffle of both levels.
             let mut shuffled = sorted.clone();

@@ -378,6 +378,27 @@ fn broken_decode_steps_are_named_precisely() {
                 .to_string()
         )]
     );
+    let six = DecodeStepExpectation {
+        layers: Some(6),
+        ..tiny.clone()
+    };
+    assert_eq!(
+        mismatches("decode_step_ios16", &six),
+        vec![(
+            Subject::Layers,
+            "expected 6, but the model has cache inputs for 4 layers (`k_lat_0` … `k_lat_3`)"
+                .to_string()
+        )]
+    );
+    let mut past = tiny.clone();
+    past.names.cache_inputs = ["past_k_{i}".into(), "past_v_{i}".into()];
+    assert_eq!(
+        mismatches("decode_step_ios16", &past),
+        vec![(
+            Subject::CacheInputs,
+            "expected cache inputs `past_k_{i}` for 4 layers, but the model has no cache inputs named `past_k_{i}` (its inputs: `input_ids` … `v_lat_3`)".to_string()
+        )]
+    );
     // Other names than the model's.
     let mut renamed = tiny.clone();
     renamed.names.logits = "scores".into();
