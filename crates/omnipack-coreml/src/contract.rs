@@ -67,6 +67,8 @@ pub enum Subject {
     CacheInputs,
     /// The names of the cache outputs.
     CacheOutputs,
+    /// A cache feature that is not an array of shape `[1, kv_heads, S, kv_head_dim]`.
+    CacheShape,
     Layers,
     KvHeads,
     KvHeadDim,
@@ -338,10 +340,10 @@ pub fn check_decode_step(facts: &ModelFacts, expect: &DecodeStepExpectation) -> 
     let mut reported = BTreeSet::new();
     for (f, is_input) in &caches {
         let Some(a) = f.kind.array() else {
-            if reported.insert(Subject::CacheInputs) {
+            if reported.insert(Subject::CacheShape) {
                 push(
-                    Subject::CacheInputs,
-                    None,
+                    Subject::CacheShape,
+                    Some("caches of shape [1, kv_heads, S, kv_head_dim]".into()),
                     format!("the model's {}", describe(f)),
                 );
             }
@@ -349,9 +351,9 @@ pub fn check_decode_step(facts: &ModelFacts, expect: &DecodeStepExpectation) -> 
         };
         let axes = a.axes();
         if axes.len() != 4 || axes[0] != Axis::Fixed(1) {
-            if reported.insert(Subject::KvHeads) {
+            if reported.insert(Subject::CacheShape) {
                 push(
-                    Subject::KvHeads,
+                    Subject::CacheShape,
                     Some("caches of shape [1, kv_heads, S, kv_head_dim]".into()),
                     format!("the model's {}", describe(f)),
                 );
@@ -524,6 +526,156 @@ fn expect_given(subject: Subject, expect: &DecodeStepExpectation) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::facts::{AxisRange, ProgramTensor, ShapeFlexibility};
+    use crate::types::MilDataType;
+
+    fn array(
+        name: &str,
+        data_type: ArrayDataType,
+        shape: &[i64],
+        flex: Option<ShapeFlexibility>,
+    ) -> Feature {
+        Feature {
+            name: name.into(),
+            short_description: String::new(),
+            optional: false,
+            kind: FeatureKind::MultiArray(ArrayFeature {
+                data_type,
+                shape: shape.to_vec(),
+                flexibility: flex,
+                program: None,
+            }),
+        }
+    }
+
+    /// A decode step with `layers` layers whose cache inputs have enumerated sequence lengths.
+    fn enumerated(layers: u64, lengths: &[i64]) -> ModelFacts {
+        let shapes =
+            ShapeFlexibility::Enumerated(lengths.iter().map(|&s| vec![1, 4, s, 32]).collect());
+        let mut inputs = vec![array("input_ids", ArrayDataType::Int32, &[1, 1], None)];
+        let mut outputs = vec![array("logits", ArrayDataType::Float16, &[1, 512], None)];
+        for i in 0..layers {
+            for p in ["k", "v"] {
+                inputs.push(array(
+                    &format!("{p}_lat_{i}"),
+                    ArrayDataType::Float16,
+                    &[1, 4, lengths[0], 32],
+                    Some(shapes.clone()),
+                ));
+                let mut out = array(&format!("n{p}_lat_{i}"), ArrayDataType::Float16, &[], None);
+                if let FeatureKind::MultiArray(a) = &mut out.kind {
+                    a.program = Some(ProgramTensor {
+                        data_type: MilDataType::FLOAT16,
+                        dims: vec![Some(1), Some(4), None, Some(32)],
+                    });
+                }
+                outputs.push(out);
+            }
+        }
+        ModelFacts {
+            format: "mlpackage",
+            specification_version: 7,
+            deployment_target: Some("iOS 16"),
+            model_type: "mlProgram".into(),
+            inputs,
+            outputs,
+            states: Vec::new(),
+            metadata: Default::default(),
+            operations: Default::default(),
+            weights: None,
+            stored_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn enumerated_shapes_are_a_flexible_sequence_axis() {
+        let facts = enumerated(2, &[512, 1024, 4096]);
+        let k = facts.feature("k_lat_0").unwrap().kind.array().unwrap();
+        assert_eq!(k.shape_text(), "[1, 4, {512, 1024, 4096}, 32]");
+        let d = check_decode_step(
+            &facts,
+            &DecodeStepExpectation {
+                context: Some(4096),
+                ..Default::default()
+            },
+        );
+        assert!(d.is_ok(), "{:?}", d.mismatches);
+        assert_eq!(
+            (
+                d.layers,
+                d.kv_heads,
+                d.kv_head_dim,
+                d.vocab_size,
+                d.max_context
+            ),
+            (Some(2), Some(4), Some(32), Some(512), Some(4096))
+        );
+        let d = check_decode_step(
+            &facts,
+            &DecodeStepExpectation {
+                context: Some(8192),
+                ..Default::default()
+            },
+        );
+        assert_eq!(d.mismatches.len(), 1);
+        assert_eq!(d.mismatches[0].subject, Subject::Context);
+        // One enumerated shape only: the axis is fixed.
+        let d = check_decode_step(&enumerated(1, &[4096]), &DecodeStepExpectation::default());
+        assert_eq!(
+            d.mismatches[0].to_string(),
+            "expected a flexible sequence axis (a range or enumerated shapes), but the model's sequence axis is fixed (the model's `k_lat_0` is fp16 [1, 4, 4096, 32])"
+        );
+    }
+
+    #[test]
+    fn caches_of_another_rank() {
+        let mut facts = enumerated(1, &[1, 8]);
+        facts.inputs[1] = array("k_lat_0", ArrayDataType::Float16, &[4, 8, 32], None);
+        let d = check_decode_step(&facts, &DecodeStepExpectation::default());
+        assert_eq!(d.mismatches.len(), 1, "{:?}", d.mismatches);
+        assert_eq!(d.mismatches[0].subject, Subject::CacheShape);
+        assert_eq!(
+            d.mismatches[0].to_string(),
+            "expected caches of shape [1, kv_heads, S, kv_head_dim], but the model's `k_lat_0` is fp16 [4, 8, 32]"
+        );
+    }
+
+    #[test]
+    fn unbounded_ranges_reach_any_context() {
+        let mut facts = enumerated(1, &[1]);
+        for f in &mut facts.inputs {
+            if let FeatureKind::MultiArray(a) = &mut f.kind
+                && f.name != "input_ids"
+            {
+                let r = |l: u64, u: Option<u64>| AxisRange { lower: l, upper: u };
+                a.flexibility = Some(ShapeFlexibility::Ranges(vec![
+                    r(1, Some(1)),
+                    r(4, Some(4)),
+                    r(1, None),
+                    r(32, Some(32)),
+                ]));
+            }
+        }
+        let d = check_decode_step(
+            &facts,
+            &DecodeStepExpectation {
+                context: Some(1 << 20),
+                ..Default::default()
+            },
+        );
+        assert!(d.is_ok(), "{:?}", d.mismatches);
+        assert_eq!(d.max_context, None);
+        assert_eq!(
+            facts
+                .feature("k_lat_0")
+                .unwrap()
+                .kind
+                .array()
+                .unwrap()
+                .shape_text(),
+            "[1, 4, 1.., 32]"
+        );
+    }
 
     #[test]
     fn templates() {

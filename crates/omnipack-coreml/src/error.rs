@@ -72,4 +72,8 @@ pub enum ErrorKind {
     Program(String),
     #[error("the package folder already exists")]
     OutputExists,
+    #[error("has a name that is not UTF-8")]
+    NonUtf8Name,
+    #[error("entry path `{0}` is not a relative path inside the package")]
+    UnsafeEntryPath(String),
 }

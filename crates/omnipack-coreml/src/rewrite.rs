@@ -271,10 +271,7 @@ fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
             let p = entry.path();
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
-                return Err(Error::new(
-                    &p,
-                    ErrorKind::Manifest("a file name is not UTF-8".into()),
-                ));
+                return Err(Error::new(&p, ErrorKind::NonUtf8Name));
             };
             let r = if rel.is_empty() {
                 name.to_string()
@@ -457,20 +454,16 @@ pub fn write_package(entries: &[PackageEntry], out: &Path) -> Result<(), Error> 
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("package");
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
     let result = (|| -> Result<(), Error> {
         if fs::symlink_metadata(&tmp).is_ok() {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
         for e in entries {
             if !crate::package::is_relative_inside(&e.path) {
-                return Err(Error::new(
-                    &e.path,
-                    ErrorKind::UnsafeItemPath {
-                        identifier: String::new(),
-                        path: e.path.clone(),
-                    },
-                ));
+                return Err(Error::new(out, ErrorKind::UnsafeEntryPath(e.path.clone())));
             }
             let dest = tmp.join(&e.path);
             if let Some(parent) = dest.parent() {
