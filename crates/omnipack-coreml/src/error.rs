@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 use crate::blob::BlobError;
+use crate::types::DeploymentTarget;
 use crate::wire::WireError;
 
 /// A Core ML file that cannot be read, checked or rewritten.
@@ -76,4 +77,33 @@ pub enum ErrorKind {
     NonUtf8Name,
     #[error("entry path `{0}` is not a relative path inside the package")]
     UnsafeEntryPath(String),
+    #[error("cannot be compressed: {0}")]
+    NotCompressible(String),
+    #[error(
+        "`{format}` needs a deployment target of {needs} or later, but the model's is {target}"
+    )]
+    TargetTooOld {
+        /// The format asked for (`int8`, `int4`).
+        format: &'static str,
+        /// The oldest target the format runs on.
+        needs: DeploymentTarget,
+        /// The model's target.
+        target: DeploymentTarget,
+    },
+    #[error(
+        "`f16` keeps the weights as they are, but {count} weight(s) are fp32 (the first is `{first}`); omnipack does not change a model's precision: convert it with coremltools' `compute_precision=ct.precision.FLOAT16`, or choose `int8` or `int4`"
+    )]
+    Fp32Weights { count: usize, first: String },
+    #[error("block size {0} is not valid: it must be a positive number of elements")]
+    InvalidBlockSize(u32),
+    #[error(
+        "weight `{name}` holds {} at element {index}; {}",
+        if *nan { "NaN" } else { "an infinity" },
+        if *nan { "omnipack does not quantize NaN: fix the model, or list the weight in `keep`" } else { "coremltools leaves such a weight uncompressed: list it in `keep` to do the same" }
+    )]
+    NonFiniteWeight {
+        name: String,
+        index: usize,
+        nan: bool,
+    },
 }

@@ -245,7 +245,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256_file(path: &Path) -> Result<[u8; 32], Error> {
+pub(crate) fn sha256_file(path: &Path) -> Result<[u8; 32], Error> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -261,7 +261,7 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], Error> {
 
 /// Every regular file below `dir`, as (`/`-separated relative path, path), sorted by the
 /// relative path's bytes. Symbolic links and special files are errors.
-fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+pub(crate) fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     let mut out = Vec::new();
     let mut stack = vec![(String::new(), dir.to_path_buf())];
     while let Some((rel, path)) = stack.pop() {
@@ -358,7 +358,7 @@ fn manifest_json(v: &serde_json::Value) -> Vec<u8> {
 
 /// The rewritten `Manifest.json` of a package whose root model's content digest is
 /// `model_digest`; other items are digested from their files under `data_dir`.
-fn rewrite_manifest(
+pub(crate) fn rewrite_manifest(
     manifest: &PackageManifest,
     data_dir: &Path,
     model_digest: &[u8; 32],
@@ -444,49 +444,97 @@ impl CoreMlModel {
     }
 }
 
-/// Writes entries as a new package folder `out` (which must not exist): into a temporary
-/// sibling folder first, renamed into place when complete.
-pub fn write_package(entries: &[PackageEntry], out: &Path) -> Result<(), Error> {
-    if fs::symlink_metadata(out).is_ok() {
-        return Err(Error::new(out, ErrorKind::OutputExists));
-    }
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("package");
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
-    let result = (|| -> Result<(), Error> {
+/// A package folder being written: a temporary sibling of its final path, renamed into place
+/// by [`Staging::commit`], removed if dropped before.
+pub(crate) struct Staging {
+    tmp: PathBuf,
+    out: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    /// Starts writing the package `out`, which must not exist.
+    pub(crate) fn new(out: &Path) -> Result<Self, Error> {
+        if fs::symlink_metadata(out).is_ok() {
+            return Err(Error::new(out, ErrorKind::OutputExists));
+        }
+        let name = out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("package");
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = out.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()));
         if fs::symlink_metadata(&tmp).is_ok() {
             fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
-        for e in entries {
-            if !crate::package::is_relative_inside(&e.path) {
-                return Err(Error::new(out, ErrorKind::UnsafeEntryPath(e.path.clone())));
-            }
-            let dest = tmp.join(&e.path);
-            if let Some(parent) = dest.parent() {
-                fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
-            }
-            match &e.source {
-                EntrySource::Bytes(b) => {
-                    let mut f = File::create(&dest).map_err(|err| Error::io(&dest, err))?;
-                    f.write_all(b).map_err(|err| Error::io(&dest, err))?;
-                }
-                EntrySource::File(src) => {
-                    let mut from = File::open(src).map_err(|err| Error::io(src, err))?;
-                    let mut to = File::create(&dest).map_err(|err| Error::io(&dest, err))?;
-                    io::copy(&mut from, &mut to).map_err(|err| Error::io(&dest, err))?;
-                }
-            }
-        }
-        fs::rename(&tmp, out).map_err(|e| Error::io(out, e))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Self {
+            tmp,
+            out: out.to_path_buf(),
+            committed: false,
+        })
     }
-    result
+
+    /// Where an entry of the package goes (its parent folders created).
+    pub(crate) fn entry_path(&self, rel: &str) -> Result<PathBuf, Error> {
+        if !crate::package::is_relative_inside(rel) {
+            return Err(Error::new(
+                &self.out,
+                ErrorKind::UnsafeEntryPath(rel.to_string()),
+            ));
+        }
+        let dest = self.tmp.join(rel);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(|err| Error::io(parent, err))?;
+        }
+        Ok(dest)
+    }
+
+    /// The temporary folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Renames the finished package into place.
+    pub(crate) fn commit(mut self) -> Result<(), Error> {
+        fs::rename(&self.tmp, &self.out).map_err(|e| Error::io(&self.out, e))?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
+}
+
+/// Copies the file `src` to `dest`.
+pub(crate) fn copy_file(src: &Path, dest: &Path) -> Result<(), Error> {
+    let mut from = File::open(src).map_err(|err| Error::io(src, err))?;
+    let mut to = File::create(dest).map_err(|err| Error::io(dest, err))?;
+    io::copy(&mut from, &mut to).map_err(|err| Error::io(dest, err))?;
+    Ok(())
+}
+
+/// Writes entries as a new package folder `out` (which must not exist): into a temporary
+/// sibling folder first, renamed into place when complete.
+pub fn write_package(entries: &[PackageEntry], out: &Path) -> Result<(), Error> {
+    let staging = Staging::new(out)?;
+    for e in entries {
+        let dest = staging.entry_path(&e.path)?;
+        match &e.source {
+            EntrySource::Bytes(b) => {
+                let mut f = File::create(&dest).map_err(|err| Error::io(&dest, err))?;
+                f.write_all(b).map_err(|err| Error::io(&dest, err))?;
+            }
+            EntrySource::File(src) => copy_file(src, &dest)?,
+        }
+    }
+    staging.commit()
 }
 
 #[cfg(test)]
