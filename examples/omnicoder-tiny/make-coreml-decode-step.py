@@ -274,11 +274,26 @@ def report(path):
     counts = {}
     for op in ops:
         counts[op.op_type] = counts.get(op.op_type, 0) + 1
+    # Output names of the operations the protobuf holds: the loader adds constants of its own
+    # (for example two unused scalars for a `cond`), which are not the model's.
+    spec_names = set()
+
+    def spec_outputs(block):
+        for op in block.operations:
+            spec_names.update(o.name for o in op.outputs)
+            for b in op.blocks:
+                spec_outputs(b)
+
+    for fn in spec.mlProgram.functions.values():
+        for block in fn.block_specializations.values():
+            spec_outputs(block)
     weights = []
     for op in ops:
         if op.op_type != "const" and not op.op_type.startswith(WEIGHT_OPS_PREFIX):
             continue
         var = op.outputs[0]
+        if var.name not in spec_names:
+            continue
         users = var.child_ops
         if op.op_type == "const" and users and all(u.op_type.startswith(WEIGHT_OPS_PREFIX) for u in users):
             continue

@@ -140,7 +140,7 @@ fn sizes_equal_what_coremltools_reports() {
         compare_with_recorded(&package(name), r);
         n += 1;
     }
-    assert_eq!(n, 15);
+    assert_eq!(n, 19);
     let ex: Value = serde_json::from_slice(
         &fs::read(example().join("omnicoder_decode_step.coreml.json")).unwrap(),
     )

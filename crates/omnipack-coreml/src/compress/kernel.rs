@@ -466,3 +466,236 @@ pub fn code_at(q: &Quantized, bits: Bits, e: usize) -> i8 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn f16_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| f16::from_f32(x).to_bits().to_le_bytes())
+            .collect()
+    }
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    fn codes_of(q: &Quantized, bits: Bits, n: usize) -> Vec<i8> {
+        (0..n).map(|e| code_at(q, bits, e)).collect()
+    }
+
+    /// Rows: a scale that underflows to 0 (so codes from +-inf and 0/0), an ordinary row, a
+    /// row whose `R + R` overflows (scale +inf, codes 0), a constant row. Expected values from
+    /// coremltools 9.0 (`compute_qparams_by_dtype`, mode LINEAR_SYMMETRIC, block sizes [1, 0]).
+    const ROWS: [f32; 16] = [
+        6e-8, 0.0, -6e-8, 0.0, 0.1, -0.25, 0.3333, 1.0, 65504.0, -65504.0, 1.0, 0.0, 3.0, 3.0, 3.0,
+        3.0,
+    ];
+
+    #[test]
+    fn fp16_edge_rows_match_coremltools() {
+        let grid = BlockGrid::new(&[4, 4], &[1, 0]).unwrap();
+        let data = f16_bytes(&ROWS);
+        for (bits, codes, scales) in [
+            (
+                Bits::Int8,
+                [
+                    127, 0, -127, 0, 13, -32, 42, 127, 0, 0, 0, 0, 127, 127, 127, 127,
+                ],
+                [0u16, 8200, 31744, 9740],
+            ),
+            (
+                Bits::Int4,
+                [7, 0, -7, 0, 1, -2, 2, 7, 0, 0, 0, 0, 7, 7, 7, 7],
+                [0, 12434, 31744, 14043],
+            ),
+        ] {
+            let q = quantize(FloatData::F16(&data), &grid, bits).unwrap();
+            assert_eq!(codes_of(&q, bits, 16), codes.to_vec(), "{bits:?}");
+            let s: Vec<u16> = q
+                .scales
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .collect();
+            assert_eq!(s, scales.to_vec(), "{bits:?}");
+        }
+    }
+
+    #[test]
+    fn fp32_edge_rows_match_coremltools() {
+        let mut rows: Vec<f32> = ROWS.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        rows[8..12].copy_from_slice(&[3.0e38, -3.0e38, 1.0, 0.0]);
+        let grid = BlockGrid::new(&[4, 4], &[1, 0]).unwrap();
+        let data = f32_bytes(&rows);
+        let q = quantize(FloatData::F32(&data), &grid, Bits::Int8).unwrap();
+        assert_eq!(
+            codes_of(&q, Bits::Int8, 16),
+            vec![
+                127, 0, -127, 0, 13, -32, 42, 127, 0, 0, 0, 0, 127, 127, 127, 127
+            ]
+        );
+        let s: Vec<u32> = q
+            .scales
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(s, vec![805372420, 1006699012, 2139095040, 1019314950]);
+    }
+
+    #[test]
+    fn int4_packs_low_nibble_first() {
+        let grid = BlockGrid::new(&[1, 3], &[1, 0]).unwrap();
+        let data = f16_bytes(&[1.0, -1.0, 0.5]);
+        let q = quantize(FloatData::F16(&data), &grid, Bits::Int4).unwrap();
+        // codes 7, -7 (0b1001), 4 (0.5 / (2/14) = 3.5 -> 4 half to even); padding nibble 0.
+        assert_eq!(q.data, vec![0x97, 0x04]);
+    }
+
+    #[test]
+    fn non_finite_values_are_reported_first_in_element_order() {
+        let grid = BlockGrid::new(&[2, 4], &[1, 0]).unwrap();
+        let mut v = vec![1.0f32; 8];
+        v[6] = f32::NAN;
+        v[2] = f32::INFINITY;
+        for data in [f16_bytes(&v), f32_bytes(&v)] {
+            let d = if data.len() == 16 {
+                FloatData::F16(&data)
+            } else {
+                FloatData::F32(&data)
+            };
+            assert_eq!(
+                quantize(d, &grid, Bits::Int8),
+                Err(KernelError::NonFinite(NonFinite {
+                    index: 2,
+                    nan: false
+                }))
+            );
+        }
+        let short = f16_bytes(&[1.0; 7]);
+        assert!(matches!(
+            quantize(FloatData::F16(&short), &grid, Bits::Int8),
+            Err(KernelError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn grids_refuse_what_does_not_divide() {
+        assert!(BlockGrid::new(&[4, 6], &[1, 4]).is_none());
+        assert!(BlockGrid::new(&[4, 0], &[1, 0]).is_none());
+        assert!(BlockGrid::new(&[4], &[1, 0]).is_none());
+        let g = BlockGrid::new(&[4, 8, 3], &[1, 4, 0]).unwrap();
+        assert_eq!(g.scale_shape(), &[4, 2, 1]);
+        assert_eq!(g.scale_count(), 8);
+    }
+
+    /// A weight of about 300k elements quantized with 1, 2 and 4 threads.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let n = 96 * 3200;
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i as f32 * 0.618_034).fract() - 0.5) * (1.0 + (i % 97) as f32))
+            .collect();
+        let data = f16_bytes(&v);
+        for (dims, blocks, bits) in [
+            (vec![96, 3200], vec![1, 0], Bits::Int8),
+            (vec![96, 3200], vec![1, 32], Bits::Int4),
+            (vec![3200, 96], vec![0, 1], Bits::Int8),
+            (vec![32, 3, 100, 32], vec![1, 3, 0, 0], Bits::Int4),
+        ] {
+            let grid = BlockGrid::new(&dims, &blocks).unwrap();
+            let run = |threads: usize| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap()
+                    .install(|| quantize(FloatData::F16(&data), &grid, bits).unwrap())
+            };
+            let one = run(1);
+            assert_eq!(run(2), one, "{dims:?} {blocks:?}");
+            assert_eq!(run(4), one, "{dims:?} {blocks:?}");
+        }
+    }
+
+    /// A shape of rank 2 to 4 with a block size per axis that divides it.
+    fn arb_grid() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        proptest::collection::vec((1usize..6, 0usize..4), 2..5).prop_map(|axes| {
+            let mut dims = Vec::new();
+            let mut blocks = Vec::new();
+            for (i, (n, b)) in axes.into_iter().enumerate() {
+                // Axis 0 per channel, the others whole, in blocks of 1, 2 or `n`.
+                let block = if i == 0 { 1 } else { [0, 1, 2, 0][b] };
+                let d = if block == 2 { 2 * n } else { n + 1 };
+                dims.push(d);
+                blocks.push(block);
+            }
+            (dims, blocks)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn codes_are_in_range_and_errors_bounded(
+            (dims, blocks) in arb_grid(),
+            seed in any::<u64>(),
+            int4 in any::<bool>(),
+            fp32 in any::<bool>(),
+            scale_exp in -8i32..8,
+        ) {
+            let grid = BlockGrid::new(&dims, &blocks).unwrap();
+            let n = grid.elements();
+            let mut x = seed;
+            let values: Vec<f32> = (0..n).map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (((x >> 40) as f32 / (1u64 << 24) as f32) - 0.5) * 2f32.powi(scale_exp)
+            }).collect();
+            let (bytes, float) = if fp32 {
+                (f32_bytes(&values), FloatType::F32)
+            } else {
+                (f16_bytes(&values), FloatType::F16)
+            };
+            let stored: Vec<f64> = if fp32 {
+                values.iter().map(|&v| f64::from(v)).collect()
+            } else {
+                values.iter().map(|&v| f64::from(f16::from_f32(v).to_f32())).collect()
+            };
+            let data = if fp32 { FloatData::F32(&bytes) } else { FloatData::F16(&bytes) };
+            let bits = if int4 { Bits::Int4 } else { Bits::Int8 };
+            let q = quantize(data, &grid, bits).unwrap();
+            prop_assert_eq!(q.data.len() as u64, bits.data_bytes(n as u64));
+            prop_assert_eq!(q.scales.len() as u64, grid.scale_count() as u64 * float.bytes());
+            let max = bits.max_code();
+            for e in 0..n {
+                let c = code_at(&q, bits, e);
+                prop_assert!((-max..=max).contains(&c), "code {} out of range", c);
+            }
+            let back = dequantize(&q, &grid, float, bits);
+            // Per block: |w - q s| <= 0.7 s (rounding to the code, the fp16 quotient and the
+            // rounded scale together) plus, for a scale in fp16's subnormal range (where its
+            // rounding error is up to 2^-25 absolute), what that error costs on the largest code.
+            let slack = match float {
+                FloatType::F16 => f64::from(max) * 2f64.powi(-25),
+                FloatType::F32 => 0.0,
+            };
+            let rank = dims.len();
+            let mut index = vec![0usize; rank];
+            for e in 0..n {
+                let mut rest = e;
+                for a in (0..rank).rev() {
+                    index[a] = rest % dims[a];
+                    rest /= dims[a];
+                }
+                let cell = grid.cell_of(&index);
+                let s = match float {
+                    FloatType::F16 => f64::from(f16::from_bits(u16::from_le_bytes([q.scales[2 * cell], q.scales[2 * cell + 1]])).to_f32()),
+                    FloatType::F32 => f64::from(f32::from_le_bytes(q.scales[4 * cell..4 * cell + 4].try_into().unwrap())),
+                };
+                let err = (stored[e] - back[e]).abs();
+                prop_assert!(err <= 0.7 * s + slack, "element {}: {} vs {} (scale {})", e, stored[e], back[e], s);
+            }
+            // The same input gives the same bytes.
+            prop_assert_eq!(quantize(data, &grid, bits).unwrap(), q);
+        }
+    }
+}
