@@ -40,6 +40,7 @@ pub use facts::{
 };
 pub use package::{CoreMlModel, ModelFormat, PackageManifest, open, open_model_file, open_package};
 pub use rewrite::{
-    CONVERSION_DATE_KEY, EntrySource, PackageEntry, canonical_model_bytes, write_package,
+    CONVERSION_DATE_KEY, EntrySource, PackageEntry, canonical_model_bytes, map_key_order,
+    write_package,
 };
 pub use types::{ArrayDataType, DeploymentTarget, MilDataType};

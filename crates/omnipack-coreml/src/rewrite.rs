@@ -10,7 +10,8 @@
 //!   folder item by relative path), formatted as an upper-case UUID (version 8, RFC 9562);
 //! * writes the entries of every protobuf map of the model (metadata, program functions and
 //!   attributes, block specializations, operation inputs and attributes, tensor type
-//!   attributes) sorted by key bytes, recursively;
+//!   attributes) in [`map_key_order`], recursively: the order protobuf's own deterministic
+//!   serialization (upb, which coremltools uses) writes;
 //! * drops the conversion-date entry: the date says when a conversion ran, not what the model
 //!   is (the coremltools version and source entries stay);
 //! * keeps every other byte: fields omnipack does not know are copied as they are, and the
@@ -120,7 +121,16 @@ fn child(kind: Kind, number: u32) -> Option<Child> {
     })
 }
 
-/// The canonical bytes of an encoded `CoreML.Specification.Model`: maps sorted by key, the
+/// The order of map entries in canonical bytes, by key: byte order, except that a key comes
+/// after the longer keys it begins (`pad_type` before `pad`). This is the order of protobuf's
+/// deterministic serialization in upb, the protobuf runtime of Python (and so of coremltools):
+/// it sorts keys by their common bytes, then by length, and writes the entries backwards.
+pub fn map_key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let n = a.len().min(b.len());
+    a[..n].cmp(&b[..n]).then(b.len().cmp(&a.len()))
+}
+
+/// The canonical bytes of an encoded `CoreML.Specification.Model`: maps in [`map_key_order`], the
 /// conversion date dropped, every other byte kept. Canonical bytes map to themselves.
 pub fn canonical_model_bytes(bytes: &[u8]) -> Result<Vec<u8>, WireError> {
     canonical(Kind::Model, bytes, 0)
@@ -159,7 +169,7 @@ fn canonical(kind: Kind, bytes: &[u8], depth: u32) -> Result<Vec<u8>, WireError>
             }
             entries.push((key, raw));
         }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by(|a, b| map_key_order(&a.0, &b.0));
         let list: Vec<Vec<u8>> = entries.into_iter().map(|(_, r)| r).collect();
         sorted.push((f.number, list.into_iter()));
     }
@@ -617,8 +627,12 @@ mod tests {
             ),
             seed in 0u64..1000,
         ) {
-            let sorted: Functions =
+            let mut sorted: Functions =
                 functions.iter().map(|(k, v)| (k.clone(), v.iter().map(|(a, b)| (a.clone(), b.clone())).collect())).collect();
+            sorted.sort_by(|a, b| map_key_order(a.0.as_bytes(), b.0.as_bytes()));
+            for (_, attrs) in &mut sorted {
+                attrs.sort_by(|a, b| map_key_order(a.0.as_bytes(), b.0.as_bytes()));
+            }
             // A deterministic shuffle of both levels.
             let mut shuffled = sorted.clone();
             let n = shuffled.len();
@@ -632,6 +646,21 @@ mod tests {
             // Already sorted input is left byte for byte.
             proptest::prop_assert_eq!(b, program_model(&sorted));
         }
+    }
+
+    #[test]
+    fn map_keys_are_in_upb_order() {
+        // What Python protobuf 7 (upb) writes for these keys with deterministic=True.
+        let mut keys = vec![
+            "x", "", "pad", "ab", "b", "abd", "aa", "a", "ba", "x_", "pad_type", "abc",
+        ];
+        keys.sort_by(|a, b| map_key_order(a.as_bytes(), b.as_bytes()));
+        assert_eq!(
+            keys,
+            [
+                "aa", "abc", "abd", "ab", "a", "ba", "b", "pad_type", "pad", "x_", "x", ""
+            ]
+        );
     }
 
     #[test]
