@@ -372,6 +372,7 @@ pub(crate) fn rewrite_manifest(
     manifest: &PackageManifest,
     data_dir: &Path,
     model_digest: &[u8; 32],
+    known: &std::collections::HashMap<PathBuf, [u8; 32]>,
 ) -> Result<Vec<u8>, Error> {
     let mut entries = serde_json::Map::new();
     let mut root = String::new();
@@ -386,11 +387,17 @@ pub(crate) fn rewrite_manifest(
                 for (rel, file) in files_below(&p)? {
                     h.update((rel.len() as u64).to_le_bytes());
                     h.update(rel.as_bytes());
-                    h.update(sha256_file(&file)?);
+                    match known.get(&file) {
+                        Some(d) => h.update(d),
+                        None => h.update(sha256_file(&file)?),
+                    }
                 }
                 h.finalize().into()
             } else if meta.is_file() {
-                sha256_file(&p)?
+                match known.get(&p) {
+                    Some(d) => *d,
+                    None => sha256_file(&p)?,
+                }
             } else {
                 return Err(Error::new(&p, ErrorKind::NotRegularFile));
             }
@@ -438,7 +445,12 @@ impl CoreMlModel {
         let model = canonical_model_bytes(&self.model_bytes)
             .map_err(|e| Error::new(&self.model_path, ErrorKind::Wire(e)))?;
         let digest: [u8; 32] = Sha256::digest(&model).into();
-        let manifest_bytes = rewrite_manifest(manifest, &self.path.join("Data"), &digest)?;
+        let manifest_bytes = rewrite_manifest(
+            manifest,
+            &self.path.join("Data"),
+            &digest,
+            &Default::default(),
+        )?;
         let mut entries = Vec::new();
         for (rel, file) in files_below(&self.path)? {
             let source = if rel == "Manifest.json" {

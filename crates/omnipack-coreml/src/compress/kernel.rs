@@ -138,46 +138,18 @@ impl BlockGrid {
         cell
     }
 
-    /// Calls `f(start, len)` for every contiguous run (along the last axis) of the elements of
-    /// block `cell`, in element order.
-    fn for_each_run(&self, cell: usize, mut f: impl FnMut(usize, usize)) {
-        let rank = self.dims.len();
-        // The block's first element along every axis.
-        let mut origin = vec![0usize; rank];
-        let mut rest = cell;
-        for a in (0..rank).rev() {
-            origin[a] = (rest % self.cells[a])
-                * if self.blocks[a] == 0 {
-                    0
-                } else {
-                    self.blocks[a]
-                };
-            rest /= self.cells[a];
+    /// When every block is one contiguous run of elements (the axes before the first axis
+    /// whose block size is not 1 all have block size 1, and the axes after it are whole), the
+    /// length of that run: block `c` is elements `c * len .. (c + 1) * len`.
+    fn contiguous_block_len(&self) -> Option<usize> {
+        let first = self.blocks.iter().position(|&b| b != 1);
+        let Some(a) = first else {
+            return Some(1);
+        };
+        if self.blocks[a + 1..].iter().any(|&b| b != 0) {
+            return None;
         }
-        let last = rank - 1;
-        let run = self.extent(last);
-        // Odometer over the block's extent on the axes before the last.
-        let mut offset = vec![0usize; last];
-        loop {
-            let mut start = 0;
-            for a in 0..rank {
-                let i = origin[a] + if a < last { offset[a] } else { 0 };
-                start = start * self.dims[a] + i;
-            }
-            f(start, run);
-            let mut a = last;
-            loop {
-                if a == 0 {
-                    return;
-                }
-                a -= 1;
-                offset[a] += 1;
-                if offset[a] < self.extent(a) {
-                    break;
-                }
-                offset[a] = 0;
-            }
-        }
+        Some(self.extent(a) * self.dims[a + 1..].iter().product::<usize>())
     }
 }
 
@@ -233,8 +205,8 @@ pub struct Quantized {
     pub scales: Vec<u8>,
 }
 
-/// Elements per parallel piece of the code pass (even, so int4 pieces are whole bytes).
-const CODE_PIECE: usize = 1 << 16;
+/// Elements per parallel piece (even, so int4 pieces are whole bytes).
+const PIECE: usize = 1 << 14;
 
 /// Quantizes `data` on `grid` to `bits` (see the module docs for the rule).
 pub fn quantize(
@@ -253,142 +225,214 @@ pub fn quantize(
             found: raw / width,
         });
     }
-    let cells = grid.scale_count();
-    // Pass 1: the largest magnitude of every block, as bits of a non-negative float (whose
-    // order is the order of the values), and the first non-finite element.
-    let min_len = (4096 / (n / cells).max(1)).max(1);
-    let maxima: Vec<Result<u32, NonFinite>> = (0..cells)
-        .into_par_iter()
-        .with_min_len(min_len)
-        .map(|cell| block_max(data, grid, cell))
-        .collect();
-    let mut max_bits = Vec::with_capacity(cells);
-    let mut first: Option<NonFinite> = None;
-    for m in maxima {
-        match m {
-            Ok(b) => max_bits.push(b),
-            Err(e) => {
-                if first.is_none_or(|f| e.index < f.index) {
-                    first = Some(e);
-                }
-                max_bits.push(0);
-            }
-        }
+    if let Some(len) = grid.contiguous_block_len() {
+        return quantize_contiguous(data, grid.scale_count(), len, bits);
     }
-    if let Some(e) = first {
-        return Err(KernelError::NonFinite(e));
+    // Pass 1: the largest magnitude of every block, as the bits of a non-negative float
+    // (whose integer order is the order of the values).
+    let max_bits = general_maxima(data, grid);
+    // Non-finite values have the largest magnitudes: report the first one.
+    let limit = match data {
+        FloatData::F16(_) => 0x7c00,
+        FloatData::F32(_) => 0x7f80_0000,
+    };
+    if max_bits.iter().any(|&m| m >= limit) {
+        return Err(KernelError::NonFinite(first_non_finite(data)));
     }
     // The scales, in the weight's float type (and as f32 for the code pass).
-    let q = bits.range();
-    let (scales, scale_f32): (Vec<u8>, Vec<f32>) = match data {
-        FloatData::F16(_) => {
-            let mut bytes = Vec::with_capacity(2 * cells);
-            let mut f = Vec::with_capacity(cells);
-            for &m in &max_bits {
-                let r = f16::from_bits(m as u16).to_f32();
-                let two_r = f16::from_f32(r + r).to_f32();
-                let s = f16::from_f32(two_r / q);
-                bytes.extend_from_slice(&s.to_bits().to_le_bytes());
-                f.push(s.to_f32());
-            }
-            (bytes, f)
-        }
-        FloatData::F32(_) => {
-            let mut bytes = Vec::with_capacity(4 * cells);
-            let mut f = Vec::with_capacity(cells);
-            for &m in &max_bits {
-                let r = f32::from_bits(m);
-                let s = (r + r) / q;
-                bytes.extend_from_slice(&s.to_le_bytes());
-                f.push(s);
-            }
-            (bytes, f)
-        }
-    };
+    let float = data.float_type();
+    let mut scales = vec![0u8; max_bits.len() * width];
+    let scale_f32: Vec<f32> = max_bits
+        .iter()
+        .zip(scales.chunks_exact_mut(width))
+        .map(|(&m, out)| {
+            let r = match float {
+                FloatType::F16 => f16::from_bits(m as u16).to_f32(),
+                FloatType::F32 => f32::from_bits(m),
+            };
+            scale_of(r, float, bits, out)
+        })
+        .collect();
     // Pass 2: the codes, in pieces of whole output bytes.
-    let max_code = f32::from(bits.max_code());
     let mut out = vec![0u8; bits.data_bytes(n as u64) as usize];
     let piece_bytes = match bits {
-        Bits::Int8 => CODE_PIECE,
-        Bits::Int4 => CODE_PIECE / 2,
+        Bits::Int8 => PIECE,
+        Bits::Int4 => PIECE / 2,
     };
     out.par_chunks_mut(piece_bytes)
         .enumerate()
         .for_each(|(p, chunk)| {
-            let start = p * CODE_PIECE;
-            let end = (start + CODE_PIECE).min(n);
-            codes(data, grid, &scale_f32, max_code, bits, start, end, chunk);
+            let start = p * PIECE;
+            let end = (start + PIECE).min(n);
+            codes(data, grid, &scale_f32, bits, start, end, chunk);
         });
     Ok(Quantized { data: out, scales })
 }
 
-/// The largest magnitude in block `cell`, or its first non-finite element.
-fn block_max(data: FloatData<'_>, grid: &BlockGrid, cell: usize) -> Result<u32, NonFinite> {
-    let mut max = 0u32;
-    let mut bad: Option<NonFinite> = None;
-    match data {
-        FloatData::F16(b) => grid.for_each_run(cell, |start, len| {
-            for i in start..start + len {
-                let m = u32::from(FloatData::f16_bits(b, i) & 0x7fff);
-                if m >= 0x7c00 {
-                    if bad.is_none() {
-                        bad = Some(NonFinite {
-                            index: i,
-                            nan: m > 0x7c00,
-                        });
-                    }
-                } else if m > max {
-                    max = m;
-                }
-            }
-        }),
-        FloatData::F32(b) => grid.for_each_run(cell, |start, len| {
-            for i in start..start + len {
-                let m = FloatData::f32_bits(b, i) & 0x7fff_ffff;
-                if m >= 0x7f80_0000 {
-                    if bad.is_none() {
-                        bad = Some(NonFinite {
-                            index: i,
-                            nan: m > 0x7f80_0000,
-                        });
-                    }
-                } else if m > max {
-                    max = m;
-                }
-            }
-        }),
-    }
-    match bad {
-        Some(e) => Err(e),
-        None => Ok(max),
+/// The scale of a block whose largest magnitude is `r` (exact in f32): `(r + r) / Q` in the
+/// weight's float type, written to `out` (little-endian) and returned as f32.
+#[inline]
+fn scale_of(r: f32, float: FloatType, bits: Bits, out: &mut [u8]) -> f32 {
+    let q = bits.range();
+    match float {
+        FloatType::F16 => {
+            let two_r = f16::from_f32(r + r).to_f32();
+            let s = f16::from_f32(two_r / q);
+            out.copy_from_slice(&s.to_bits().to_le_bytes());
+            s.to_f32()
+        }
+        FloatType::F32 => {
+            let s = (r + r) / q;
+            out.copy_from_slice(&s.to_le_bytes());
+            s
+        }
     }
 }
 
-/// One code: `clip(round_half_even(t), -max, max)`, NaN giving 0.
-fn code_of(t: f32, max_code: f32) -> i8 {
-    // `as` saturates and maps NaN to 0, as numpy's cast does here.
-    t.round_ties_even().clamp(-max_code, max_code) as i8
-}
-
-/// Codes of elements `start..end` into `out` (whose first byte holds element `start`).
-#[allow(clippy::too_many_arguments)]
-fn codes(
+/// One pass for grids whose block `c` is elements `c * len .. (c + 1) * len` (`linear`,
+/// `gather` and `conv` weights): pieces of whole blocks in parallel, each decoded once (f16
+/// through omnipack-quant's exact vectorised conversion), its blocks' maxima, scales and codes
+/// computed in place.
+fn quantize_contiguous(
     data: FloatData<'_>,
-    grid: &BlockGrid,
-    scales: &[f32],
-    max_code: f32,
+    cells: usize,
+    len: usize,
     bits: Bits,
+) -> Result<Quantized, KernelError> {
+    use omnipack_quant::Dtype;
+    use omnipack_quant::kernels::{decode_f32, encode_f32};
+    let float = data.float_type();
+    let width = float.bytes() as usize;
+    let mut per = (PIECE / len).max(1);
+    if bits == Bits::Int4 && len % 2 == 1 && per % 2 == 1 {
+        // Pieces of an even number of elements are whole bytes of int4 codes.
+        per += 1;
+    }
+    let n = cells * len;
+    let mut out = vec![0u8; bits.data_bytes(n as u64) as usize];
+    let mut scales = vec![0u8; cells * width];
+    let piece_bytes = bits.data_bytes((per * len) as u64) as usize;
+    let max_code = f32::from(bits.max_code());
+    let finite = out
+        .par_chunks_mut(piece_bytes)
+        .zip(scales.par_chunks_mut(per * width))
+        .enumerate()
+        .map(|(p, (codes, scale_bytes))| {
+            let blocks = scale_bytes.len() / width;
+            let start = p * per * len;
+            let end = start + blocks * len;
+            let mut w = vec![0f32; end - start];
+            match data {
+                FloatData::F16(b) => decode_f32(&b[2 * start..2 * end], Dtype::F16, &mut w),
+                FloatData::F32(b) => decode_f32(&b[4 * start..4 * end], Dtype::F32, &mut w),
+            }
+            for (block, out) in w
+                .chunks_exact_mut(len)
+                .zip(scale_bytes.chunks_exact_mut(width))
+            {
+                // Magnitudes as integers (below 2^31), so the maximum vectorises.
+                let m = block
+                    .iter()
+                    .map(|x| (x.to_bits() & 0x7fff_ffff) as i32)
+                    .fold(0, i32::max);
+                if m >= 0x7f80_0000 {
+                    return false;
+                }
+                let s = scale_of(f32::from_bits(m as u32), float, bits, out);
+                for x in block.iter_mut() {
+                    *x /= s;
+                }
+            }
+            if float == FloatType::F16 {
+                let mut h = vec![0u8; 2 * w.len()];
+                encode_f32(&w, Dtype::F16, &mut h);
+                decode_f32(&h, Dtype::F16, &mut w);
+            }
+            write_codes(&w, bits, max_code, codes);
+            true
+        })
+        .reduce(|| true, |a, b| a && b);
+    if !finite {
+        return Err(KernelError::NonFinite(first_non_finite(data)));
+    }
+    Ok(Quantized { data: out, scales })
+}
+
+/// Codes of quotients `w` into `out` (int8 bytes, or int4 packed low nibble first).
+fn write_codes(w: &[f32], bits: Bits, max_code: f32, out: &mut [u8]) {
+    match bits {
+        Bits::Int8 => {
+            for (o, &x) in out.iter_mut().zip(w) {
+                *o = code_of(x, max_code) as u8;
+            }
+        }
+        Bits::Int4 => {
+            let pairs = w.len() / 2;
+            for (o, pair) in out.iter_mut().zip(w.chunks_exact(2)) {
+                let lo = (code_of(pair[0], max_code) as u8) & 0x0f;
+                let hi = (code_of(pair[1], max_code) as u8) & 0x0f;
+                *o = lo | (hi << 4);
+            }
+            if w.len() % 2 == 1 {
+                out[pairs] = (code_of(w[w.len() - 1], max_code) as u8) & 0x0f;
+            }
+        }
+    }
+}
+
+/// The magnitude bits of element `i`.
+#[inline(always)]
+fn magnitude(data: FloatData<'_>, i: usize) -> u32 {
+    match data {
+        FloatData::F16(b) => u32::from(FloatData::f16_bits(b, i) & 0x7fff),
+        FloatData::F32(b) => FloatData::f32_bits(b, i) & 0x7fff_ffff,
+    }
+}
+
+/// Block maxima of any grid: slabs of the first axis in parallel, each into its own maxima,
+/// merged (a maximum does not depend on the order).
+fn general_maxima(data: FloatData<'_>, grid: &BlockGrid) -> Vec<u32> {
+    let rows = grid.dims[0];
+    let row_len = grid.elements() / rows;
+    let slab = (PIECE / row_len).max(1);
+    let slabs: Vec<usize> = (0..rows).step_by(slab).collect();
+    slabs
+        .into_par_iter()
+        .map(|r0| {
+            let mut max = vec![0u32; grid.scale_count()];
+            let start = r0 * row_len;
+            let end = ((r0 + slab).min(rows)) * row_len;
+            for_each_element_cell(grid, start, end, |e, cell| {
+                let m = magnitude(data, e);
+                if m > max[cell] {
+                    max[cell] = m;
+                }
+            });
+            max
+        })
+        .reduce_with(|mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = (*x).max(y);
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![0; grid.scale_count()])
+}
+
+/// Calls `f(element, block)` for elements `start..end`, in order.
+fn for_each_element_cell(
+    grid: &BlockGrid,
     start: usize,
     end: usize,
-    out: &mut [u8],
+    mut f: impl FnMut(usize, usize),
 ) {
     let rank = grid.dims.len();
     let last = rank - 1;
     let row = grid.dims[last];
+    let block = grid.blocks[last];
     let mut index = vec![0usize; rank];
     let mut e = start;
     while e < end {
-        // Multi-index of `e`.
         let mut rest = e;
         for a in (0..rank).rev() {
             index[a] = rest % grid.dims[a];
@@ -398,29 +442,74 @@ fn codes(
         let run_end = (e + (row - i0)).min(end);
         index[last] = 0;
         let base = grid.cell_of(&index);
-        let block = grid.blocks[last];
         for (k, el) in (e..run_end).enumerate() {
-            let j = i0 + k;
-            let cell = base + j.checked_div(block).unwrap_or(0);
-            let s = scales[cell];
-            let code = match data {
-                FloatData::F16(b) => {
-                    let w = f16::from_bits(FloatData::f16_bits(b, el)).to_f32();
-                    code_of(f16::from_f32(w / s).to_f32(), max_code)
-                }
-                FloatData::F32(b) => {
-                    let w = f32::from_bits(FloatData::f32_bits(b, el));
-                    code_of(w / s, max_code)
-                }
-            };
-            let o = el - start;
-            match bits {
-                Bits::Int8 => out[o] = code as u8,
-                Bits::Int4 => out[o / 2] |= ((code as u8) & 0x0f) << (4 * (o % 2)),
-            }
+            f(el, base + (i0 + k).checked_div(block).unwrap_or(0));
         }
         e = run_end;
     }
+}
+
+/// The first NaN or infinity, in element order.
+fn first_non_finite(data: FloatData<'_>) -> NonFinite {
+    let (n, limit) = match data {
+        FloatData::F16(b) => (b.len() / 2, 0x7c00),
+        FloatData::F32(b) => (b.len() / 4, 0x7f80_0000),
+    };
+    let index = (0..n)
+        .into_par_iter()
+        .find_first(|&i| magnitude(data, i) >= limit)
+        .unwrap_or(0);
+    NonFinite {
+        index,
+        nan: magnitude(data, index) > limit,
+    }
+}
+
+/// Codes of elements `start..end` of any grid into `out` (whose first byte holds element
+/// `start`): `w / scale` in f32 (rounded to fp16 for fp16 weights, through omnipack-quant's
+/// exact vectorised conversions), then rounded half to even and clipped.
+fn codes(
+    data: FloatData<'_>,
+    grid: &BlockGrid,
+    scales: &[f32],
+    bits: Bits,
+    start: usize,
+    end: usize,
+    out: &mut [u8],
+) {
+    use omnipack_quant::Dtype;
+    use omnipack_quant::kernels::{decode_f32, encode_f32};
+    let n = end - start;
+    let mut w = vec![0f32; n];
+    match data {
+        FloatData::F16(b) => decode_f32(&b[2 * start..2 * end], Dtype::F16, &mut w),
+        FloatData::F32(b) => decode_f32(&b[4 * start..4 * end], Dtype::F32, &mut w),
+    }
+    for_each_element_cell(grid, start, end, |e, cell| w[e - start] /= scales[cell]);
+    if let FloatData::F16(_) = data {
+        let mut h = vec![0u8; 2 * n];
+        encode_f32(&w, Dtype::F16, &mut h);
+        decode_f32(&h, Dtype::F16, &mut w);
+    }
+    write_codes(&w, bits, f32::from(bits.max_code()), out);
+}
+
+/// One code: `clip(round_half_even(t), -max, max)`, a NaN giving 0 (as numpy's cast of NaN
+/// does here). Clipping to the integer bounds first gives the same result. Adding 1.5 * 2^23
+/// rounds any |t| <= 2^22 to an integer, ties to even, in the low bits of the sum, which are
+/// read without a float-to-int conversion (so the loop vectorises).
+#[inline(always)]
+fn code_of(t: f32, max: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    let t = if t.is_nan() { 0.0 } else { t };
+    let c = if t > max {
+        max
+    } else if t < -max {
+        -max
+    } else {
+        t
+    };
+    ((c + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32) as i8
 }
 
 /// The values the codes stand for (`code * scale`, in f64), for checks.

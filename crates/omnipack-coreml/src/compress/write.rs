@@ -75,6 +75,25 @@ impl Source {
     }
 }
 
+/// A writer that digests what goes through it (the manifest's identifier of the weights folder
+/// needs the sha256 of `weight.bin`, which is then not read again).
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn write_error(path: &Path, e: BlobWriteError) -> Error {
     match e {
         BlobWriteError::Io(e) => Error::io(path, e),
@@ -100,6 +119,7 @@ pub fn compress(
         .ok_or_else(|| Error::new(&model.path, ErrorKind::UnknownFormat))?;
     let staging = Staging::new(out)?;
     let mut inline_scales: HashMap<usize, Vec<u8>> = HashMap::new();
+    let mut digests: HashMap<std::path::PathBuf, [u8; 32]> = HashMap::new();
     for file in &plan.files {
         let source = model.blob_file(&file.program_name).ok_or_else(|| {
             Error::new(
@@ -116,8 +136,11 @@ pub fn compress(
                 ErrorKind::Program(format!("{} blobs do not fit one file", file.blobs.len())),
             )
         })?;
-        let mut writer = BlobWriter::new(BufWriter::with_capacity(1 << 20, f), count)
-            .map_err(|e| write_error(&dest, e))?;
+        let hashing = Hashing {
+            inner: BufWriter::with_capacity(1 << 20, f),
+            hasher: Sha256::new(),
+        };
+        let mut writer = BlobWriter::new(hashing, count).map_err(|e| write_error(&dest, e))?;
         let mut pending: Option<(usize, Quantized)> = None;
         for blob in &file.blobs {
             let offset = match blob.content {
@@ -200,6 +223,7 @@ pub fn compress(
         if len != file.bytes {
             return Err(internal(&dest, "the file's size differs from the plan"));
         }
+        digests.insert(dest, out.hasher.finalize().into());
     }
 
     // The program.
@@ -257,7 +281,7 @@ pub fn compress(
 
     let digest: [u8; 32] = Sha256::digest(&model_bytes).into();
     let manifest_bytes =
-        rewrite::rewrite_manifest(manifest, &staging.path().join("Data"), &digest)?;
+        rewrite::rewrite_manifest(manifest, &staging.path().join("Data"), &digest, &digests)?;
     let dest = staging.entry_path("Manifest.json")?;
     std::fs::write(&dest, manifest_bytes).map_err(|e| Error::io(&dest, e))?;
     staging.commit()?;
