@@ -652,3 +652,42 @@ fn formats_the_model_cannot_take_are_typed_errors() {
     .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::OutputExists), "{e}");
 }
+
+#[test]
+fn a_blob_that_contradicts_its_constant_is_an_error_not_a_panic() {
+    let dir = tmp();
+    let pkg = dir.path().join("edited.mlpackage");
+    omnipack_coreml::write_package(
+        &open(&data().join("decode_step_ios18.mlpackage"))
+            .unwrap()
+            .reproducible_entries()
+            .unwrap(),
+        &pkg,
+    )
+    .unwrap();
+    // The first blob (the fp16 embedding) now says it holds fp32 data.
+    let wb = weight_bin(&pkg);
+    let mut bytes = fs::read(&wb).unwrap();
+    assert_eq!(&bytes[68..72], &1u32.to_le_bytes());
+    bytes[68..72].copy_from_slice(&2u32.to_le_bytes());
+    fs::write(&wb, bytes).unwrap();
+    let model = open(&pkg).unwrap();
+    let e =
+        CompressionPlan::new(&model, &CompressionConfig::new(CompressionFormat::Int8)).unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Program(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("const `gather_0_x_0` is fp16 [128, 64], but its blob at offset 64"),
+        "{e}"
+    );
+    let out = dir.path().join("out.mlpackage");
+    assert!(
+        compress(
+            &model,
+            &CompressionConfig::new(CompressionFormat::Int8),
+            &out
+        )
+        .is_err()
+    );
+    assert!(!out.exists());
+}
