@@ -691,3 +691,41 @@ fn a_blob_that_contradicts_its_constant_is_an_error_not_a_panic() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn a_new_name_the_function_already_has_is_refused() {
+    let dir = tmp();
+    let pkg = dir.path().join("edited.mlpackage");
+    omnipack_coreml::write_package(
+        &open(&data().join("decode_step_ios18.mlpackage"))
+            .unwrap()
+            .reproducible_entries()
+            .unwrap(),
+        &pkg,
+    )
+    .unwrap();
+    // Rename a constant (definition and uses; same length, so the protobuf stays valid) to
+    // the name the embedding's compressed form would get.
+    let file = pkg.join("Data/com.apple.CoreML/model.mlmodel");
+    let from: &[u8] = b"matmul_0_transpose_y_0";
+    let to: &[u8] = b"gather_0_x_0_quantized";
+    let mut bytes = fs::read(&file).unwrap();
+    let mut hits = 0;
+    for i in 0..=bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+    }
+    assert!(hits >= 2);
+    fs::write(&file, bytes).unwrap();
+    let model = open(&pkg).unwrap();
+    let e =
+        CompressionPlan::new(&model, &CompressionConfig::new(CompressionFormat::Int8)).unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::NotCompressible(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("`gather_0_x_0_quantized`, a name function `main` already has"),
+        "{e}"
+    );
+}

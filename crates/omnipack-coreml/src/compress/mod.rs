@@ -557,6 +557,7 @@ fn plan(model: &CoreMlModel, config: &CompressionConfig) -> Result<CompressionPl
     let bad = |m: String| Error::new(&model.model_path, ErrorKind::Program(m));
     for (fname, function) in &program.functions {
         let view = select::FunctionView::new(fname, function, &mut scope).map_err(bad)?;
+        let mut new_names = HashSet::new();
         for i in 0..view.ops.len() {
             let op = view.ops[i].op;
             let weight_op = op.r#type == "const" || op.r#type.starts_with("constexpr_");
@@ -703,9 +704,19 @@ fn plan(model: &CoreMlModel, config: &CompressionConfig) -> Result<CompressionPl
                             new_inline += 4;
                         }
                         let base = name_attribute(op).unwrap_or(c.output);
+                        let op_name = format!("{base}_quantized");
+                        if view.defines(&op_name) || !new_names.insert(op_name.clone()) {
+                            return Err(not_compressible(
+                                model,
+                                format!(
+                                    "the compressed form of `{}` would be named `{op_name}`, a name function `{fname}` already has",
+                                    c.output
+                                ),
+                            ));
+                        }
                         WeightAction::Compressed(Box::new(CompressedWeight {
                             op: op_kind,
-                            op_name: format!("{base}_quantized"),
+                            op_name,
                             output_axis: blocking.output_axis,
                             input_axis: blocking.input_axis,
                             block_sizes: blocking.block_sizes,

@@ -94,6 +94,8 @@ pub(crate) struct FunctionView<'a> {
     block_outputs: HashSet<&'a str>,
     /// `const` operations by output name.
     consts: HashMap<&'a str, usize>,
+    /// Every name the function defines (inputs, block inputs, operation outputs).
+    defined: HashSet<&'a str>,
 }
 
 impl<'a> FunctionView<'a> {
@@ -118,10 +120,12 @@ impl<'a> FunctionView<'a> {
             consumers: HashMap::new(),
             block_outputs: HashSet::new(),
             consts: HashMap::new(),
+            defined: HashSet::new(),
         };
         let mut defined: HashSet<&'a str> =
             function.inputs.iter().map(|i| i.name.as_str()).collect();
         view.walk(block, scope, &mut defined)?;
+        view.defined = defined;
         Ok(view)
     }
 
@@ -175,6 +179,11 @@ impl<'a> FunctionView<'a> {
     /// The operations that use variable `name`, with the input they bind it to.
     pub fn users(&self, name: &str) -> &[(usize, &'a str)] {
         self.consumers.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether the function already defines `name`.
+    pub fn defines(&self, name: &str) -> bool {
+        self.defined.contains(name)
     }
 
     pub fn is_block_output(&self, name: &str) -> bool {
