@@ -707,23 +707,49 @@ mod tests {
         }
     }
 
-    /// A shape of rank 2 to 4 with a block size per axis that divides it.
-    fn arb_grid() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
-        proptest::collection::vec((1usize..6, 0usize..4), 2..5).prop_map(|axes| {
-            let mut dims = Vec::new();
-            let mut blocks = Vec::new();
-            for (i, (n, b)) in axes.into_iter().enumerate() {
-                // Axis 0 per channel, the others whole, in blocks of 1, 2 or `n`.
-                let block = if i == 0 { 1 } else { [0, 1, 2, 0][b] };
-                let d = if block == 2 { 2 * n } else { n + 1 };
-                dims.push(d);
-                blocks.push(block);
-            }
-            (dims, blocks)
+    /// Thread pools of one and three threads, built once.
+    fn pools() -> &'static [rayon::ThreadPool; 2] {
+        static POOLS: std::sync::OnceLock<[rayon::ThreadPool; 2]> = std::sync::OnceLock::new();
+        POOLS.get_or_init(|| {
+            [1, 3].map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .unwrap()
+            })
         })
     }
 
+    /// A shape of rank 2 to 4 with a block size per axis that divides it.
+    fn arb_grid() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        (
+            proptest::collection::vec((1usize..6, 0usize..4), 2..5),
+            1usize..400,
+        )
+            .prop_map(|(axes, rows)| {
+                let mut dims = Vec::new();
+                let mut blocks = Vec::new();
+                for (i, (n, b)) in axes.into_iter().enumerate() {
+                    // Axis 0 per channel, the others whole, in blocks of 1, 2 or `n`.
+                    let block = if i == 0 { 1 } else { [0, 1, 2, 0][b] };
+                    // The first axis sometimes long, so the work splits into several pieces.
+                    let d = if i == 0 {
+                        n * rows
+                    } else if block == 2 {
+                        2 * n
+                    } else {
+                        n + 1
+                    };
+                    dims.push(d);
+                    blocks.push(block);
+                }
+                (dims, blocks)
+            })
+    }
+
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
         #[test]
         fn codes_are_in_range_and_errors_bounded(
             (dims, blocks) in arb_grid(),
@@ -783,8 +809,10 @@ mod tests {
                 let err = (stored[e] - back[e]).abs();
                 prop_assert!(err <= 0.7 * s + slack, "element {}: {} vs {} (scale {})", e, stored[e], back[e], s);
             }
-            // The same input gives the same bytes.
-            prop_assert_eq!(quantize(data, &grid, bits).unwrap(), q);
+            // The same bytes with one thread and with three.
+            for pool in pools() {
+                prop_assert_eq!(pool.install(|| quantize(data, &grid, bits)).unwrap(), q.clone());
+            }
         }
     }
 }
