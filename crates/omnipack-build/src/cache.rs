@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::fsutil::{remove_any, write_atomic};
-use crate::hash::{FileStamp, sha256_bytes, sha256_file};
+use omnipack_quant::{digest_file, sha256_bytes};
+
+use crate::hash::FileStamp;
 
 /// A file of a cache entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -184,9 +186,10 @@ impl Cache {
             let p = dir.join(&f.path);
             match FileStamp::of(&p) {
                 Ok(s) if s == f.stamp => continue,
-                Ok(_) => match sha256_file(&p) {
-                    Ok((sha, size)) if sha == f.sha256 && size == f.size => continue,
-                    Ok((sha, size)) => {
+                Ok(_) => match digest_file(&p) {
+                    Ok(d) if d.sha256 == f.sha256 && d.size == f.size => continue,
+                    Ok(d) => {
+                        let (sha, size) = (d.sha256, d.size);
                         let _ = remove_any(&dir);
                         return Lookup::Corrupt(format!(
                             "{}: {} bytes with sha256 {sha}, expected {} bytes with sha256 {}",
@@ -237,7 +240,10 @@ impl Cache {
             let p = work.join(&rel);
             let (sha256, size) = match known {
                 Some(k) => k,
-                None => sha256_file(&p)?,
+                None => {
+                    let d = digest_file(&p)?;
+                    (d.sha256, d.size)
+                }
             };
             let stamp = FileStamp::of(&p)?;
             recs.push(CachedFile {

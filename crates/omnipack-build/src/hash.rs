@@ -1,78 +1,14 @@
-//! sha256 helpers: hex encoding, a hashing writer, file digests and the digest memo that lets
-//! an unchanged rebuild skip reading its inputs.
+//! The digest memo that lets an unchanged rebuild skip reading its inputs, and the file stamps
+//! it (and the cache) trust instead of re-reading a file. Hashing itself is
+//! [`omnipack_quant::digest`].
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-/// Lowercase hex of `bytes`, shared with the quantizer.
-pub use omnipack_quant::hex;
-
-/// sha256 of a byte slice, lowercase hex.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// A writer that hashes and counts everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    /// Wraps `inner`.
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
-    /// The sha256 (hex) and byte count of everything written, and the inner writer.
-    pub fn finish(self) -> (String, u64, W) {
-        (hex(&self.hasher.finalize()), self.written, self.inner)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Copy buffer size for streaming hashes and copies.
-pub const CHUNK: usize = 1 << 20;
-
-/// sha256 (hex) and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut f = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex(&hasher.finalize()), total))
-}
 
 /// What identifies a file's content without reading it: size, modification time, inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,7 +112,8 @@ impl DigestMemo {
             return Ok((e.sha256.clone(), stamp.size));
         }
         let hashed_at_ns = now_ns();
-        let (sha, size) = sha256_file(&abs)?;
+        let d = omnipack_quant::digest_file(&abs)?;
+        let (sha, size) = (d.sha256, d.size);
         let after = FileStamp::of(&abs)?;
         if let Ok(mut s) = stats.lock() {
             s.bytes_hashed += size;
@@ -226,26 +163,7 @@ impl DigestMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_and_sha256() {
-        assert_eq!(hex(&[0, 15, 255]), "000fff");
-        assert_eq!(
-            sha256_bytes(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    fn hashing_writer_matches_digest() {
-        let mut w = HashingWriter::new(Vec::new());
-        w.write_all(b"ab").unwrap();
-        w.write_all(b"c").unwrap();
-        let (sha, n, inner) = w.finish();
-        assert_eq!(n, 3);
-        assert_eq!(inner, b"abc");
-        assert_eq!(sha, sha256_bytes(b"abc"));
-    }
+    use omnipack_quant::sha256_bytes;
 
     #[test]
     fn memo_detects_changes() {

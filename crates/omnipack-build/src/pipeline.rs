@@ -940,7 +940,7 @@ fn source_config(
     let abs = ctx.abs(rel);
     let (sha, _) = ctx.digest(&abs)?;
     let bytes = fs::read(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
-    if crate::hash::sha256_bytes(&bytes) != sha {
+    if omnipack_quant::sha256_bytes(&bytes) != sha {
         return Err(format!(
             "{}: changed during the build (run it again)",
             abs.display()
@@ -1044,7 +1044,7 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
         "package",
         &json!({
             "bundle_json": bundle_json.sha256,
-            "asset_pack_manifest": crate::hash::sha256_bytes(&pack_manifest),
+            "asset_pack_manifest": omnipack_quant::sha256_bytes(&pack_manifest),
             "weights_bytes": weights_bytes,
             "parameters": parameters,
         }),
@@ -1099,7 +1099,7 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     recorded.push((
         "pack/Manifest.json".into(),
         Some((
-            crate::hash::sha256_bytes(&pack_manifest),
+            omnipack_quant::sha256_bytes(&pack_manifest),
             pack_manifest.len() as u64,
         )),
     ));
@@ -1146,7 +1146,7 @@ fn make_summary(
     plan: &Plan,
     outs: &BTreeMap<String, Arc<BundleOut>>,
 ) -> Result<Summary, BuildError> {
-    let manifest_sha256 = crate::hash::sha256_bytes(&crate::sidecars::to_canonical_compact(
+    let manifest_sha256 = omnipack_quant::sha256_bytes(&crate::sidecars::to_canonical_compact(
         &ctx.loaded.merged_json,
     ));
     let mut inputs: Vec<omnipack_summary::InputFile> = ctx

@@ -11,9 +11,9 @@ use omnipack_summary::{BundleEntry, BundleManifest, SUMMARY_FILE, Summary};
 use rayon::prelude::*;
 
 use crate::fsutil::{is_safe_relative, walk_files};
-use crate::hash::{sha256_bytes, sha256_file};
 use crate::output::PRIVATE_DIR;
 use crate::zipper::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
+use omnipack_quant::{digest_file, sha256_bytes};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default)]
@@ -182,12 +182,13 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
     }
     let zip = out.join(&b.file);
     n += 1;
-    match sha256_file(&zip) {
+    match digest_file(&zip) {
         Err(e) => {
             m.push(format!("{}: {e}", b.file));
             return (n, m);
         }
-        Ok((sha, size)) => {
+        Ok(d) => {
+            let (sha, size) = (d.sha256, d.size);
             if size != b.size_bytes {
                 m.push(format!(
                     "{}: {size} bytes, the summary says {}",
@@ -332,11 +333,11 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                     m.push(format!("{rel}: missing"));
                     continue;
                 }
-                match sha256_file(&files_dir.join(&f.path)) {
+                match digest_file(&files_dir.join(&f.path)) {
                     Err(e) => m.push(format!("{rel}: {e}")),
-                    Ok((sha, size)) if sha != f.sha256 || size != f.size_bytes => m.push(format!(
-                        "{rel}: {size} bytes with sha256 {sha}, the summary says {} bytes with sha256 {}",
-                        f.size_bytes, f.sha256
+                    Ok(d) if d.sha256 != f.sha256 || d.size != f.size_bytes => m.push(format!(
+                        "{rel}: {} bytes with sha256 {}, the summary says {} bytes with sha256 {}",
+                        d.size, d.sha256, f.size_bytes, f.sha256
                     )),
                     Ok(_) => {}
                 }
@@ -399,7 +400,8 @@ pub fn sniff(path: &Path) -> InspectKind {
 /// A human description of a bundle zip: its `bundle.json`, every entry with size, offset,
 /// alignment and sha256, and the zip's own digest.
 pub fn describe_bundle(path: &Path) -> Result<String, String> {
-    let (sha, size) = sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let d = digest_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (sha, size) = (d.sha256, d.size);
     let entries = read_zip_entries(path)?;
     let mut s = String::new();
     let _ = writeln!(

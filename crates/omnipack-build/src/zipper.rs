@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, System, ZipWriter};
 
-use crate::hash::{CHUNK, HashingWriter, sha256_file};
+use omnipack_quant::{DigestWriter, HASH_CHUNK as CHUNK, digest_file, sha256_bytes};
 
 /// Alignment of entry data for memory mapping.
 pub const DATA_ALIGNMENT: u16 = 16384;
@@ -50,7 +50,7 @@ impl Entry {
         Entry {
             path: path.into(),
             size: bytes.len() as u64,
-            sha256: crate::hash::sha256_bytes(&bytes),
+            sha256: sha256_bytes(&bytes),
             source: EntrySource::Bytes(bytes),
         }
     }
@@ -147,7 +147,7 @@ pub fn write_zip(
         }
         zip.start_file(e.path.as_str(), options(&e.path, e.size))
             .map_err(zip_err)?;
-        let mut w = HashingWriter::new(&mut zip);
+        let mut w = DigestWriter::new(&mut zip);
         match &e.source {
             EntrySource::Bytes(b) => {
                 w.write_all(b).map_err(io_err(out))?;
@@ -165,7 +165,8 @@ pub fn write_zip(
                 }
             }
         }
-        let (sha, n, _) = w.finish();
+        let (d, _) = w.finish();
+        let (sha, n) = (d.sha256, d.size);
         if sha != e.sha256 || n != e.size {
             return Err(ZipError::Changed {
                 entry: e.path.clone(),
@@ -179,7 +180,8 @@ pub fn write_zip(
         .map_err(|e| e.into_error())
         .and_then(|f| f.sync_data())
         .map_err(io_err(out))?;
-    let (sha256, size) = sha256_file(out).map_err(io_err(out))?;
+    let d = digest_file(out).map_err(io_err(out))?;
+    let (sha256, size) = (d.sha256, d.size);
     Ok(ZipOutcome { size, sha256 })
 }
 
@@ -215,7 +217,7 @@ pub fn read_zip_entries(path: &Path) -> Result<Vec<ReadEntry>, String> {
             .to_string();
         let data_start = e.data_start().unwrap_or(0);
         let stored = e.compression() == CompressionMethod::Stored;
-        let mut w = HashingWriter::new(io::sink());
+        let mut w = DigestWriter::new(io::sink());
         loop {
             let n = e
                 .read(&mut buf)
@@ -225,7 +227,8 @@ pub fn read_zip_entries(path: &Path) -> Result<Vec<ReadEntry>, String> {
             }
             let _ = w.write_all(&buf[..n]);
         }
-        let (sha256, size, _) = w.finish();
+        let (d, _) = w.finish();
+        let (sha256, size) = (d.sha256, d.size);
         out.push(ReadEntry {
             path: name,
             size,
@@ -268,7 +271,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let weights = dir.path().join("w");
         std::fs::write(&weights, vec![7u8; 100_000]).unwrap();
-        let (wsha, _) = sha256_file(&weights).unwrap();
+        let wsha = digest_file(&weights).unwrap().sha256;
         let entries = || {
             vec![
                 Entry::bytes("z.json", b"{}".to_vec()),
@@ -320,7 +323,8 @@ mod tests {
         let f = File::create(&big).unwrap();
         f.set_len((4u64 << 30) + (1 << 20)).unwrap();
         drop(f);
-        let (sha, size) = sha256_file(&big).unwrap();
+        let d = digest_file(&big).unwrap();
+        let (sha, size) = (d.sha256, d.size);
         let entries = vec![
             Entry::bytes(BUNDLE_JSON, b"{}".to_vec()),
             Entry {

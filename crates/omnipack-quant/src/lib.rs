@@ -5,7 +5,9 @@
 //!   [`QuantSpec`] as a pure function of input headers (used by the planner and the writer).
 //! * [`quantize_to_file`], [`quantize_file`]: the streaming, parallel quantizer.
 //! * [`kernels`]: MLX affine (`mx.quantize`), bitsandbytes NF4/FP4 and float casts.
+//! * [`digest`]: sha256 and CRC-32 of files and bytes, the one place omnipack hashes bytes.
 
+pub mod digest;
 mod dtype;
 mod error;
 mod header;
@@ -13,6 +15,9 @@ pub mod kernels;
 mod spec;
 mod writer;
 
+pub use digest::{
+    DigestWriter, Digester, FileDigest, HASH_CHUNK, digest_file, hex, sha256_bytes, sha256_file,
+};
 pub use dtype::{Dtype, TensorInfo};
 pub use error::QuantError;
 pub use header::{
@@ -25,6 +30,6 @@ pub use spec::{
     file_bytes, glob_match, header_bytes, plan_outputs,
 };
 pub use writer::{
-    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, hex, quantize_file,
-    quantize_to_file, quantize_to_file_with, sha256_file,
+    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, quantize_file,
+    quantize_to_file, quantize_to_file_with,
 };

@@ -342,7 +342,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
         tensors.len(),
         data
     ));
-    let sha = omnipack_quant::sha256_file(path).map_err(|e| e.to_string())?;
+    let sha = omnipack_quant::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     out.push_str(&format!("sha256: {sha}\n"));
     if !header.metadata.is_empty() {
         let m: Vec<String> = header
