@@ -92,7 +92,7 @@ pub fn key_of(kind: &str, material: &Value) -> String {
         "omnipack": env!("CARGO_PKG_VERSION"),
         "material": material,
     });
-    sha256_bytes(&crate::sidecars::to_canonical_compact(&v))
+    sha256_bytes(&omnipack_manifest::canonical_json::to_canonical_compact(&v))
 }
 
 impl Cache {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use omnipack_manifest::lexical_path::slash;
+
 use crate::fsutil::is_safe_relative;
 
 /// Why an exporter failed.
@@ -225,7 +227,7 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
                         source,
                     })?;
                     let ep = e.path();
-                    let rel = crate::fsutil::slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
+                    let rel = slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
                     if e.file_name().to_str().is_none() {
                         return Err(ExportError::NonUtf8Name(rel));
                     }
@@ -253,7 +255,7 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
             }
         } else {
             regular_file(&p, &meta, o, &mut links)?;
-            files.push(crate::fsutil::slash(Path::new(o)));
+            files.push(slash(Path::new(o)));
         }
     }
     for l in &links {
@@ -347,14 +349,10 @@ pub fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Absolute form of `p` (for `{out}`).
-pub fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omnipack_manifest::lexical_path::absolute;
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]

@@ -15,16 +15,14 @@ use serde_json::json;
 
 use crate::cache::{Cache, CacheEntry, Lookup, key_of};
 use crate::executor::{StageStatus, execute};
-use crate::exporter::{absolute, fill_placeholders, run_exporter};
-use crate::fsutil::{
-    dir_identity, link_or_copy, normalize, relative_to, remove_any, slash, walk_files,
-    walk_files_skipping,
-};
+use crate::exporter::{fill_placeholders, run_exporter};
+use crate::fsutil::{dir_identity, link_or_copy, remove_any, walk_files, walk_files_skipping};
 use crate::hash::{DigestMemo, MemoStats};
 use crate::output::{OutputLock, PRIVATE_DIR, SwapArea};
 use crate::progress::{Event, Progress};
 use crate::sidecars::{asset_pack_id, asset_pack_manifest, config_json, decode_step_sidecars};
 use crate::zipper::{BUNDLE_JSON, Entry, EntrySource, write_zip};
+use omnipack_manifest::lexical_path::{absolute, normalize, relative_to, slash};
 
 /// Apple's limits per app record.
 pub const MAX_ASSET_PACKS: usize = 100;
@@ -1146,9 +1144,9 @@ fn make_summary(
     plan: &Plan,
     outs: &BTreeMap<String, Arc<BundleOut>>,
 ) -> Result<Summary, BuildError> {
-    let manifest_sha256 = omnipack_quant::sha256_bytes(&crate::sidecars::to_canonical_compact(
-        &ctx.loaded.merged_json,
-    ));
+    let manifest_sha256 = omnipack_quant::sha256_bytes(
+        &omnipack_manifest::canonical_json::to_canonical_compact(&ctx.loaded.merged_json),
+    );
     let mut inputs: Vec<omnipack_summary::InputFile> = ctx
         .digests
         .iter()

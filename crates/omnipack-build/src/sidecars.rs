@@ -3,37 +3,9 @@
 //! asset pack's Background Assets `Manifest.json`. All depend only on the component (never on
 //! a tier), with sorted keys, so a bundle's bytes are the same for every tier.
 
+use omnipack_manifest::canonical_json::to_canonical_pretty;
 use omnipack_manifest::{Delivery, Format, IoDtype, KvFormat, ResolvedComponent, Role};
 use serde_json::{Map, Value, json};
-
-/// Serialises with sorted keys, two-space indentation and a final newline.
-pub fn to_canonical_pretty(v: &Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&sort_keys(v)).unwrap_or_default();
-    out.push(b'\n');
-    out
-}
-
-/// Compact JSON with sorted keys (the canonical form hashed for `manifest_sha256`).
-pub fn to_canonical_compact(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(&sort_keys(v)).unwrap_or_default()
-}
-
-/// A copy of `v` with every object's keys sorted by bytes.
-pub fn sort_keys(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let mut out = Map::new();
-            for k in keys {
-                out.insert(k.clone(), sort_keys(&m[k]));
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(sort_keys).collect()),
-        other => other.clone(),
-    }
-}
 
 /// `config.json` of a native variant: the architecture in the names mlx-lm reads, and for
 /// MLX affine formats `"quantization": {"group_size", "bits", "mode": "affine"}`.
@@ -338,14 +310,5 @@ mod tests {
         let v = parse(config_json(&component(None), Format::Int4, Some(32), None));
         assert_eq!(v["quantization"], q);
         assert!(v.get("quantization_config").is_none() && v.get("model_type").is_none());
-    }
-
-    #[test]
-    fn canonical_sorts_keys() {
-        let v = json!({"b": 1, "a": {"d": 2, "c": [ {"z": 1, "y": 2} ]}});
-        assert_eq!(
-            String::from_utf8(to_canonical_compact(&v)).unwrap(),
-            r#"{"a":{"c":[{"y":2,"z":1}],"d":2},"b":1}"#
-        );
     }
 }

@@ -5,8 +5,10 @@
 //! [`Diagnostics`]. Other crates report located problems with
 //! [`LoadedManifest::diagnostic_at`] and print them with [`render`].
 
+pub mod canonical_json;
 mod check;
 pub mod diagnostic;
+pub mod lexical_path;
 pub mod load;
 pub mod model;
 pub mod node;

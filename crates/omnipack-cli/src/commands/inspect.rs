@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use omnipack_manifest::format_bytes;
 use omnipack_quant::{Dtype, SafetensorsFile, TensorInfo};
 
 use super::CommandResult;
@@ -80,22 +81,6 @@ pub fn run(args: InspectArgs) -> CommandResult {
     .map_err(|e| miette::miette!("{e}"))?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
-}
-
-/// Formats a byte count with a binary unit.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
 }
 
 fn shape_str(shape: &[u64]) -> String {
@@ -337,7 +322,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
     out.push_str(&format!(
         "{name}: safetensors, {} bytes ({}), header {} bytes, {} tensors, {} bytes of tensor data\n",
         header.file_size,
-        human_bytes(header.file_size),
+        format_bytes(header.file_size),
         header.data_start,
         tensors.len(),
         data
@@ -390,7 +375,7 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
         shards.len(),
         infos.len(),
         data,
-        human_bytes(data)
+        format_bytes(data)
     );
     for line in &layout.summary {
         out.push_str(&format!("layout: {line}\n"));
