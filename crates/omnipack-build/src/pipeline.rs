@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use omnipack_manifest::{Format, LoadedManifest, ResolvedComponent, ResolvedSource, Role};
 use omnipack_plan::{BundlePlan, Plan, Stage, StageKind};
-use omnipack_quant::{Dtype, QuantSpec, SafetensorsFile, SelectedTensor, WeightFormat};
+use omnipack_quant::{QuantSpec, SafetensorsFile, SelectedTensor, WeightFormat};
 use omnipack_summary::{BundleManifest, FileEntry, Summary};
 use serde_json::json;
 
@@ -791,12 +791,6 @@ fn manifest_dir(loaded: &LoadedManifest) -> PathBuf {
     }
 }
 
-fn dtype_of(d: omnipack_manifest::FloatDtype) -> Option<Dtype> {
-    serde_json::to_value(d)
-        .ok()
-        .and_then(|v| v.as_str().and_then(Dtype::parse))
-}
-
 fn quantize(
     ctx: &Ctx,
     stage: &Stage,
@@ -822,7 +816,10 @@ fn quantize(
         format: wf,
         group_size: group_size.unwrap_or(c.quantization.group_size),
         keep: c.quantization.keep.clone(),
-        keep_dtype: c.quantization.keep_dtype.and_then(dtype_of),
+        keep_dtype: c
+            .quantization
+            .keep_dtype
+            .map(omnipack_plan::sizing::keep_dtype),
     };
     let key = key_of(
         "quantize",
@@ -1020,8 +1017,8 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     let manifest = BundleManifest {
         bundle_id: b.id.clone(),
         component: c.name.clone(),
-        role: crate::sidecars::role_str(c.role).into(),
-        runtime: enum_str(&c.runtime),
+        role: c.role.as_str().into(),
+        runtime: c.runtime.as_str().into(),
         quantization: b.quantization.clone(),
         files: files.clone(),
         generator: omnipack_summary::generator(),
@@ -1132,13 +1129,6 @@ fn package(ctx: &Ctx, stage: &Stage, bundle_id: &str, dep: Value) -> Result<Valu
     out_of(&e)
 }
 
-fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 fn make_summary(
     ctx: &Ctx,
     plan: &Plan,
@@ -1167,10 +1157,10 @@ fn make_summary(
         bundles.push(omnipack_summary::BundleEntry {
             id: b.id.clone(),
             component: b.component.clone(),
-            role: crate::sidecars::role_str(c.role).into(),
-            runtime: enum_str(&c.runtime),
-            delivery: enum_str(&b.delivery),
-            residency: enum_str(&b.residency),
+            role: c.role.as_str().into(),
+            runtime: c.runtime.as_str().into(),
+            delivery: b.delivery.as_str().into(),
+            residency: b.residency.as_str().into(),
             file: format!("bundles/{}.zip", b.id),
             size_bytes: o.zip_size,
             sha256: o.zip_sha256.clone(),

@@ -25,7 +25,7 @@ pub fn config_json(
         m.remove(k);
     }
     m.insert("omnipack_component".into(), json!(c.name));
-    m.insert("omnipack_role".into(), json!(role_str(c.role)));
+    m.insert("omnipack_role".into(), json!(c.role.as_str()));
     if let Some(a) = c.architecture {
         m.insert("num_hidden_layers".into(), json!(a.layers));
         m.insert("num_key_value_heads".into(), json!(a.kv_heads));
@@ -61,16 +61,6 @@ pub fn config_json(
         );
     }
     to_canonical_pretty(&Value::Object(m))
-}
-
-/// The role's manifest name.
-pub fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::TextDecodeStep => "text_decode_step",
-        Role::ImageDecoder => "image_decoder",
-        Role::VideoDecoder => "video_decoder",
-        Role::Data => "data",
-    }
 }
 
 /// Tokens of KV cache the decode step's inputs hold, from the component alone:
@@ -135,7 +125,7 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
     let format_fields = match c.kv_cache.format {
         KvFormat::F16 => None,
         KvFormat::U8 => Some(json!({
-            "format": "u8",
+            "format": KvFormat::U8.as_str(),
             "scale_dtype": "float16",
             "zero_point_dtype": "float16",
             "code_dtype": "uint8",
@@ -146,7 +136,7 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
             "bytes_per_group": g + 4,
         })),
         KvFormat::Nf4 => Some(json!({
-            "format": "nf4",
+            "format": KvFormat::Nf4.as_str(),
             "scale_dtype": "float16",
             "scale": "absmax",
             "zero_point_dtype": null,

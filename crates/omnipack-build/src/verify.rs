@@ -295,12 +295,10 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         ));
     }
     n += 1;
-    let delivery = match b.delivery.as_str() {
-        "essential" => Some(omnipack_manifest::Delivery::Essential),
-        "prefetch" => Some(omnipack_manifest::Delivery::Prefetch),
-        "on_demand" => Some(omnipack_manifest::Delivery::OnDemand),
-        _ => None,
-    };
+    let delivery = omnipack_manifest::Delivery::ALL
+        .iter()
+        .copied()
+        .find(|d| d.as_str() == b.delivery);
     let expected_pack_id = crate::sidecars::asset_pack_id(&summary.package.bundle_id, &b.id);
     if b.asset_pack.id != expected_pack_id {
         m.push(format!(

@@ -284,7 +284,7 @@ pub fn bundle_id(
 /// How a variant is written in `bundle.json` and the summary.
 pub fn quantization_info(format: Format, group_size: Option<u32>) -> QuantizationInfo {
     let (bits, mode) = match format {
-        Format::Nf4 => (Some(4), Some("nf4".to_string())),
+        Format::Nf4 => (Some(4), Some(Format::Nf4.as_str().to_string())),
         f => match f.affine_bits() {
             Some(b) => (Some(b), Some("affine".to_string())),
             None => (None, None),
@@ -299,23 +299,6 @@ pub fn quantization_info(format: Format, group_size: Option<u32>) -> Quantizatio
         },
         bits,
         mode,
-    }
-}
-
-fn kv_format_name(f: KvFormat) -> &'static str {
-    match f {
-        KvFormat::F16 => "f16",
-        KvFormat::U8 => "u8",
-        KvFormat::Nf4 => "nf4",
-    }
-}
-
-fn compute_units_name(u: Option<ComputeUnits>) -> &'static str {
-    match u {
-        Some(ComputeUnits::CpuOnly) => "cpu_only",
-        Some(ComputeUnits::CpuAndGpu) => "cpu_and_gpu",
-        Some(ComputeUnits::CpuAndNe) => "cpu_and_ne",
-        Some(ComputeUnits::All) | None => "all",
     }
 }
 
@@ -400,7 +383,7 @@ fn kv_for(
     if c.runtime == Runtime::Mlc && c.kv_cache.format != KvFormat::F16 {
         return Err(PlanDiagnostic::new(
             Some(format!("components[{index}].kv_cache.format")),
-            format!("component `{}` runs on MLC, which keeps an f16 paged KV cache: `kv_cache.format: {}` cannot apply", c.name, kv_format_name(c.kv_cache.format)),
+            format!("component `{}` runs on MLC, which keeps an f16 paged KV cache: `kv_cache.format: {}` cannot apply", c.name, c.kv_cache.format),
         )
         .with_help("use `kv_cache.format: f16` (or remove it) for runtime `mlc`"));
     }
@@ -584,7 +567,7 @@ pub fn plan_with_sizers(
                 let c = &m.components[tc.index];
                 KvCacheInfo {
                     tokens: tc.kv_tokens.unwrap_or(0),
-                    format: kv_format_name(c.kv_cache.format).to_string(),
+                    format: c.kv_cache.format.as_str().to_string(),
                     paging: c.kv_cache.paging.map(|p: Paging| PagingInfo {
                         page_len: p.page_len,
                         resident_pages: p.resident_pages,
@@ -672,7 +655,8 @@ pub fn plan_with_sizers(
                         message: format!(
                             "Core ML component `{}` is quantized ({f}) but runs with compute_units `{}`, which decompresses weights to f16 at load: the file shrinks, the memory does not{lower_bound}; use `compute_units: cpu_and_ne` to keep weights compressed in memory",
                             c.name,
-                            compute_units_name(c.compute_units)
+                            // Core ML's own default is `all`.
+                            c.compute_units.unwrap_or(ComputeUnits::All)
                         ),
                         path: Some(format!("components[{i}].compute_units")),
                     });
@@ -980,7 +964,7 @@ fn suggestions(
                 if saved > 0 {
                     out.push(format!(
                         "`kv_cache.format: {}` for `{}` saves {} ({})",
-                        kv_format_name(f),
+                        f,
                         c.name,
                         mib_and_bytes(saved),
                         verdict(saved)
