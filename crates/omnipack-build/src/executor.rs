@@ -155,12 +155,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnipack_plan::StageKind;
+    use omnipack_plan::{ExportParams, ExportSource, StageKind};
 
     fn st(id: &str, deps: &[&str]) -> Stage {
         Stage {
             id: id.into(),
-            kind: StageKind::Package { bundle: id.into() },
+            kind: StageKind::Export(ExportParams {
+                component: id.into(),
+                tier: None,
+                source: ExportSource::Files { files: Vec::new() },
+            }),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
         }
     }

@@ -20,9 +20,10 @@ use crate::fsutil::{dir_identity, link_or_copy, remove_any, walk_files, walk_fil
 use crate::hash::{DigestMemo, MemoStats};
 use crate::output::{OutputLock, PRIVATE_DIR, SwapArea};
 use crate::progress::{Event, Progress};
-use crate::sidecars::{asset_pack_id, asset_pack_manifest, config_json, decode_step_sidecars};
+use crate::sidecars::{asset_pack_manifest, config_json, decode_step_sidecars};
 use crate::zipper::{BUNDLE_JSON, Entry, EntrySource, write_zip};
 use omnipack_manifest::lexical_path::{absolute, normalize, relative_to, slash};
+use omnipack_plan::asset_pack_id;
 
 /// Apple's limits per app record.
 pub const MAX_ASSET_PACKS: usize = 100;
@@ -425,8 +426,8 @@ pub fn build(
     for (stage, st) in plan.stages.iter().zip(&results) {
         match st {
             StageStatus::Done(v) => {
-                if let (StageKind::Package { bundle }, Value::Bundle(b)) = (&stage.kind, v) {
-                    bundles.insert(bundle.clone(), b.clone());
+                if let (StageKind::Package(p), Value::Bundle(b)) = (&stage.kind, v) {
+                    bundles.insert(p.bundle.clone(), b.clone());
                 }
                 let cached = ctx
                     .cached
@@ -540,25 +541,28 @@ fn run_stage(ctx: &Ctx, stage: &Stage, deps: Vec<Value>) -> Result<Value, String
         total_bytes: None,
     });
     match &stage.kind {
-        StageKind::Export { component, tier } => export(ctx, stage, component, tier.as_deref()),
-        StageKind::Quantize {
-            component,
-            bundle,
-            format,
-            group_size,
-        } => {
+        StageKind::Export(p) => export(ctx, stage, &p.component, p.tier.as_deref()),
+        StageKind::Quantize(p) => {
             let dep = deps
                 .into_iter()
                 .next()
                 .ok_or("quantize stage without an export stage")?;
-            quantize(ctx, stage, component, bundle, *format, *group_size, dep)
+            quantize(
+                ctx,
+                stage,
+                &p.component,
+                &p.bundle,
+                p.format,
+                p.group_size,
+                dep,
+            )
         }
-        StageKind::Package { bundle } => {
+        StageKind::Package(p) => {
             let dep = deps
                 .into_iter()
                 .next()
                 .ok_or("package stage without an input stage")?;
-            package(ctx, stage, bundle, dep)
+            package(ctx, stage, &p.bundle, dep)
         }
     }
 }

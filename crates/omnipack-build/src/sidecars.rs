@@ -217,11 +217,6 @@ pub fn asset_pack_manifest(pack_id: &str, bundle_id: &str, delivery: Delivery) -
     to_canonical_pretty(&v)
 }
 
-/// `<package.bundle_id>.<bundle id>`.
-pub fn asset_pack_id(package_bundle_id: &str, bundle_id: &str) -> String {
-    format!("{package_bundle_id}.{bundle_id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

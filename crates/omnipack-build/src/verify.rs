@@ -299,7 +299,7 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         .iter()
         .copied()
         .find(|d| d.as_str() == b.delivery);
-    let expected_pack_id = crate::sidecars::asset_pack_id(&summary.package.bundle_id, &b.id);
+    let expected_pack_id = omnipack_plan::asset_pack_id(&summary.package.bundle_id, &b.id);
     if b.asset_pack.id != expected_pack_id {
         m.push(format!(
             "bundle `{}`: asset_pack.id is `{}`, expected `{expected_pack_id}`",
