@@ -9,13 +9,23 @@ use omnipack_plan::Stage;
 
 /// How one stage ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StageStatus<T> {
+pub enum StageStatus<T, E> {
     /// It ran (or came from the cache) and produced a value.
     Done(T),
-    /// It failed with this message.
-    Failed(String),
+    /// It failed with this error.
+    Failed(E),
     /// It did not run: this dependency failed.
     Skipped(String),
+}
+
+/// A stage that panicked, with the panic's message: a bug, reported as that stage's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panicked(pub String);
+
+impl From<Panicked> for String {
+    fn from(p: Panicked) -> String {
+        format!("internal error: {}", p.0)
+    }
 }
 
 /// Errors of the graph itself.
@@ -34,14 +44,15 @@ pub enum GraphError {
 
 /// Runs `stages` with at most `jobs` at once (inner rayon parallelism shares the same pool).
 /// `run` gets the stage and the values of its dependencies (in `depends_on` order).
-pub fn execute<T, F>(
+pub fn execute<T, E, F>(
     stages: &[Stage],
     jobs: usize,
     run: F,
-) -> Result<Vec<StageStatus<T>>, GraphError>
+) -> Result<Vec<StageStatus<T, E>>, GraphError>
 where
     T: Clone + Send + Sync,
-    F: Fn(&Stage, Vec<T>) -> Result<T, String> + Sync,
+    E: Send + From<Panicked>,
+    F: Fn(&Stage, Vec<T>) -> Result<T, E> + Sync,
 {
     let index: BTreeMap<&str, usize> = stages
         .iter()
@@ -73,9 +84,9 @@ where
         .thread_name(|i| format!("omnipack-{i}"))
         .build()
         .map_err(|_| GraphError::Pool(jobs))?;
-    let mut status: Vec<Option<StageStatus<T>>> = vec![None; stages.len()];
+    let mut status: Vec<Option<StageStatus<T, E>>> = (0..stages.len()).map(|_| None).collect();
     let mut waiting: Vec<usize> = deps.iter().map(|d| d.len()).collect();
-    let (tx, rx) = mpsc::channel::<(usize, Result<T, String>)>();
+    let (tx, rx) = mpsc::channel::<(usize, Result<T, E>)>();
     let run = &run;
     pool.in_place_scope(|scope| {
         let mut running = 0usize;
@@ -104,7 +115,7 @@ where
                             .cloned()
                             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "unknown panic".into());
-                        Err(format!("internal error: {msg}"))
+                        Err(E::from(Panicked(msg)))
                     });
                     let _ = tx.send((i, r));
                 });
@@ -179,12 +190,16 @@ mod tests {
             st("e", &["d"]),
         ];
         for jobs in [1, 4] {
-            let r = execute(&stages, jobs, |s, inputs: Vec<String>| {
-                if s.id == "b" {
-                    return Err("boom".into());
-                }
-                Ok(format!("{}({})", s.id, inputs.join(",")))
-            })
+            let r = execute(
+                &stages,
+                jobs,
+                |s, inputs: Vec<String>| -> Result<String, String> {
+                    if s.id == "b" {
+                        return Err("boom".into());
+                    }
+                    Ok(format!("{}({})", s.id, inputs.join(",")))
+                },
+            )
             .unwrap();
             assert_eq!(r[0], StageStatus::Done("a()".into()));
             assert_eq!(r[1], StageStatus::Failed("boom".into()));
@@ -196,11 +211,11 @@ mod tests {
     #[test]
     fn cycles_and_unknown_deps_are_errors() {
         assert!(
-            execute(&[st("a", &["b"]), st("b", &["a"])], 2, |_, _: Vec<u8>| Ok(
-                0
-            ))
+            execute(&[st("a", &["b"]), st("b", &["a"])], 2, |_, _: Vec<u8>| {
+                Ok::<_, String>(0)
+            })
             .is_err()
         );
-        assert!(execute(&[st("a", &["zz"])], 2, |_, _: Vec<u8>| Ok(0)).is_err());
+        assert!(execute(&[st("a", &["zz"])], 2, |_, _: Vec<u8>| Ok::<_, String>(0)).is_err());
     }
 }

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use omnipack_summary::{BundleEntry, BundleManifest, SUMMARY_FILE, Summary};
 use rayon::prelude::*;
 
+use crate::bundle_zip::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
 use crate::fsutil::{is_safe_relative, walk_files};
 use crate::output::PRIVATE_DIR;
-use crate::zipper::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
 use omnipack_quant::{digest_file, sha256_bytes};
 
 /// What `verify` found.

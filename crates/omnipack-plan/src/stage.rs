@@ -34,7 +34,7 @@ pub enum StageKind {
     /// Turn working weights into one variant.
     Quantize(QuantizeParams),
     /// Write the bundle zip and its asset-pack folder.
-    Package(PackageParams),
+    Package(Box<PackageParams>),
 }
 
 impl StageKind {

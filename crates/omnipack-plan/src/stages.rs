@@ -221,7 +221,7 @@ fn package_stage(
     };
     Stage {
         id: format!("package:{}", b.id),
-        kind: StageKind::Package(PackageParams {
+        kind: StageKind::Package(Box::new(PackageParams {
             bundle: b.id.clone(),
             component: c.name.clone(),
             role: c.role,
@@ -233,7 +233,7 @@ fn package_stage(
                 id: asset_pack_id(&m.package.bundle_id, &b.id),
                 delivery: b.delivery,
             },
-        }),
+        })),
         depends_on: vec![dependency],
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use omnipack_build::{BuildError, BuildOptions, Event, Progress};
+use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageFailure};
 use omnipack_manifest::diagnostic::{Diagnostic, render};
 use omnipack_manifest::{format_bytes, format_signed_bytes};
 use omnipack_plan::PlanFailure;
@@ -73,14 +73,14 @@ pub fn run(args: BuildArgs) -> CommandResult {
     eprint!("{}", render(&warnings));
 
     let opts = BuildOptions {
-        out_dir: args.out.clone(),
         cache_dir: args.cache_dir.clone(),
         jobs: args.jobs.map(|j| j as usize),
         no_cache: args.no_cache,
+        ..BuildOptions::new(&args.out)
     };
     let reporter = Reporter::new(std::io::stderr().is_terminal());
     let t0 = Instant::now();
-    let result = omnipack_build::build(&loaded, &plan, &opts, &reporter);
+    let result = omnipack_build::build(&plan, &opts, &reporter);
     reporter.finish();
     match result {
         Ok(report) => {
@@ -104,13 +104,15 @@ pub fn run(args: BuildArgs) -> CommandResult {
             Ok(ExitCode::SUCCESS)
         }
         Err(BuildError::Stages(failures)) => {
-            for f in failures.iter().filter(|f| !f.skipped) {
-                eprintln!("error: stage `{}` failed: {}", f.stage, f.error);
+            for f in &failures {
+                if let StageFailure::Failed { stage, error } = f {
+                    eprintln!("error: stage `{stage}` failed: {error}");
+                }
             }
             let skipped: Vec<&str> = failures
                 .iter()
-                .filter(|f| f.skipped)
-                .map(|f| f.stage.as_str())
+                .filter(|f| matches!(f, StageFailure::NotRun { .. }))
+                .map(StageFailure::stage)
                 .collect();
             if !skipped.is_empty() {
                 eprintln!(

@@ -1,4 +1,4 @@
-//! The deterministic bundle zip of DESIGN section 6.
+//! The deterministic bundle zip (docs/build.md, "Bundle zip").
 //!
 //! Entries are sorted by the bytes of their path with `bundle.json` first; everything is
 //! stored uncompressed with a fixed timestamp (1980-01-01), Unix system and mode 0644;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, DateTime, System, ZipWriter};
 
-use omnipack_quant::{DigestWriter, HASH_CHUNK as CHUNK, digest_file, sha256_bytes};
+use omnipack_quant::{DigestWriter, FileDigest, HASH_CHUNK as CHUNK, digest_file};
 
 /// Alignment of entry data for memory mapping.
 pub const DATA_ALIGNMENT: u16 = 16384;
@@ -38,19 +38,16 @@ pub struct Entry {
     pub path: String,
     /// Its bytes.
     pub source: EntrySource,
-    /// Expected size.
-    pub size: u64,
-    /// Expected sha256 (hex).
-    pub sha256: String,
+    /// Its size, sha256 and CRC-32, recorded when it was produced.
+    pub digest: FileDigest,
 }
 
 impl Entry {
-    /// An in-memory entry; size and digest computed here.
+    /// An in-memory entry; its digest computed here.
     pub fn bytes(path: impl Into<String>, bytes: Vec<u8>) -> Entry {
         Entry {
             path: path.into(),
-            size: bytes.len() as u64,
-            sha256: sha256_bytes(&bytes),
+            digest: FileDigest::of_bytes(&bytes),
             source: EntrySource::Bytes(bytes),
         }
     }
@@ -63,6 +60,8 @@ pub struct ZipOutcome {
     pub size: u64,
     /// sha256 of the zip.
     pub sha256: String,
+    /// CRC-32 of the zip.
+    pub crc32: u32,
 }
 
 /// Errors while writing a bundle zip.
@@ -145,7 +144,7 @@ pub fn write_zip(
         if !crate::fsutil::is_safe_relative(&e.path) {
             return Err(ZipError::BadPath(e.path.clone()));
         }
-        zip.start_file(e.path.as_str(), options(&e.path, e.size))
+        zip.start_file(e.path.as_str(), options(&e.path, e.digest.size))
             .map_err(zip_err)?;
         let mut w = DigestWriter::new(&mut zip);
         match &e.source {
@@ -166,12 +165,11 @@ pub fn write_zip(
             }
         }
         let (d, _) = w.finish();
-        let (sha, n) = (d.sha256, d.size);
-        if sha != e.sha256 || n != e.size {
+        if d.sha256 != e.digest.sha256 || d.size != e.digest.size {
             return Err(ZipError::Changed {
                 entry: e.path.clone(),
-                expected: e.sha256.clone(),
-                actual: sha,
+                expected: e.digest.sha256.clone(),
+                actual: d.sha256,
             });
         }
     }
@@ -181,8 +179,11 @@ pub fn write_zip(
         .and_then(|f| f.sync_data())
         .map_err(io_err(out))?;
     let d = digest_file(out).map_err(io_err(out))?;
-    let (sha256, size) = (d.sha256, d.size);
-    Ok(ZipOutcome { size, sha256 })
+    Ok(ZipOutcome {
+        size: d.size,
+        sha256: d.sha256,
+        crc32: d.crc32,
+    })
 }
 
 /// One entry read back from a zip.
@@ -271,15 +272,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let weights = dir.path().join("w");
         std::fs::write(&weights, vec![7u8; 100_000]).unwrap();
-        let wsha = digest_file(&weights).unwrap().sha256;
+        let wd = digest_file(&weights).unwrap();
+        let wsha = wd.sha256.clone();
         let entries = || {
             vec![
                 Entry::bytes("z.json", b"{}".to_vec()),
                 Entry {
                     path: "weights.safetensors".into(),
                     source: EntrySource::File(weights.clone()),
-                    size: 100_000,
-                    sha256: wsha.clone(),
+                    digest: wd.clone(),
                 },
                 Entry::bytes("B.json", b"[]".to_vec()),
                 Entry::bytes(BUNDLE_JSON, b"{\"a\":1}".to_vec()),
@@ -308,7 +309,7 @@ mod tests {
     fn changed_entry_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut e = Entry::bytes("x", b"abc".to_vec());
-        e.sha256 = "00".repeat(32);
+        e.digest.sha256 = "00".repeat(32);
         let err = write_zip(&dir.path().join("a.zip"), vec![e], &|_| {}).unwrap_err();
         assert!(err.to_string().contains("changed since"), "{err}");
     }
@@ -324,14 +325,13 @@ mod tests {
         f.set_len((4u64 << 30) + (1 << 20)).unwrap();
         drop(f);
         let d = digest_file(&big).unwrap();
-        let (sha, size) = (d.sha256, d.size);
+        let (sha, size) = (d.sha256.clone(), d.size);
         let entries = vec![
             Entry::bytes(BUNDLE_JSON, b"{}".to_vec()),
             Entry {
                 path: "weights.safetensors".into(),
                 source: EntrySource::File(big.clone()),
-                size,
-                sha256: sha.clone(),
+                digest: d,
             },
             Entry::bytes("z.json", b"[]".to_vec()),
         ];
