@@ -10,7 +10,7 @@ use crate::app_store::AppStoreUsage;
 use crate::stage::Stage;
 
 use omnipack_manifest::{Format, ResolvedComponent};
-use omnipack_summary::{MemoryBreakdown, PackageInfo, QuantizationInfo, TierEntry};
+use omnipack_summary::{InputFile, MemoryBreakdown, PackageInfo, QuantizationInfo, TierEntry};
 
 /// The version of the plan format this omnipack writes and runs.
 pub const PLAN_VERSION: u32 = 1;
@@ -29,9 +29,13 @@ pub struct Plan {
     /// sha256 of the merged manifest (its `extends` chain included) as canonical JSON: the
     /// summary's `manifest_sha256`.
     pub manifest_sha256: String,
-    /// Every file or folder the build reads, relative to `root`, sorted: the manifest files,
-    /// then each component's sources (shards, `source.config`, exporter inputs, files). A
-    /// folder stands for every file under it, listed when the build digests its inputs.
+    /// The manifest files the plan was made from (the `extends` chain), relative to `root`,
+    /// with their sha256 when planned: the summary lists them in `inputs[]`. A build does not
+    /// read them again.
+    pub manifests: Vec<InputFile>,
+    /// Every file or folder the build reads, relative to `root`, sorted: each component's
+    /// sources (shards, `source.config`, exporter inputs, files). A folder stands for every
+    /// file under it, listed when the build digests its inputs.
     pub inputs: Vec<String>,
     /// Components with defaults applied, in manifest order.
     pub components: Vec<ComponentPlan>,

@@ -9,7 +9,7 @@ use std::path::Path;
 use omnipack_manifest::canonical_json::to_canonical_compact;
 use omnipack_manifest::lexical_path::{normalize_str, relative_to, slash};
 use omnipack_manifest::{LoadedManifest, ResolvedManifest, ResolvedSource};
-use omnipack_summary::PackageInfo;
+use omnipack_summary::{InputFile, PackageInfo};
 
 use crate::app_store;
 use crate::best_fit::best_fit;
@@ -29,16 +29,12 @@ use crate::tiers::tier_plans;
 pub fn plan(loaded: &LoadedManifest, only_tiers: &[String]) -> Result<Plan, PlanFailure> {
     check_shape(&loaded.resolved, only_tiers)?;
     let sizers = size_components(loaded)?;
-    plan_in(
-        &loaded.resolved,
-        &sizers,
-        only_tiers,
-        &Origin::of_manifest(loaded),
-    )
+    let origin = Origin::of_manifest(loaded)?;
+    plan_in(&loaded.resolved, &sizers, only_tiers, &origin)
 }
 
 /// Plans with component sizes already known (used by [`plan`]; handy for tests). The plan's
-/// root is `.`, its manifest digest empty and its inputs the components' sources.
+/// root is `.`, its manifest digest empty and its manifest list too.
 pub fn plan_with_sizers(
     m: &ResolvedManifest,
     sizers: &[ComponentSizer],
@@ -47,38 +43,48 @@ pub fn plan_with_sizers(
     plan_in(m, sizers, only_tiers, &Origin::in_memory())
 }
 
-/// Where a plan comes from: its root folder, the manifest files and their digest.
+/// Where a plan comes from: its root folder, the manifest files and their digests.
 struct Origin {
     root: String,
     manifest_sha256: String,
-    manifest_files: Vec<String>,
+    manifests: Vec<InputFile>,
 }
 
 impl Origin {
-    fn of_manifest(loaded: &LoadedManifest) -> Origin {
+    fn of_manifest(loaded: &LoadedManifest) -> Result<Origin, PlanFailure> {
         let root = if loaded.dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
             loaded.dir.as_path()
         };
-        Origin {
+        let mut manifests = Vec::with_capacity(loaded.files.len());
+        for f in &loaded.files {
+            let sha256 = omnipack_quant::sha256_file(f).map_err(|e| {
+                PlanFailure::one(PlanDiagnostic::new(
+                    None,
+                    format!("cannot read the manifest file {}: {e}", f.display()),
+                ))
+            })?;
+            manifests.push(InputFile {
+                path: slash(&relative_to(f, root)),
+                sha256,
+            });
+        }
+        manifests.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Origin {
             root: slash(root),
             manifest_sha256: omnipack_quant::sha256_bytes(&to_canonical_compact(
                 &loaded.merged_json,
             )),
-            manifest_files: loaded
-                .files
-                .iter()
-                .map(|f| slash(&relative_to(f, root)))
-                .collect(),
-        }
+            manifests,
+        })
     }
 
     fn in_memory() -> Origin {
         Origin {
             root: ".".into(),
             manifest_sha256: String::new(),
-            manifest_files: Vec::new(),
+            manifests: Vec::new(),
         }
     }
 }
@@ -117,7 +123,8 @@ fn plan_in(
         },
         root: origin.root.clone(),
         manifest_sha256: origin.manifest_sha256.clone(),
-        inputs: inputs(m, sizers, origin),
+        manifests: origin.manifests.clone(),
+        inputs: inputs(m, sizers),
         stages: stages(m, sizers, &bundles),
         components,
         bundles,
@@ -253,10 +260,10 @@ fn check_app_store(
     }));
 }
 
-/// Every file or folder a build reads, relative to the root, sorted: the manifest files and
-/// every component's sources (used by a selected tier or not).
-fn inputs(m: &ResolvedManifest, sizers: &[ComponentSizer], origin: &Origin) -> Vec<String> {
-    let mut all: BTreeSet<String> = origin.manifest_files.iter().cloned().collect();
+/// Every file or folder a build reads, relative to the root, sorted: every component's sources
+/// (used by a selected tier or not).
+fn inputs(m: &ResolvedManifest, sizers: &[ComponentSizer]) -> Vec<String> {
+    let mut all: BTreeSet<String> = BTreeSet::new();
     for (c, sizer) in m.components.iter().zip(sizers) {
         match &c.source {
             ResolvedSource::Safetensors { shards, config, .. } => {

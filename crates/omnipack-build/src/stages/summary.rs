@@ -28,6 +28,13 @@ pub(crate) fn make_summary(
             sha256: d.sha256.clone(),
         })
         .collect();
+    // The manifest files, as planned, unless the build read them too (an exporter input folder
+    // holding the manifest).
+    for m in &plan.manifests {
+        if !inputs.iter().any(|i| i.path == m.path) {
+            inputs.push(m.clone());
+        }
+    }
     inputs.sort_by(|a, b| a.path.cmp(&b.path));
     let mut entries = Vec::new();
     for b in &plan.bundles {
