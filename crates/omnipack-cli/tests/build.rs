@@ -1,59 +1,13 @@
 //! Integration tests of `omnipack build` and `omnipack verify` on the real binary.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_omnipack")
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn omnipack(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .output()
-        .expect("omnipack runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Every file under `dir` except `.omnipack/`, with its bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            if rel == ".omnipack" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
+use common::{bin, omnipack, plan_fixtures, repo as root, s, text, tree};
 
 /// A project folder with the example checkpoint and a manifest whose `tok` data component runs
 /// `script` (POSIX sh, `$1` is `{out}`), with the given timeout.
@@ -950,7 +904,7 @@ fn a_saved_plan_builds_the_same_outputs_without_the_manifest() {
 
 #[test]
 fn a_plan_that_does_not_fit_or_is_not_a_plan_is_refused() {
-    let fixtures = root().join("crates/omnipack-plan/tests/fixtures");
+    let fixtures = plan_fixtures();
     let d = tempfile::tempdir().unwrap();
     let o = Command::new(bin())
         .current_dir(&fixtures)

@@ -6,13 +6,11 @@
 //! A changed snapshot here is a change of output bytes: make it only on purpose, and review it
 //! (`INSTA_UPDATE=always cargo test -p omnipack-cli --test golden`, then `git diff`).
 
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use std::fs;
+
+use common::{omnipack_in, repo as root, text};
 
 /// The manifests with a top-level `tiers:` key (the others are bases for `extends`).
 fn manifests_with_tiers() -> Vec<String> {
@@ -37,18 +35,12 @@ fn manifests_with_tiers() -> Vec<String> {
 fn build(name: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_BIN_EXE_omnipack"))
-        .current_dir(root())
-        .args(["build", &format!("manifests/{name}.yaml"), "--out"])
-        .arg(&out)
-        .output()
-        .expect("omnipack runs");
-    assert!(
-        o.status.success(),
-        "{name}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    let manifest = format!("manifests/{name}.yaml");
+    let o = omnipack_in(
+        &root(),
+        &["build", &manifest, "--out", out.to_str().unwrap()],
     );
+    assert!(o.status.success(), "{name}: {}", text(&o));
     let summary = fs::read_to_string(out.join("mobile_packager_summary.json")).unwrap();
     let mut packs: Vec<String> = fs::read_dir(out.join("asset-packs"))
         .unwrap()
