@@ -1,4 +1,5 @@
-//! The manifest with every default of DESIGN section 3 applied, in this one place.
+//! The manifest with every default applied, in this one place (the defaults are listed in
+//! docs/manifest.md).
 //!
 //! Planner and builder read only these types: no `Option` left that has a default.
 
@@ -142,7 +143,7 @@ pub struct ResolvedKvCache {
     pub paging: Option<Paging>,
 }
 
-/// Applies every default of DESIGN section 3. `package` must be present (validation checks
+/// Applies every default (docs/manifest.md lists them). `package` must be present (validation checks
 /// it before planning); a manifest without it gets an empty package.
 pub fn resolve(m: &Manifest) -> ResolvedManifest {
     let components: Vec<ResolvedComponent> = m

@@ -99,7 +99,7 @@ pub struct QuantizeOutcome {
     pub sha256: String,
     /// CRC-32 of the file, computed in the same pass (what a zip entry of it records).
     pub crc32: u32,
-    /// Tensor data bytes (DESIGN "weight bytes").
+    /// Tensor data bytes: the README's "weight bytes" (the header excluded).
     pub data_bytes: u64,
     /// Number of parameters (elements of all input tensors).
     pub parameters: u64,
