@@ -85,7 +85,6 @@ fn io_err(p: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
 #[derive(Debug)]
 pub struct OutputLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl OutputLock {
@@ -128,12 +127,7 @@ impl OutputLock {
         }
         file.set_len(0).map_err(io_err(&path))?;
         let _ = write!(file, "{}", std::process::id());
-        Ok(OutputLock { _file: file, path })
-    }
-
-    /// Path of the lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(OutputLock { _file: file })
     }
 }
 

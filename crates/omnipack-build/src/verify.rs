@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use omnipack_summary::{BundleEntry, BundleManifest, SUMMARY_FILE, Summary};
 use rayon::prelude::*;
@@ -106,7 +106,7 @@ pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
 }
 
 /// What the summary's own fields must agree on: unique bundle ids, tiers naming listed
-/// bundles, and each tier's memory arithmetic (DESIGN section 4): `peak_bytes` is the sum of
+/// bundles, and each tier's memory arithmetic (README, "Memory model"): `peak_bytes` is the sum of
 /// its parts, `headroom_bytes = memory_limit - peak`, `fits` iff `peak + min_headroom <=
 /// memory_limit`. An app decides what to load from these numbers, so a hand-edited summary
 /// must not verify.
@@ -365,36 +365,6 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
     (n, m)
 }
 
-/// What a path looks like to `inspect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InspectKind {
-    /// A zip (bundle).
-    BundleZip,
-    /// A JSON summary.
-    Summary,
-    /// Something else (safetensors, ...).
-    Other,
-}
-
-/// Sniffs `path`: a zip by its magic bytes, a summary by `summary_version`.
-pub fn sniff(path: &Path) -> InspectKind {
-    let mut head = [0u8; 4];
-    if let Ok(mut f) = fs::File::open(path) {
-        use std::io::Read;
-        if f.read_exact(&mut head).is_ok() && head == *b"PK\x03\x04" {
-            return InspectKind::BundleZip;
-        }
-    }
-    if path.extension().is_some_and(|e| e == "json")
-        && fs::read(path).ok().is_some_and(|b| {
-            b.len() < (256 << 20) && String::from_utf8_lossy(&b).contains("\"summary_version\"")
-        })
-    {
-        return InspectKind::Summary;
-    }
-    InspectKind::Other
-}
-
 /// A human description of a bundle zip: its `bundle.json`, every entry with size, offset,
 /// alignment and sha256, and the zip's own digest.
 pub fn describe_bundle(path: &Path) -> Result<String, String> {
@@ -503,9 +473,4 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
         );
     }
     Ok(s)
-}
-
-/// The folder holding a summary path (`OUT` for `OUT/mobile_packager_summary.json`).
-pub fn out_dir_of(summary: &Path) -> PathBuf {
-    summary.parent().map(Path::to_path_buf).unwrap_or_default()
 }

@@ -98,18 +98,8 @@ pub fn keep_dtype(d: FloatDtype) -> Dtype {
     }
 }
 
-/// The spec the quantizer uses for one variant of `c` (what the builder passes to the
-/// quantizer, so sizes and outputs agree).
-pub fn quant_spec(c: &ResolvedComponent, format: Format, group_size: u32) -> QuantSpec {
-    quant_spec_parts(
-        format,
-        group_size,
-        &c.quantization.keep,
-        c.quantization.keep_dtype,
-    )
-}
-
-/// The quantizer spec from its parts.
+/// The spec the quantizer uses for one variant (the build's quantize stages use it, so planned
+/// sizes and written outputs agree).
 pub fn quant_spec_parts(
     format: Format,
     group_size: u32,

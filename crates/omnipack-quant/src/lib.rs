@@ -12,6 +12,7 @@ mod dtype;
 mod error;
 mod header;
 pub mod kernels;
+mod layout;
 mod spec;
 mod writer;
 
@@ -25,6 +26,7 @@ pub use header::{
     read_full_header, read_header, read_headers, read_shard_set, resolve_shards,
 };
 pub use kernels::ErrorStats;
+pub use layout::{QuantizedLayout, recognise_layout};
 pub use spec::{
     OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     file_bytes, glob_match, header_bytes, plan_outputs,
