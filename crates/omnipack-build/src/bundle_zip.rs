@@ -228,10 +228,11 @@ fn write_zip_with(
     w.write_all(&end_records(&written, central_start, central_size))
         .map_err(io_err(out))?;
     let (digest, buffered) = w.finish();
+    // Not synced here: the cache checks an entry's files by their stamps (re-hashing a changed
+    // one) before using it, as for every other file of the cache.
     buffered
         .into_inner()
         .map_err(|e| e.into_error())
-        .and_then(|f| f.sync_data())
         .map_err(io_err(out))?;
     Ok(ZipOutcome {
         size: digest.size,

@@ -1,6 +1,10 @@
 //! Runs a stage graph on a bounded rayon pool: a stage starts once every stage it depends on
 //! has succeeded; a failed stage stops its dependents (transitively) while running stages
 //! finish; every failure is reported.
+//!
+//! The pool has `jobs` threads, shared by the stages' inner parallel work. Ready stages are
+//! queued heading-the-most-work first (each stage's own work estimated by the caller, plus the
+//! most work of the stages waiting for it), then in plan order.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -43,10 +47,12 @@ pub enum GraphError {
 }
 
 /// Runs `stages` with at most `jobs` at once (inner rayon parallelism shares the same pool).
-/// `run` gets the stage and the values of its dependencies (in `depends_on` order).
+/// `run` gets the stage and the values of its dependencies (in `depends_on` order); `work`
+/// estimates a stage's own work (any unit), to start long chains first.
 pub fn execute<T, E, F>(
     stages: &[Stage],
     jobs: usize,
+    work: &dyn Fn(&Stage) -> u64,
     run: F,
 ) -> Result<Vec<StageStatus<T, E>>, GraphError>
 where
@@ -78,6 +84,7 @@ where
         }
         deps.push(d);
     }
+    let priority = chain_work(stages, &dependents, work);
     let jobs = jobs.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
@@ -92,8 +99,8 @@ where
         let mut running = 0usize;
         let mut ready: Vec<usize> = (0..stages.len()).filter(|&i| waiting[i] == 0).collect();
         loop {
-            // Start ready stages in plan order.
-            ready.sort_unstable_by(|a, b| b.cmp(a));
+            // Queue the ready stages heading the most work first (then in plan order).
+            ready.sort_unstable_by_key(|&i| (priority[i], std::cmp::Reverse(i)));
             while let Some(i) = ready.pop() {
                 let inputs: Vec<T> = deps[i]
                     .iter()
@@ -163,6 +170,26 @@ where
     Ok(out)
 }
 
+/// Per stage, its own work plus the most work of a chain of stages depending on it (stages
+/// that are not in dependency order get their own work only).
+fn chain_work(
+    stages: &[Stage],
+    dependents: &[Vec<usize>],
+    work: &dyn Fn(&Stage) -> u64,
+) -> Vec<u64> {
+    let mut chain = vec![0u64; stages.len()];
+    for i in (0..stages.len()).rev() {
+        let after = dependents[i]
+            .iter()
+            .filter(|&&k| k > i)
+            .map(|&k| chain[k])
+            .max()
+            .unwrap_or(0);
+        chain[i] = work(&stages[i]).saturating_add(after);
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +220,7 @@ mod tests {
             let r = execute(
                 &stages,
                 jobs,
+                &|_| 0,
                 |s, inputs: Vec<String>| -> Result<String, String> {
                     if s.id == "b" {
                         return Err("boom".into());
@@ -211,11 +239,49 @@ mod tests {
     #[test]
     fn cycles_and_unknown_deps_are_errors() {
         assert!(
-            execute(&[st("a", &["b"]), st("b", &["a"])], 2, |_, _: Vec<u8>| {
-                Ok::<_, String>(0)
-            })
+            execute(
+                &[st("a", &["b"]), st("b", &["a"])],
+                2,
+                &|_| 0,
+                |_, _: Vec<u8>| { Ok::<_, String>(0) }
+            )
             .is_err()
         );
-        assert!(execute(&[st("a", &["zz"])], 2, |_, _: Vec<u8>| Ok::<_, String>(0)).is_err());
+        assert!(
+            execute(&[st("a", &["zz"])], 2, &|_| 0, |_, _: Vec<u8>| Ok::<
+                _,
+                String,
+            >(
+                0
+            ))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn the_ready_stage_heading_the_longest_chain_starts_first() {
+        // Chains: a then c (1 + 10), b (5), d (2), e (0). With one job, a starts first although
+        // b's own work is larger; c, ready only after a, queues behind the others.
+        let stages = vec![
+            st("a", &[]),
+            st("b", &[]),
+            st("c", &["a"]),
+            st("d", &[]),
+            st("e", &[]),
+        ];
+        let work = |s: &Stage| match s.id.as_str() {
+            "a" => 1,
+            "b" => 5,
+            "c" => 10,
+            "d" => 2,
+            _ => 0,
+        };
+        let order = std::sync::Mutex::new(Vec::new());
+        execute(&stages, 1, &work, |s, _: Vec<u8>| {
+            order.lock().unwrap().push(s.id.clone());
+            Ok::<_, String>(0)
+        })
+        .unwrap();
+        assert_eq!(order.into_inner().unwrap(), ["a", "b", "d", "e", "c"]);
     }
 }

@@ -170,7 +170,8 @@ pub(crate) fn run_all(ctx: &BuildContext, jobs: usize) -> Result<StagesDone, Bui
     ctx.progress.event(Event::Planned {
         stages: plan.stages.iter().map(|s| s.id.clone()).collect(),
     });
-    let results = execute(&plan.stages, jobs, |stage, deps: Vec<Ran>| {
+    let work = |s: &Stage| work_estimate(plan, s);
+    let results = execute(&plan.stages, jobs, &work, |stage, deps: Vec<Ran>| {
         let t0 = Instant::now();
         let r = run_stage(ctx, stage, deps);
         match &r {
@@ -225,6 +226,24 @@ pub(crate) fn run_all(ctx: &BuildContext, jobs: usize) -> Result<StagesDone, Bui
         Ok(done)
     } else {
         Err(BuildError::Stages(failures))
+    }
+}
+
+/// A stage's own work, in bytes read and written as planned (an export selects or runs
+/// something of unknown size: 0; what depends on it counts).
+fn work_estimate(plan: &Plan, stage: &Stage) -> u64 {
+    match &stage.kind {
+        StageKind::Export(_) => 0,
+        StageKind::Quantize(p) => {
+            let read = plan
+                .component(&p.component)
+                .map_or(0, |c| c.parameters.saturating_mul(2));
+            let written = plan.bundle(&p.bundle).map_or(0, |b| b.weights_bytes);
+            read.saturating_add(written)
+        }
+        StageKind::Package(p) => plan
+            .bundle(&p.bundle)
+            .map_or(0, |b| b.weights_bytes.saturating_mul(2)),
     }
 }
 
