@@ -2,9 +2,10 @@
 //! has succeeded; a failed stage stops its dependents (transitively) while running stages
 //! finish; every failure is reported.
 //!
-//! The pool has `jobs` threads, shared by the stages' inner parallel work. Ready stages are
-//! queued heading-the-most-work first (each stage's own work estimated by the caller, plus the
-//! most work of the stages waiting for it), then in plan order.
+//! At most `jobs` stages run at once (the pool's `jobs` threads also do their inner parallel
+//! work). Whenever one finishes, the ready stage heading the most work starts next (each
+//! stage's own work estimated by the caller, plus the most work of a chain of stages waiting
+//! for it), then plan order.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -99,9 +100,11 @@ where
         let mut running = 0usize;
         let mut ready: Vec<usize> = (0..stages.len()).filter(|&i| waiting[i] == 0).collect();
         loop {
-            // Queue the ready stages heading the most work first (then in plan order).
+            // Start the ready stages heading the most work (then in plan order), `jobs` at most:
+            // a stage that becomes ready later may go first.
             ready.sort_unstable_by_key(|&i| (priority[i], std::cmp::Reverse(i)));
-            while let Some(i) = ready.pop() {
+            while running < jobs {
+                let Some(i) = ready.pop() else { break };
                 let inputs: Vec<T> = deps[i]
                     .iter()
                     .filter_map(|&j| match &status[j] {
@@ -261,7 +264,7 @@ mod tests {
     #[test]
     fn the_ready_stage_heading_the_longest_chain_starts_first() {
         // Chains: a then c (1 + 10), b (5), d (2), e (0). With one job, a starts first although
-        // b's own work is larger; c, ready only after a, queues behind the others.
+        // b's own work is larger, and c, ready once a is done, goes before b.
         let stages = vec![
             st("a", &[]),
             st("b", &[]),
@@ -282,6 +285,6 @@ mod tests {
             Ok::<_, String>(0)
         })
         .unwrap();
-        assert_eq!(order.into_inner().unwrap(), ["a", "b", "d", "e", "c"]);
+        assert_eq!(order.into_inner().unwrap(), ["a", "c", "b", "d", "e"]);
     }
 }
