@@ -1,7 +1,7 @@
 //! The content-addressed stage cache.
 //!
 //! An entry lives in `<cache>/<kind>/<key>/`: its files plus `entry.json` (written last) with
-//! each file's size, sha256 and [`FileStamp`], and stage-specific metadata. The key is the
+//! each file's size, sha256, CRC-32 and [`FileStamp`], and stage-specific metadata. The key is the
 //! sha256 of the stage's input digests, its parameters and the omnipack version. A hit is
 //! validated without reading the files when their stamps are unchanged; a changed stamp means
 //! the file is re-hashed, and a truncated or modified entry is deleted and rebuilt.
@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::fsutil::{remove_any, write_atomic};
-use crate::hash::{FileStamp, sha256_bytes, sha256_file};
+use omnipack_quant::{FileDigest, digest_file, sha256_bytes};
+
+use crate::digest_memo::FileStamp;
 
 /// A file of a cache entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -25,8 +27,21 @@ pub struct CachedFile {
     pub size: u64,
     /// sha256 (hex).
     pub sha256: String,
+    /// CRC-32 (what a zip entry of the file records).
+    pub crc32: u32,
     /// Stamp when written (so a valid entry is checked without reading it).
     pub stamp: FileStamp,
+}
+
+impl CachedFile {
+    /// The file's digest as recorded.
+    pub fn digest(&self) -> FileDigest {
+        FileDigest {
+            size: self.size,
+            sha256: self.sha256.clone(),
+            crc32: self.crc32,
+        }
+    }
 }
 
 /// `entry.json` of a cache entry.
@@ -80,17 +95,70 @@ pub struct Cache {
     used: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
-/// Entry kinds, one folder each.
-pub const KINDS: [&str; 4] = ["select", "export", "quantize", "package"];
+/// What a cache entry holds, one folder each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    /// A tensor selection (no files: the record says the selection was made before).
+    Select,
+    /// An exporter's outputs.
+    Export,
+    /// A quantized weights file.
+    Quantize,
+    /// A bundle zip and its asset-pack folder.
+    Package,
+}
 
-/// Key material: hashed as canonical JSON together with the omnipack version.
-pub fn key_of(kind: &str, material: &Value) -> String {
+impl CacheKind {
+    /// Every kind.
+    pub const ALL: [CacheKind; 4] = [
+        CacheKind::Select,
+        CacheKind::Export,
+        CacheKind::Quantize,
+        CacheKind::Package,
+    ];
+
+    /// The folder name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheKind::Select => "select",
+            CacheKind::Export => "export",
+            CacheKind::Quantize => "quantize",
+            CacheKind::Package => "package",
+        }
+    }
+}
+
+/// Version of the entry format (`entry.json`), part of every key: entries of another format
+/// are never looked up.
+const ENTRY_FORMAT: u32 = 2;
+
+/// An I/O error of the cache, naming the path.
+#[derive(Debug, thiserror::Error)]
+#[error("cache {}: {source}", path.display())]
+pub struct CacheError {
+    /// The file or folder.
+    pub path: PathBuf,
+    /// What failed.
+    pub source: io::Error,
+}
+
+fn cache_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Key material: hashed as canonical JSON together with the omnipack version and the entry
+/// format.
+pub fn key_of(kind: CacheKind, material: &Value) -> String {
     let v = serde_json::json!({
-        "kind": kind,
+        "kind": kind.as_str(),
         "omnipack": env!("CARGO_PKG_VERSION"),
+        "entry_format": ENTRY_FORMAT,
         "material": material,
     });
-    sha256_bytes(&crate::sidecars::to_canonical_compact(&v))
+    sha256_bytes(&omnipack_manifest::canonical_json::to_canonical_compact(&v))
 }
 
 impl Cache {
@@ -102,9 +170,9 @@ impl Cache {
         }
     }
 
-    fn note_used(&self, kind: &str, key: &str) {
+    fn note_used(&self, kind: CacheKind, key: &str) {
         if let Ok(mut u) = self.used.lock() {
-            u.insert(format!("{kind}/{key}"));
+            u.insert(format!("{}/{key}", kind.as_str()));
         }
     }
 
@@ -132,12 +200,12 @@ impl Cache {
         let keep: std::collections::BTreeSet<&str> =
             recent.iter().flatten().map(String::as_str).collect();
         let mut removed = 0;
-        for kind in KINDS {
-            let Ok(rd) = fs::read_dir(self.root.join(kind)) else {
+        for kind in CacheKind::ALL {
+            let Ok(rd) = fs::read_dir(self.root.join(kind.as_str())) else {
                 continue;
             };
             for e in rd.filter_map(|e| e.ok()) {
-                let name = format!("{kind}/{}", e.file_name().to_string_lossy());
+                let name = format!("{}/{}", kind.as_str(), e.file_name().to_string_lossy());
                 if !keep.contains(name.as_str()) {
                     remove_any(&e.path())?;
                     removed += 1;
@@ -152,12 +220,12 @@ impl Cache {
         &self.root
     }
 
-    fn entry_dir(&self, kind: &str, key: &str) -> PathBuf {
-        self.root.join(kind).join(key)
+    fn entry_dir(&self, kind: CacheKind, key: &str) -> PathBuf {
+        self.root.join(kind.as_str()).join(key)
     }
 
     /// Looks up and validates an entry.
-    pub fn lookup(&self, kind: &str, key: &str) -> Lookup {
+    pub fn lookup(&self, kind: CacheKind, key: &str) -> Lookup {
         let dir = self.entry_dir(kind, key);
         let rec_path = dir.join("entry.json");
         let bytes = match fs::read(&rec_path) {
@@ -184,9 +252,10 @@ impl Cache {
             let p = dir.join(&f.path);
             match FileStamp::of(&p) {
                 Ok(s) if s == f.stamp => continue,
-                Ok(_) => match sha256_file(&p) {
-                    Ok((sha, size)) if sha == f.sha256 && size == f.size => continue,
-                    Ok((sha, size)) => {
+                Ok(_) => match digest_file(&p) {
+                    Ok(d) if d.sha256 == f.sha256 && d.size == f.size => continue,
+                    Ok(d) => {
+                        let (sha, size) = (d.sha256, d.size);
                         let _ = remove_any(&dir);
                         return Lookup::Corrupt(format!(
                             "{}: {} bytes with sha256 {sha}, expected {} bytes with sha256 {}",
@@ -211,14 +280,18 @@ impl Cache {
         Lookup::Hit(CacheEntry { dir, record })
     }
 
-    /// A fresh, empty work folder for producing an entry.
-    pub fn work_dir(&self, kind: &str, key: &str) -> io::Result<PathBuf> {
-        let d = self
-            .root
-            .join("tmp")
-            .join(format!("{kind}-{key}-{}", std::process::id()));
-        remove_any(&d)?;
-        fs::create_dir_all(&d)?;
+    /// A fresh, empty work folder for producing an entry (unique to this process and call,
+    /// so builds sharing the cache never share one).
+    pub fn work_dir(&self, kind: CacheKind, key: &str) -> Result<PathBuf, CacheError> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = self.root.join("tmp").join(format!(
+            "{}-{key}-{}-{n}",
+            kind.as_str(),
+            std::process::id()
+        ));
+        remove_any(&d).map_err(cache_err(&d))?;
+        fs::create_dir_all(&d).map_err(cache_err(&d))?;
         Ok(d)
     }
 
@@ -226,24 +299,25 @@ impl Cache {
     /// known from writing them, or computed here when `None`) and renames it into place.
     pub fn commit(
         &self,
-        kind: &str,
+        kind: CacheKind,
         key: &str,
         work: &Path,
-        files: Vec<(String, Option<(String, u64)>)>,
+        files: Vec<(String, Option<FileDigest>)>,
         meta: Value,
-    ) -> io::Result<CacheEntry> {
+    ) -> Result<CacheEntry, CacheError> {
         let mut recs = Vec::with_capacity(files.len());
         for (rel, known) in files {
             let p = work.join(&rel);
-            let (sha256, size) = match known {
-                Some(k) => k,
-                None => sha256_file(&p)?,
+            let d = match known {
+                Some(d) => d,
+                None => digest_file(&p).map_err(cache_err(&p))?,
             };
-            let stamp = FileStamp::of(&p)?;
+            let stamp = FileStamp::of(&p).map_err(cache_err(&p))?;
             recs.push(CachedFile {
                 path: rel,
-                size,
-                sha256,
+                size: d.size,
+                sha256: d.sha256,
+                crc32: d.crc32,
                 stamp,
             });
         }
@@ -255,12 +329,16 @@ impl Cache {
         };
         let dir = self.entry_dir(kind, key);
         // Stamps include the inode and mtime, which a rename keeps.
+        let record_path = work.join("entry.json");
         write_atomic(
-            &work.join("entry.json"),
-            &serde_json::to_vec_pretty(&record).map_err(io::Error::other)?,
-        )?;
+            &record_path,
+            &serde_json::to_vec_pretty(&record)
+                .map_err(io::Error::other)
+                .map_err(cache_err(&record_path))?,
+        )
+        .map_err(cache_err(&record_path))?;
         if let Some(p) = dir.parent() {
-            fs::create_dir_all(p)?;
+            fs::create_dir_all(p).map_err(cache_err(p))?;
         }
         // Never delete a valid entry first: another build sharing this cache may have committed
         // the same key meanwhile and be linking its files right now.
@@ -270,8 +348,8 @@ impl Cache {
                 return Ok(entry);
             }
             // A corrupt or incomplete leftover (lookup removed it): take its place.
-            remove_any(&dir)?;
-            fs::rename(work, &dir)?;
+            remove_any(&dir).map_err(cache_err(&dir))?;
+            fs::rename(work, &dir).map_err(cache_err(&dir))?;
         }
         self.note_used(kind, key);
         Ok(CacheEntry { dir, record })
@@ -286,31 +364,34 @@ mod tests {
     fn commit_lookup_and_corruption() {
         let d = tempfile::tempdir().unwrap();
         let c = Cache::new(d.path().to_path_buf());
-        assert!(matches!(c.lookup("q", "k"), Lookup::Miss));
-        let w = c.work_dir("q", "k").unwrap();
+        assert!(matches!(c.lookup(CacheKind::Quantize, "k"), Lookup::Miss));
+        let w = c.work_dir(CacheKind::Quantize, "k").unwrap();
         fs::write(w.join("a.bin"), b"hello").unwrap();
         c.commit(
-            "q",
+            CacheKind::Quantize,
             "k",
             &w,
             vec![("a.bin".into(), None)],
             serde_json::json!({"n": 1}),
         )
         .unwrap();
-        let Lookup::Hit(e) = c.lookup("q", "k") else {
+        let Lookup::Hit(e) = c.lookup(CacheKind::Quantize, "k") else {
             panic!("expected hit")
         };
         assert_eq!(e.record.meta["n"], 1);
         // Same bytes, new stamp: still valid.
         fs::write(e.file("a.bin"), b"hello").unwrap();
-        assert!(matches!(c.lookup("q", "k"), Lookup::Hit(_)));
+        assert!(matches!(c.lookup(CacheKind::Quantize, "k"), Lookup::Hit(_)));
         // Truncated: corrupt, removed.
         fs::write(e.file("a.bin"), b"hell").unwrap();
-        assert!(matches!(c.lookup("q", "k"), Lookup::Corrupt(_)));
-        assert!(matches!(c.lookup("q", "k"), Lookup::Miss));
+        assert!(matches!(
+            c.lookup(CacheKind::Quantize, "k"),
+            Lookup::Corrupt(_)
+        ));
+        assert!(matches!(c.lookup(CacheKind::Quantize, "k"), Lookup::Miss));
         assert_ne!(
-            key_of("a", &serde_json::json!(1)),
-            key_of("a", &serde_json::json!(2))
+            key_of(CacheKind::Select, &serde_json::json!(1)),
+            key_of(CacheKind::Select, &serde_json::json!(2))
         );
     }
 
@@ -321,11 +402,11 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let d = tempfile::tempdir().unwrap();
         let c = Cache::new(d.path().to_path_buf());
-        let w = c.work_dir("q", "k").unwrap();
+        let w = c.work_dir(CacheKind::Quantize, "k").unwrap();
         fs::write(w.join("a.bin"), b"hello").unwrap();
         let first = c
             .commit(
-                "q",
+                CacheKind::Quantize,
                 "k",
                 &w,
                 vec![("a.bin".into(), None)],
@@ -338,7 +419,7 @@ mod tests {
         fs::write(w2.join("a.bin"), b"hello").unwrap();
         let second = c
             .commit(
-                "q",
+                CacheKind::Quantize,
                 "k",
                 &w2,
                 vec![("a.bin".into(), None)],
@@ -354,14 +435,14 @@ mod tests {
         fs::create_dir_all(&w3).unwrap();
         fs::write(w3.join("a.bin"), b"hello").unwrap();
         c.commit(
-            "q",
+            CacheKind::Quantize,
             "k",
             &w3,
             vec![("a.bin".into(), None)],
             serde_json::json!({}),
         )
         .unwrap();
-        assert!(matches!(c.lookup("q", "k"), Lookup::Hit(_)));
+        assert!(matches!(c.lookup(CacheKind::Quantize, "k"), Lookup::Hit(_)));
         assert_eq!(fs::read(first.file("a.bin")).unwrap(), b"hello");
     }
 
@@ -370,10 +451,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let make = |key: &str| {
             let c = Cache::new(d.path().to_path_buf());
-            let w = c.work_dir("quantize", key).unwrap();
+            let w = c.work_dir(CacheKind::Quantize, key).unwrap();
             fs::write(w.join("f"), key).unwrap();
             c.commit(
-                "quantize",
+                CacheKind::Quantize,
                 key,
                 &w,
                 vec![("f".into(), None)],
@@ -387,7 +468,7 @@ mod tests {
         // A third build using only `c`: `a` was last used two builds ago and goes.
         assert_eq!(make("c").prune(2).unwrap(), 1);
         let c = Cache::new(d.path().to_path_buf());
-        assert!(matches!(c.lookup("quantize", "a"), Lookup::Miss));
-        assert!(matches!(c.lookup("quantize", "b"), Lookup::Hit(_)));
+        assert!(matches!(c.lookup(CacheKind::Quantize, "a"), Lookup::Miss));
+        assert!(matches!(c.lookup(CacheKind::Quantize, "b"), Lookup::Hit(_)));
     }
 }

@@ -1,6 +1,11 @@
 //! Runs a stage graph on a bounded rayon pool: a stage starts once every stage it depends on
 //! has succeeded; a failed stage stops its dependents (transitively) while running stages
 //! finish; every failure is reported.
+//!
+//! At most `jobs` stages run at once (the pool's `jobs` threads also do their inner parallel
+//! work). Whenever one finishes, the ready stage heading the most work starts next (each
+//! stage's own work estimated by the caller, plus the most work of a chain of stages waiting
+//! for it), then plan order.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc;
@@ -9,13 +14,23 @@ use omnipack_plan::Stage;
 
 /// How one stage ended.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StageStatus<T> {
+pub enum StageStatus<T, E> {
     /// It ran (or came from the cache) and produced a value.
     Done(T),
-    /// It failed with this message.
-    Failed(String),
+    /// It failed with this error.
+    Failed(E),
     /// It did not run: this dependency failed.
     Skipped(String),
+}
+
+/// A stage that panicked, with the panic's message: a bug, reported as that stage's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panicked(pub String);
+
+impl From<Panicked> for String {
+    fn from(p: Panicked) -> String {
+        format!("internal error: {}", p.0)
+    }
 }
 
 /// Errors of the graph itself.
@@ -33,15 +48,18 @@ pub enum GraphError {
 }
 
 /// Runs `stages` with at most `jobs` at once (inner rayon parallelism shares the same pool).
-/// `run` gets the stage and the values of its dependencies (in `depends_on` order).
-pub fn execute<T, F>(
+/// `run` gets the stage and the values of its dependencies (in `depends_on` order); `work`
+/// estimates a stage's own work (any unit), to start long chains first.
+pub fn execute<T, E, F>(
     stages: &[Stage],
     jobs: usize,
+    work: &dyn Fn(&Stage) -> u64,
     run: F,
-) -> Result<Vec<StageStatus<T>>, GraphError>
+) -> Result<Vec<StageStatus<T, E>>, GraphError>
 where
     T: Clone + Send + Sync,
-    F: Fn(&Stage, Vec<T>) -> Result<T, String> + Sync,
+    E: Send + From<Panicked>,
+    F: Fn(&Stage, Vec<T>) -> Result<T, E> + Sync,
 {
     let index: BTreeMap<&str, usize> = stages
         .iter()
@@ -67,23 +85,26 @@ where
         }
         deps.push(d);
     }
+    let priority = chain_work(stages, &dependents, work);
     let jobs = jobs.max(1);
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(jobs)
         .thread_name(|i| format!("omnipack-{i}"))
         .build()
         .map_err(|_| GraphError::Pool(jobs))?;
-    let mut status: Vec<Option<StageStatus<T>>> = vec![None; stages.len()];
+    let mut status: Vec<Option<StageStatus<T, E>>> = (0..stages.len()).map(|_| None).collect();
     let mut waiting: Vec<usize> = deps.iter().map(|d| d.len()).collect();
-    let (tx, rx) = mpsc::channel::<(usize, Result<T, String>)>();
+    let (tx, rx) = mpsc::channel::<(usize, Result<T, E>)>();
     let run = &run;
     pool.in_place_scope(|scope| {
         let mut running = 0usize;
         let mut ready: Vec<usize> = (0..stages.len()).filter(|&i| waiting[i] == 0).collect();
         loop {
-            // Start ready stages in plan order.
-            ready.sort_unstable_by(|a, b| b.cmp(a));
-            while let Some(i) = ready.pop() {
+            // Start the ready stages heading the most work (then in plan order), `jobs` at most:
+            // a stage that becomes ready later may go first.
+            ready.sort_unstable_by_key(|&i| (priority[i], std::cmp::Reverse(i)));
+            while running < jobs {
+                let Some(i) = ready.pop() else { break };
                 let inputs: Vec<T> = deps[i]
                     .iter()
                     .filter_map(|&j| match &status[j] {
@@ -104,7 +125,7 @@ where
                             .cloned()
                             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_else(|| "unknown panic".into());
-                        Err(format!("internal error: {msg}"))
+                        Err(E::from(Panicked(msg)))
                     });
                     let _ = tx.send((i, r));
                 });
@@ -152,15 +173,39 @@ where
     Ok(out)
 }
 
+/// Per stage, its own work plus the most work of a chain of stages depending on it (stages
+/// that are not in dependency order get their own work only).
+fn chain_work(
+    stages: &[Stage],
+    dependents: &[Vec<usize>],
+    work: &dyn Fn(&Stage) -> u64,
+) -> Vec<u64> {
+    let mut chain = vec![0u64; stages.len()];
+    for i in (0..stages.len()).rev() {
+        let after = dependents[i]
+            .iter()
+            .filter(|&&k| k > i)
+            .map(|&k| chain[k])
+            .max()
+            .unwrap_or(0);
+        chain[i] = work(&stages[i]).saturating_add(after);
+    }
+    chain
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use omnipack_plan::StageKind;
+    use omnipack_plan::{ExportParams, ExportSource, StageKind};
 
     fn st(id: &str, deps: &[&str]) -> Stage {
         Stage {
             id: id.into(),
-            kind: StageKind::Package { bundle: id.into() },
+            kind: StageKind::Export(ExportParams {
+                component: id.into(),
+                tier: None,
+                source: ExportSource::Files { files: Vec::new() },
+            }),
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
         }
     }
@@ -175,12 +220,17 @@ mod tests {
             st("e", &["d"]),
         ];
         for jobs in [1, 4] {
-            let r = execute(&stages, jobs, |s, inputs: Vec<String>| {
-                if s.id == "b" {
-                    return Err("boom".into());
-                }
-                Ok(format!("{}({})", s.id, inputs.join(",")))
-            })
+            let r = execute(
+                &stages,
+                jobs,
+                &|_| 0,
+                |s, inputs: Vec<String>| -> Result<String, String> {
+                    if s.id == "b" {
+                        return Err("boom".into());
+                    }
+                    Ok(format!("{}({})", s.id, inputs.join(",")))
+                },
+            )
             .unwrap();
             assert_eq!(r[0], StageStatus::Done("a()".into()));
             assert_eq!(r[1], StageStatus::Failed("boom".into()));
@@ -192,11 +242,49 @@ mod tests {
     #[test]
     fn cycles_and_unknown_deps_are_errors() {
         assert!(
-            execute(&[st("a", &["b"]), st("b", &["a"])], 2, |_, _: Vec<u8>| Ok(
+            execute(
+                &[st("a", &["b"]), st("b", &["a"])],
+                2,
+                &|_| 0,
+                |_, _: Vec<u8>| { Ok::<_, String>(0) }
+            )
+            .is_err()
+        );
+        assert!(
+            execute(&[st("a", &["zz"])], 2, &|_| 0, |_, _: Vec<u8>| Ok::<
+                _,
+                String,
+            >(
                 0
             ))
             .is_err()
         );
-        assert!(execute(&[st("a", &["zz"])], 2, |_, _: Vec<u8>| Ok(0)).is_err());
+    }
+
+    #[test]
+    fn the_ready_stage_heading_the_longest_chain_starts_first() {
+        // Chains: a then c (1 + 10), b (5), d (2), e (0). With one job, a starts first although
+        // b's own work is larger, and c, ready once a is done, goes before b.
+        let stages = vec![
+            st("a", &[]),
+            st("b", &[]),
+            st("c", &["a"]),
+            st("d", &[]),
+            st("e", &[]),
+        ];
+        let work = |s: &Stage| match s.id.as_str() {
+            "a" => 1,
+            "b" => 5,
+            "c" => 10,
+            "d" => 2,
+            _ => 0,
+        };
+        let order = std::sync::Mutex::new(Vec::new());
+        execute(&stages, 1, &work, |s, _: Vec<u8>| {
+            order.lock().unwrap().push(s.id.clone());
+            Ok::<_, String>(0)
+        })
+        .unwrap();
+        assert_eq!(order.into_inner().unwrap(), ["a", "c", "b", "d", "e"]);
     }
 }

@@ -2,7 +2,6 @@
 //! folder, a timeout that kills its whole process group, output and error kept in a log, and
 //! declared outputs checked to exist and to stay inside the folder.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
@@ -10,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use omnipack_manifest::lexical_path::slash;
+
 use crate::fsutil::is_safe_relative;
 
-/// Why an exporter failed.
+/// Why an external exporter failed.
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub enum ExporterError {
     /// The command could not be started.
     #[error("could not start `{program}` (in {cwd}): {source}")]
     Spawn {
@@ -68,19 +69,6 @@ pub enum ExportError {
     Empty,
 }
 
-/// Fills `{out} {tier} {format} {group_size} {max_seq_len} {component}` in each argument.
-pub fn fill_placeholders(run: &[String], values: &BTreeMap<&str, String>) -> Vec<String> {
-    run.iter()
-        .map(|a| {
-            let mut s = a.clone();
-            for (k, v) in values {
-                s = s.replace(&format!("{{{k}}}"), v);
-            }
-            s
-        })
-        .collect()
-}
-
 /// Result of a successful exporter run.
 #[derive(Debug)]
 pub struct ExportRun {
@@ -97,15 +85,15 @@ pub fn run_exporter(
     outputs: &[String],
     timeout: Duration,
     log_path: &Path,
-) -> Result<ExportRun, ExportError> {
+) -> Result<ExportRun, ExporterError> {
     let io_err = |p: &Path| {
         let path = p.display().to_string();
-        move |source| ExportError::Io { path, source }
+        move |source| ExporterError::Io { path, source }
     };
-    let (program, args) = argv.split_first().ok_or(ExportError::Empty)?;
+    let (program, args) = argv.split_first().ok_or(ExporterError::Empty)?;
     for o in outputs {
         if !is_safe_relative(o) {
-            return Err(ExportError::UnsafeOutput(o.clone()));
+            return Err(ExporterError::UnsafeOutput(o.clone()));
         }
     }
     let out_dir = stage.join("out");
@@ -131,7 +119,7 @@ pub fn run_exporter(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|source| ExportError::Spawn {
+    let mut child = cmd.spawn().map_err(|source| ExporterError::Spawn {
         program: program.clone(),
         cwd: cwd.display().to_string(),
         source,
@@ -150,7 +138,7 @@ pub fn run_exporter(
                 libc::killpg(pid, libc::SIGKILL);
             }
             let _ = child.wait();
-            return Err(ExportError::Timeout {
+            return Err(ExporterError::Timeout {
                 timeout: timeout.as_secs(),
                 log: log_path.display().to_string(),
                 tail: log_tail(log_path),
@@ -164,7 +152,7 @@ pub fn run_exporter(
         libc::killpg(pid, libc::SIGKILL);
     }
     if !status.success() {
-        return Err(ExportError::Failed {
+        return Err(ExporterError::Failed {
             status: status.to_string(),
             log: log_path.display().to_string(),
             tail: log_tail(log_path),
@@ -179,7 +167,7 @@ pub fn run_exporter(
         .collect();
     extra.sort();
     if let Some(x) = extra.first() {
-        return Err(ExportError::WroteOutside(
+        return Err(ExporterError::WroteOutside(
             stage.join(x).display().to_string(),
         ));
     }
@@ -189,8 +177,8 @@ pub fn run_exporter(
 
 /// Checks declared outputs under `out_dir` (exist, no symlink leaves the folder) and lists
 /// their files.
-pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>, ExportError> {
-    let root = fs::canonicalize(out_dir).map_err(|source| ExportError::Io {
+pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>, ExporterError> {
+    let root = fs::canonicalize(out_dir).map_err(|source| ExporterError::Io {
         path: out_dir.display().to_string(),
         source,
     })?;
@@ -198,46 +186,46 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
     let mut links = Vec::new();
     for o in outputs {
         if !is_safe_relative(o) {
-            return Err(ExportError::UnsafeOutput(o.clone()));
+            return Err(ExporterError::UnsafeOutput(o.clone()));
         }
         let p = out_dir.join(o);
         if fs::symlink_metadata(&p).is_err() {
-            return Err(ExportError::MissingOutput {
+            return Err(ExporterError::MissingOutput {
                 output: o.clone(),
                 dir: out_dir.display().to_string(),
             });
         }
         check_inside(&root, &p, o)?;
-        let meta = fs::metadata(&p).map_err(|source| ExportError::Io {
+        let meta = fs::metadata(&p).map_err(|source| ExporterError::Io {
             path: p.display().to_string(),
             source,
         })?;
         if meta.is_dir() {
             let mut stack = vec![p.clone()];
             while let Some(d) = stack.pop() {
-                let rd = fs::read_dir(&d).map_err(|source| ExportError::Io {
+                let rd = fs::read_dir(&d).map_err(|source| ExporterError::Io {
                     path: d.display().to_string(),
                     source,
                 })?;
                 for e in rd {
-                    let e = e.map_err(|source| ExportError::Io {
+                    let e = e.map_err(|source| ExporterError::Io {
                         path: d.display().to_string(),
                         source,
                     })?;
                     let ep = e.path();
-                    let rel = crate::fsutil::slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
+                    let rel = slash(ep.strip_prefix(out_dir).unwrap_or(&ep));
                     if e.file_name().to_str().is_none() {
-                        return Err(ExportError::NonUtf8Name(rel));
+                        return Err(ExporterError::NonUtf8Name(rel));
                     }
                     check_inside(&root, &ep, &rel)?;
-                    let m = fs::metadata(&ep).map_err(|source| ExportError::Io {
+                    let m = fs::metadata(&ep).map_err(|source| ExporterError::Io {
                         path: ep.display().to_string(),
                         source,
                     })?;
                     let link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
                     if m.is_dir() && link {
                         // A linked folder could loop or duplicate files: refuse it.
-                        return Err(ExportError::SymlinkOut {
+                        return Err(ExporterError::SymlinkOut {
                             path: rel,
                             target: fs::read_link(&ep)
                                 .map(|t| t.display().to_string())
@@ -253,7 +241,7 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
             }
         } else {
             regular_file(&p, &meta, o, &mut links)?;
-            files.push(crate::fsutil::slash(Path::new(o)));
+            files.push(slash(Path::new(o)));
         }
     }
     for l in &links {
@@ -271,11 +259,11 @@ fn regular_file(
     meta: &fs::Metadata,
     rel: &str,
     links: &mut Vec<PathBuf>,
-) -> Result<(), ExportError> {
+) -> Result<(), ExporterError> {
     if !meta.is_file() {
-        return Err(ExportError::NotAFile(rel.to_string()));
+        return Err(ExporterError::NotAFile(rel.to_string()));
     }
-    let link = fs::symlink_metadata(p).map_err(|source| ExportError::Io {
+    let link = fs::symlink_metadata(p).map_err(|source| ExporterError::Io {
         path: p.display().to_string(),
         source,
     })?;
@@ -287,8 +275,8 @@ fn regular_file(
 
 /// Replaces a symlink by a copy of its target: the stage folder is cached and packaged file by
 /// file, where a relative link would dangle.
-fn materialize(p: &Path) -> Result<(), ExportError> {
-    let io = |source| ExportError::Io {
+fn materialize(p: &Path) -> Result<(), ExporterError> {
+    let io = |source| ExporterError::Io {
         path: p.display().to_string(),
         source,
     };
@@ -298,23 +286,23 @@ fn materialize(p: &Path) -> Result<(), ExportError> {
     fs::rename(&tmp, p).map_err(io)
 }
 
-fn check_inside(root: &Path, p: &Path, rel: &str) -> Result<(), ExportError> {
+fn check_inside(root: &Path, p: &Path, rel: &str) -> Result<(), ExporterError> {
     let is_link = fs::symlink_metadata(p)
         .map(|m| m.file_type().is_symlink())
         .unwrap_or(false);
     match fs::canonicalize(p) {
         Ok(real) if real.starts_with(root) => Ok(()),
-        Ok(real) => Err(ExportError::SymlinkOut {
+        Ok(real) => Err(ExporterError::SymlinkOut {
             path: rel.to_string(),
             target: real.display().to_string(),
         }),
-        Err(_) if is_link => Err(ExportError::SymlinkOut {
+        Err(_) if is_link => Err(ExporterError::SymlinkOut {
             path: rel.to_string(),
             target: fs::read_link(p)
                 .map(|t| t.display().to_string())
                 .unwrap_or_default(),
         }),
-        Err(source) => Err(ExportError::Io {
+        Err(source) => Err(ExporterError::Io {
             path: p.display().to_string(),
             source,
         }),
@@ -347,14 +335,10 @@ pub fn log_tail(path: &Path) -> String {
     }
 }
 
-/// Absolute form of `p` (for `{out}`).
-pub fn absolute(p: &Path) -> PathBuf {
-    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omnipack_manifest::lexical_path::absolute;
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]
@@ -396,7 +380,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::NotAFile(_)), "{e}");
+        assert!(matches!(e, ExporterError::NotAFile(_)), "{e}");
         // A relative link to a file inside the folder is packaged as that file's bytes.
         let s2 = absolute(&d.path().join("s2"));
         let r = run_exporter(
@@ -426,7 +410,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::NonUtf8Name(_)), "{e}");
+        assert!(matches!(e, ExporterError::NonUtf8Name(_)), "{e}");
         for f in &r.files {
             let p = s2.join("out").join(f);
             assert!(!fs::symlink_metadata(&p).unwrap().is_symlink(), "{f}");
@@ -458,7 +442,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::Timeout { .. }), "{e}");
+        assert!(matches!(e, ExporterError::Timeout { .. }), "{e}");
         assert!(t0.elapsed() < Duration::from_secs(10));
         let s3 = absolute(&d.path().join("s3"));
         let e = run_exporter(
@@ -470,7 +454,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::WroteOutside(_)), "{e}");
+        assert!(matches!(e, ExporterError::WroteOutside(_)), "{e}");
         let s4 = absolute(&d.path().join("s4"));
         let e = run_exporter(
             &sh(&format!("ln -s /etc/passwd {}/out/p", s4.display())),
@@ -481,7 +465,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::SymlinkOut { .. }), "{e}");
+        assert!(matches!(e, ExporterError::SymlinkOut { .. }), "{e}");
         let s7 = absolute(&d.path().join("s7"));
         let e = run_exporter(
             &sh(&format!(
@@ -495,7 +479,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::SymlinkOut { .. }), "{e}");
+        assert!(matches!(e, ExporterError::SymlinkOut { .. }), "{e}");
         let e = run_exporter(
             &sh("true"),
             d.path(),
@@ -505,7 +489,7 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::MissingOutput { .. }), "{e}");
+        assert!(matches!(e, ExporterError::MissingOutput { .. }), "{e}");
         let e = run_exporter(
             &sh("true"),
             d.path(),
@@ -515,6 +499,6 @@ mod tests {
             &log,
         )
         .unwrap_err();
-        assert!(matches!(e, ExportError::UnsafeOutput(_)), "{e}");
+        assert!(matches!(e, ExporterError::UnsafeOutput(_)), "{e}");
     }
 }

@@ -1,8 +1,11 @@
-//! Small file-system helpers: atomic writes, hard links with a copy fallback, lexical paths.
+//! Small file-system helpers: atomic writes, hard links with a copy fallback, folder walks.
+//! (Lexical path work is [`omnipack_manifest::lexical_path`].)
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
+
+use omnipack_manifest::lexical_path::slash;
 
 /// Writes `bytes` to a temporary file next to `path` and renames it into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -41,51 +44,6 @@ pub fn remove_any(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Lexically normalises `p`: drops `.`, folds `a/..` (keeps leading `..`).
-pub fn normalize(p: &Path) -> PathBuf {
-    let mut out: Vec<Component> = Vec::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => match out.last() {
-                Some(Component::Normal(_)) => {
-                    out.pop();
-                }
-                Some(Component::RootDir) => {}
-                _ => out.push(c),
-            },
-            other => out.push(other),
-        }
-    }
-    out.iter().collect()
-}
-
-/// `/`-separated form of a relative path.
-pub fn slash(p: &Path) -> String {
-    p.components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join("/")
-}
-
-/// `path` relative to `base`, lexically (both made absolute first).
-pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
-    let abs = |p: &Path| normalize(&std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()));
-    let path = abs(path);
-    let base = abs(base);
-    let pc: Vec<_> = path.components().collect();
-    let bc: Vec<_> = base.components().collect();
-    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
-    let mut out = PathBuf::new();
-    for _ in common..bc.len() {
-        out.push("..");
-    }
-    for c in &pc[common..] {
-        out.push(c.as_os_str());
-    }
-    out
 }
 
 /// True when `p` is relative and stays inside its base: no root, no `..`, not empty.
@@ -156,13 +114,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lexical_paths() {
-        assert_eq!(normalize(Path::new("a/./b/../c")), PathBuf::from("a/c"));
-        assert_eq!(normalize(Path::new("../x/../y")), PathBuf::from("../y"));
-        assert_eq!(
-            relative_to(Path::new("/a/b/c"), Path::new("/a/d")),
-            PathBuf::from("../b/c")
-        );
+    fn safe_relative_paths() {
         assert!(is_safe_relative("a/b.txt"));
         assert!(!is_safe_relative("../x"));
         assert!(!is_safe_relative("/etc/passwd"));

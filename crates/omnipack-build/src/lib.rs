@@ -4,17 +4,22 @@
 //! folder. Also `verify` and bundle/summary inspection. Never prints: progress goes through
 //! [`Progress`].
 
+pub mod bundle_zip;
 pub mod cache;
+pub mod digest_memo;
 pub mod executor;
 pub mod exporter;
 pub mod fsutil;
-pub mod hash;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
 pub mod sidecars;
+pub mod stages;
 pub mod verify;
-pub mod zipper;
 
-pub use pipeline::{BuildError, BuildOptions, BuildReport, StageFailure, StageReport, build};
+pub use digest_memo::Clock;
+pub use pipeline::{
+    BuildError, BuildOptions, BuildReport, StageFailure, StageReport, UnbuildablePlan, build,
+};
 pub use progress::{Event, NoProgress, Progress};
+pub use stages::StageError;

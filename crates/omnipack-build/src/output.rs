@@ -42,9 +42,36 @@ pub enum OutputError {
         "{out}: the output path exists and is not a folder; give --out a folder (it is created when missing)"
     )]
     NotAFolder { out: String },
+    /// The folder holds deliverable names but is not an omnipack output folder.
+    #[error(
+        "{out}: holds {names} but is not an omnipack output folder (no {PRIVATE_DIR}/, no readable summary); a build would replace them: move them away or choose another --out"
+    )]
+    Foreign { out: String, names: String },
     /// I/O on a named path.
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+}
+
+/// A build replaces `OUT/bundles`, `OUT/asset-packs` and the summary wholesale. When `OUT` was
+/// never an omnipack output (no `.omnipack/` folder and no readable summary), such entries are
+/// someone else's files: refuse rather than delete them.
+pub fn refuse_foreign_output(out: &Path) -> Result<(), OutputError> {
+    if out.join(PRIVATE_DIR).is_dir()
+        || crate::verify::read_summary(&out.join(omnipack_summary::SUMMARY_FILE)).is_ok()
+    {
+        return Ok(());
+    }
+    let foreign: Vec<&str> = DELIVERABLES
+        .into_iter()
+        .filter(|n| fs::symlink_metadata(out.join(n)).is_ok())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(OutputError::Foreign {
+        out: out.display().to_string(),
+        names: foreign.join(", "),
+    })
 }
 
 fn io_err(p: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
@@ -58,7 +85,6 @@ fn io_err(p: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
 #[derive(Debug)]
 pub struct OutputLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl OutputLock {
@@ -101,12 +127,7 @@ impl OutputLock {
         }
         file.set_len(0).map_err(io_err(&path))?;
         let _ = write!(file, "{}", std::process::id());
-        Ok(OutputLock { _file: file, path })
-    }
-
-    /// Path of the lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(OutputLock { _file: file })
     }
 }
 

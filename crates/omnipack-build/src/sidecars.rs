@@ -1,129 +1,33 @@
-//! Generated JSON files of a bundle: `config.json`, the decode-step sidecars
-//! (`<artifact>.io.json`, `<artifact>.kvq.json`, `<artifact>.kv_paging.json`) and the
-//! asset pack's Background Assets `Manifest.json`. All depend only on the component (never on
-//! a tier), with sorted keys, so a bundle's bytes are the same for every tier.
+//! Generated JSON files of a bundle, written from a package stage's parameters: `config.json`,
+//! the decode-step sidecars (`<artifact>.io.json`, `<artifact>.kvq.json`,
+//! `<artifact>.kv_paging.json`) and the asset pack's Background Assets `Manifest.json`. All
+//! depend only on the component (never on a tier), with sorted keys, so a bundle's bytes are
+//! the same for every tier.
 
-use omnipack_manifest::{Delivery, Format, IoDtype, KvFormat, ResolvedComponent, Role};
+use omnipack_manifest::canonical_json::to_canonical_pretty;
+use omnipack_manifest::{Delivery, IoDtype, KvFormat};
+use omnipack_plan::{ConfigJson, DecodeStepSidecars};
 use serde_json::{Map, Value, json};
 
-/// Serialises with sorted keys, two-space indentation and a final newline.
-pub fn to_canonical_pretty(v: &Value) -> Vec<u8> {
-    let mut out = serde_json::to_vec_pretty(&sort_keys(v)).unwrap_or_default();
-    out.push(b'\n');
-    out
-}
-
-/// Compact JSON with sorted keys (the canonical form hashed for `manifest_sha256`).
-pub fn to_canonical_compact(v: &Value) -> Vec<u8> {
-    serde_json::to_vec(&sort_keys(v)).unwrap_or_default()
-}
-
-/// A copy of `v` with every object's keys sorted by bytes.
-pub fn sort_keys(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let mut out = Map::new();
-            for k in keys {
-                out.insert(k.clone(), sort_keys(&m[k]));
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(sort_keys).collect()),
-        other => other.clone(),
-    }
-}
-
-/// `config.json` of a native variant: the architecture in the names mlx-lm reads, and for
-/// MLX affine formats `"quantization": {"group_size", "bits", "mode": "affine"}`.
-///
-/// With `base` (the component's `source.config`), the result is that object with these keys
-/// overlaid, and an affine `quantization` is also written as `quantization_config` (as mlx-lm's
-/// own conversion does); keys are sorted either way. A quantization key of `base` that does not describe
-/// the bundle's weights (for example the checkpoint's own `quantization_config`) is dropped.
-pub fn config_json(
-    c: &ResolvedComponent,
-    format: Format,
-    group_size: Option<u32>,
-    base: Option<&Map<String, Value>>,
-) -> Vec<u8> {
+/// `config.json` of a native variant, as the plan describes it: `base` (the component's
+/// `source.config`, when it has one) without the keys `params.remove`, with every key of
+/// `params.set` laid over it, keys sorted.
+pub fn config_json(base: Option<&Map<String, Value>>, params: &ConfigJson) -> Vec<u8> {
     let mut m = base.cloned().unwrap_or_default();
-    for k in ["quantization", "quantization_config", "torch_dtype"] {
+    for k in &params.remove {
         m.remove(k);
     }
-    m.insert("omnipack_component".into(), json!(c.name));
-    m.insert("omnipack_role".into(), json!(role_str(c.role)));
-    if let Some(a) = c.architecture {
-        m.insert("num_hidden_layers".into(), json!(a.layers));
-        m.insert("num_key_value_heads".into(), json!(a.kv_heads));
-        m.insert("head_dim".into(), json!(a.kv_head_dim));
-        m.insert("hidden_size".into(), json!(a.hidden_size));
-        m.insert("vocab_size".into(), json!(a.vocab_size));
-    }
-    if let Some(t) = c.max_seq_len {
-        m.insert("max_position_embeddings".into(), json!(t));
-    }
-    if let (Some(bits), Some(g)) = (format.affine_bits(), group_size) {
-        let q = json!({"group_size": g, "bits": bits, "mode": "affine"});
-        if base.is_some() {
-            m.insert("quantization_config".into(), q.clone());
-        }
-        m.insert("quantization".into(), q);
-    }
-    if format == Format::Nf4 {
-        m.insert(
-            "quantization_config".into(),
-            json!({"quant_method": "bitsandbytes", "load_in_4bit": true, "bnb_4bit_quant_type": "nf4",
-                   "bnb_4bit_blocksize": group_size}),
-        );
-    }
-    if matches!(format, Format::F32 | Format::F16 | Format::Bf16) {
-        m.insert(
-            "torch_dtype".into(),
-            json!(match format {
-                Format::F32 => "float32",
-                Format::Bf16 => "bfloat16",
-                _ => "float16",
-            }),
-        );
+    for (k, v) in &params.set {
+        m.insert(k.clone(), v.clone());
     }
     to_canonical_pretty(&Value::Object(m))
 }
 
-/// The role's manifest name.
-pub fn role_str(r: Role) -> &'static str {
-    match r {
-        Role::TextDecodeStep => "text_decode_step",
-        Role::ImageDecoder => "image_decoder",
-        Role::VideoDecoder => "video_decoder",
-        Role::Data => "data",
-    }
-}
-
-/// Tokens of KV cache the decode step's inputs hold, from the component alone:
-/// `min(max_seq_len, page_len * resident_pages)` (either when the other is absent).
-pub fn component_kv_tokens(c: &ResolvedComponent) -> Option<u64> {
-    let paged = c
-        .kv_cache
-        .paging
-        .map(|p| p.page_len.saturating_mul(p.resident_pages));
-    match (c.max_seq_len, paged) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// The sidecars of a `text_decode_step` (empty for other roles): `(path, bytes)`.
-pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
-    if c.role != Role::TextDecodeStep {
-        return Vec::new();
-    }
-    let Some(a) = c.architecture else {
-        return Vec::new();
-    };
-    let t: Value = component_kv_tokens(c).map(Value::from).unwrap_or(json!(-1));
-    let io = match c.kv_cache.io_dtype {
+/// The sidecars of a text decode step: `(path, bytes)`.
+pub fn decode_step_sidecars(s: &DecodeStepSidecars) -> Vec<(String, Vec<u8>)> {
+    let a = s.architecture;
+    let t: Value = s.cache_tokens.map(Value::from).unwrap_or(json!(-1));
+    let io = match s.io_dtype {
         IoDtype::F32 => "float32",
         IoDtype::F16 => "float16",
     };
@@ -141,7 +45,7 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
     }
     let mut out = Vec::new();
     let io_json = json!({
-        "artifact": c.artifact,
+        "artifact": s.artifact,
         "io_version": 1,
         "layers": a.layers,
         "kv_heads": a.kv_heads,
@@ -149,21 +53,21 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
         "hidden_size": a.hidden_size,
         "vocab_size": a.vocab_size,
         "cache_tokens": t,
-        "max_seq_len": c.max_seq_len,
+        "max_seq_len": s.max_seq_len,
         "cache_layout": "[batch, kv_heads, tokens, kv_head_dim]; -1 tokens means flexible",
         "inputs": inputs,
         "outputs": outputs,
     });
     out.push((
-        format!("{}.io.json", c.artifact),
+        format!("{}.io.json", s.artifact),
         to_canonical_pretty(&io_json),
     ));
-    let g = c.kv_cache.group_size;
+    let g = s.kv_group_size;
     // The fields of the quantized format; the layout fields every format shares are added below.
-    let format_fields = match c.kv_cache.format {
+    let format_fields = match s.kv_format {
         KvFormat::F16 => None,
         KvFormat::U8 => Some(json!({
-            "format": "u8",
+            "format": KvFormat::U8.as_str(),
             "scale_dtype": "float16",
             "zero_point_dtype": "float16",
             "code_dtype": "uint8",
@@ -174,7 +78,7 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
             "bytes_per_group": g + 4,
         })),
         KvFormat::Nf4 => Some(json!({
-            "format": "nf4",
+            "format": KvFormat::Nf4.as_str(),
             "scale_dtype": "float16",
             "scale": "absmax",
             "zero_point_dtype": null,
@@ -195,23 +99,23 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Vec<(String, Vec<u8>)> {
             m.insert("groups_per_row".into(), json!(a.kv_head_dim / g.max(1)));
         }
         out.push((
-            format!("{}.kvq.json", c.artifact),
+            format!("{}.kvq.json", s.artifact),
             to_canonical_pretty(&kvq),
         ));
     }
-    if let Some(p) = c.kv_cache.paging {
+    if let Some(p) = s.paging {
         let paging = json!({
             "page_len": p.page_len,
             "resident_pages": p.resident_pages,
             "resident_tokens": p.page_len.saturating_mul(p.resident_pages),
-            "max_seq_len": c.max_seq_len,
+            "max_seq_len": s.max_seq_len,
             "tail_truncation": {
                 "policy": "drop_oldest_page",
                 "description": "when the context needs more than resident_pages pages, the oldest full page is dropped; the last page may be partly filled",
             },
         });
         out.push((
-            format!("{}.kv_paging.json", c.artifact),
+            format!("{}.kv_paging.json", s.artifact),
             to_canonical_pretty(&paging),
         ));
     }
@@ -255,14 +159,10 @@ pub fn asset_pack_manifest(pack_id: &str, bundle_id: &str, delivery: Delivery) -
     to_canonical_pretty(&v)
 }
 
-/// `<package.bundle_id>.<bundle id>`.
-pub fn asset_pack_id(package_bundle_id: &str, bundle_id: &str) -> String {
-    format!("{package_bundle_id}.{bundle_id}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use omnipack_manifest::Format;
 
     #[test]
     fn asset_pack_manifest_shape() {
@@ -285,7 +185,7 @@ mod tests {
         assert_eq!(e["downloadPolicy"].as_object().unwrap().len(), 1);
     }
 
-    fn component(config: Option<&str>) -> ResolvedComponent {
+    fn component(config: Option<&str>) -> omnipack_manifest::ResolvedComponent {
         let m: omnipack_manifest::Manifest = serde_json::from_value(json!({
             "omnipack": 1,
             "components": [{
@@ -310,7 +210,13 @@ mod tests {
         let c = component(Some("hf.json"));
         let parse = |b: Vec<u8>| -> Value { serde_json::from_slice(&b).unwrap() };
         let q = json!({"group_size": 32, "bits": 4, "mode": "affine"});
-        let v = parse(config_json(&c, Format::Int4, Some(32), Some(&base)));
+        let config = |c: &omnipack_manifest::ResolvedComponent,
+                      f: Format,
+                      g: Option<u32>,
+                      base: Option<&Map<String, Value>>| {
+            config_json(base, &omnipack_plan::config_json(c, f, g))
+        };
+        let v = parse(config(&c, Format::Int4, Some(32), Some(&base)));
         assert_eq!(v["model_type"], "llama");
         assert_eq!(v["num_attention_heads"], 2);
         assert_eq!(v["hidden_size"], 64);
@@ -318,11 +224,11 @@ mod tests {
         assert_eq!(v["quantization"], q);
         assert_eq!(v["quantization_config"], q);
         assert!(v.get("torch_dtype").is_none());
-        let v = parse(config_json(&c, Format::Nf4, Some(64), Some(&base)));
+        let v = parse(config(&c, Format::Nf4, Some(64), Some(&base)));
         assert_eq!(v["quantization_config"]["quant_method"], "bitsandbytes");
         assert_eq!(v["quantization_config"]["bnb_4bit_blocksize"], 64);
         assert!(v.get("quantization").is_none());
-        let v = parse(config_json(&c, Format::F16, None, Some(&base)));
+        let v = parse(config(&c, Format::F16, None, Some(&base)));
         assert_eq!(v["torch_dtype"], "float16");
         assert!(v.get("quantization_config").is_none() && v.get("quantization").is_none());
         // Deterministic: the same inputs give the same bytes, whatever the base's key order.
@@ -331,21 +237,12 @@ mod tests {
             rev.insert(k.clone(), x.clone());
         }
         assert_eq!(
-            config_json(&c, Format::Int8, Some(64), Some(&base)),
-            config_json(&c, Format::Int8, Some(64), Some(&rev))
+            config(&c, Format::Int8, Some(64), Some(&base)),
+            config(&c, Format::Int8, Some(64), Some(&rev))
         );
         // Without a base: omnipack's own keys only (no `quantization_config`, as before).
-        let v = parse(config_json(&component(None), Format::Int4, Some(32), None));
+        let v = parse(config(&component(None), Format::Int4, Some(32), None));
         assert_eq!(v["quantization"], q);
         assert!(v.get("quantization_config").is_none() && v.get("model_type").is_none());
-    }
-
-    #[test]
-    fn canonical_sorts_keys() {
-        let v = json!({"b": 1, "a": {"d": 2, "c": [ {"z": 1, "y": 2} ]}});
-        assert_eq!(
-            String::from_utf8(to_canonical_compact(&v)).unwrap(),
-            r#"{"a":{"c":[{"y":2,"z":1}],"d":2},"b":1}"#
-        );
     }
 }

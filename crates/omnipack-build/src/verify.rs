@@ -5,15 +5,15 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use omnipack_summary::{BundleEntry, BundleManifest, SUMMARY_FILE, Summary};
 use rayon::prelude::*;
 
+use crate::bundle_zip::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
 use crate::fsutil::{is_safe_relative, walk_files};
-use crate::hash::{sha256_bytes, sha256_file};
 use crate::output::PRIVATE_DIR;
-use crate::zipper::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
+use omnipack_quant::{digest_file, sha256_bytes};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default)]
@@ -106,7 +106,7 @@ pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
 }
 
 /// What the summary's own fields must agree on: unique bundle ids, tiers naming listed
-/// bundles, and each tier's memory arithmetic (DESIGN section 4): `peak_bytes` is the sum of
+/// bundles, and each tier's memory arithmetic (README, "Memory model"): `peak_bytes` is the sum of
 /// its parts, `headroom_bytes = memory_limit - peak`, `fits` iff `peak + min_headroom <=
 /// memory_limit`. An app decides what to load from these numbers, so a hand-edited summary
 /// must not verify.
@@ -182,12 +182,13 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
     }
     let zip = out.join(&b.file);
     n += 1;
-    match sha256_file(&zip) {
+    match digest_file(&zip) {
         Err(e) => {
             m.push(format!("{}: {e}", b.file));
             return (n, m);
         }
-        Ok((sha, size)) => {
+        Ok(d) => {
+            let (sha, size) = (d.sha256, d.size);
             if size != b.size_bytes {
                 m.push(format!(
                     "{}: {size} bytes, the summary says {}",
@@ -294,13 +295,11 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         ));
     }
     n += 1;
-    let delivery = match b.delivery.as_str() {
-        "essential" => Some(omnipack_manifest::Delivery::Essential),
-        "prefetch" => Some(omnipack_manifest::Delivery::Prefetch),
-        "on_demand" => Some(omnipack_manifest::Delivery::OnDemand),
-        _ => None,
-    };
-    let expected_pack_id = crate::sidecars::asset_pack_id(&summary.package.bundle_id, &b.id);
+    let delivery = omnipack_manifest::Delivery::ALL
+        .iter()
+        .copied()
+        .find(|d| d.as_str() == b.delivery);
+    let expected_pack_id = omnipack_plan::asset_pack_id(&summary.package.bundle_id, &b.id);
     if b.asset_pack.id != expected_pack_id {
         m.push(format!(
             "bundle `{}`: asset_pack.id is `{}`, expected `{expected_pack_id}`",
@@ -332,11 +331,11 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                     m.push(format!("{rel}: missing"));
                     continue;
                 }
-                match sha256_file(&files_dir.join(&f.path)) {
+                match digest_file(&files_dir.join(&f.path)) {
                     Err(e) => m.push(format!("{rel}: {e}")),
-                    Ok((sha, size)) if sha != f.sha256 || size != f.size_bytes => m.push(format!(
-                        "{rel}: {size} bytes with sha256 {sha}, the summary says {} bytes with sha256 {}",
-                        f.size_bytes, f.sha256
+                    Ok(d) if d.sha256 != f.sha256 || d.size != f.size_bytes => m.push(format!(
+                        "{rel}: {} bytes with sha256 {}, the summary says {} bytes with sha256 {}",
+                        d.size, d.sha256, f.size_bytes, f.sha256
                     )),
                     Ok(_) => {}
                 }
@@ -366,40 +365,11 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
     (n, m)
 }
 
-/// What a path looks like to `inspect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InspectKind {
-    /// A zip (bundle).
-    BundleZip,
-    /// A JSON summary.
-    Summary,
-    /// Something else (safetensors, ...).
-    Other,
-}
-
-/// Sniffs `path`: a zip by its magic bytes, a summary by `summary_version`.
-pub fn sniff(path: &Path) -> InspectKind {
-    let mut head = [0u8; 4];
-    if let Ok(mut f) = fs::File::open(path) {
-        use std::io::Read;
-        if f.read_exact(&mut head).is_ok() && head == *b"PK\x03\x04" {
-            return InspectKind::BundleZip;
-        }
-    }
-    if path.extension().is_some_and(|e| e == "json")
-        && fs::read(path).ok().is_some_and(|b| {
-            b.len() < (256 << 20) && String::from_utf8_lossy(&b).contains("\"summary_version\"")
-        })
-    {
-        return InspectKind::Summary;
-    }
-    InspectKind::Other
-}
-
 /// A human description of a bundle zip: its `bundle.json`, every entry with size, offset,
 /// alignment and sha256, and the zip's own digest.
 pub fn describe_bundle(path: &Path) -> Result<String, String> {
-    let (sha, size) = sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let d = digest_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (sha, size) = (d.sha256, d.size);
     let entries = read_zip_entries(path)?;
     let mut s = String::new();
     let _ = writeln!(
@@ -503,9 +473,4 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
         );
     }
     Ok(s)
-}
-
-/// The folder holding a summary path (`OUT` for `OUT/mobile_packager_summary.json`).
-pub fn out_dir_of(summary: &Path) -> PathBuf {
-    summary.parent().map(Path::to_path_buf).unwrap_or_default()
 }

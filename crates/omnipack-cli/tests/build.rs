@@ -1,59 +1,13 @@
 //! Integration tests of `omnipack build` and `omnipack verify` on the real binary.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_omnipack")
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn omnipack(args: &[&str]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .output()
-        .expect("omnipack runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Every file under `dir` except `.omnipack/`, with its bytes.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-            if rel == ".omnipack" {
-                continue;
-            }
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
+use common::{bin, omnipack, plan_fixtures, repo as root, s, text, tree};
 
 /// A project folder with the example checkpoint and a manifest whose `tok` data component runs
 /// `script` (POSIX sh, `$1` is `{out}`), with the given timeout.
@@ -905,4 +859,82 @@ tiers:
         .map(|(_, v)| v)
         .expect("made.txt is in the asset pack");
     assert_eq!(made, b"made in shared\n");
+}
+
+#[test]
+fn a_saved_plan_builds_the_same_outputs_without_the_manifest() {
+    let p = project(GOOD, "10s");
+    let a = p.path().join("a");
+    assert!(build(p.path(), &a, &[]).status.success());
+    // The plan, made in the project folder: its paths are relative to `.`.
+    let o = Command::new(bin())
+        .current_dir(p.path())
+        .args(["plan", "omnipack.yaml", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    fs::write(p.path().join("plan.json"), &o.stdout).unwrap();
+    // The plan is the program: the manifest is not needed any more.
+    fs::remove_file(p.path().join("omnipack.yaml")).unwrap();
+    let o = Command::new(bin())
+        .current_dir(p.path())
+        .args(["build", "--plan", "plan.json", "--out", "b"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(tree(&a) == tree(&p.path().join("b")), "output trees differ");
+    // From stdin too.
+    let mut child = Command::new(bin())
+        .current_dir(p.path())
+        .args(["build", "--plan", "-", "--out", "c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        &fs::read(p.path().join("plan.json")).unwrap(),
+    )
+    .unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    assert!(tree(&a) == tree(&p.path().join("c")), "output trees differ");
+}
+
+#[test]
+fn a_plan_that_does_not_fit_or_is_not_a_plan_is_refused() {
+    let fixtures = plan_fixtures();
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(bin())
+        .current_dir(&fixtures)
+        .args(["plan", "nofit.yaml", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let plan = d.path().join("plan.json");
+    fs::write(&plan, &o.stdout).unwrap();
+    let out = d.path().join("out");
+    let o = Command::new(bin())
+        .current_dir(&fixtures)
+        .args(["build", "--plan", s(&plan), "--out", s(&out)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("tier `watch` does not fit"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !out.exists(),
+        "nothing is written for a plan that cannot be built"
+    );
+    fs::write(&plan, "{\"stages\": []}").unwrap();
+    let o = omnipack(&["build", "--plan", s(&plan), "--out", s(&out)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("not an omnipack plan"), "{}", text(&o));
+    // A manifest and a plan at once is a usage error.
+    let o = omnipack(&["build", "m.yaml", "--plan", s(&plan)]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }

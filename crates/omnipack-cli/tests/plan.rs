@@ -1,28 +1,17 @@
 //! `omnipack plan` end to end: the real binary on fixture manifests.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
 use omnipack_summary::TierEntry;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../omnipack-plan/tests/fixtures")
-}
+use common::{omnipack_in, plan_fixtures, stderr, stdout};
 
 /// Runs `omnipack plan ARGS` in the fixtures folder (so paths in messages are relative).
 fn plan(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_omnipack"))
-        .arg("plan")
-        .args(args)
-        .current_dir(fixtures())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("omnipack runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["plan"];
+    all.extend_from_slice(args);
+    let out = omnipack_in(&plan_fixtures(), &all);
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
 }
 
 #[test]

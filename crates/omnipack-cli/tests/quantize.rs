@@ -1,22 +1,10 @@
 //! `omnipack quantize` and `omnipack inspect`, running the real binary.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn omnipack(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_omnipack"))
-        .args(args)
-        .output()
-        .expect("omnipack runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::{omnipack, omnipack_in, stderr, stdout};
 
 /// Writes a small F32 safetensors file: a 2-D weight, its bias, a norm, and an embedding.
 fn write_checkpoint(path: &Path, nan_at: Option<usize>) {
@@ -235,12 +223,7 @@ fn rendered_errors() {
     let nan = dir.path().join("nan.safetensors");
     write_checkpoint(&nan, Some(7));
     let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_omnipack"))
-            .args(args)
-            .current_dir(dir.path())
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
+        let o = omnipack_in(dir.path(), args);
         assert_eq!(o.status.code(), Some(1));
         stderr(&o)
     };

@@ -1,12 +1,9 @@
 //! The README's promises: the quick-start commands, and the worked memory-model example,
 //! which must be exactly what `omnipack plan manifests/release.yaml` prints.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::{omnipack_in, repo as root, stderr, stdout};
 
 fn readme() -> String {
     std::fs::read_to_string(root().join("README.md")).expect("README.md is readable")
@@ -24,17 +21,9 @@ fn worked_example_matches_the_planner() {
         .expect("the worked example's code block is closed");
     let block = &readme[block_start..block_start + len];
 
-    let out = Command::new(env!("CARGO_BIN_EXE_omnipack"))
-        .current_dir(root())
-        .args(["plan", "manifests/release.yaml"])
-        .output()
-        .expect("omnipack runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let out = omnipack_in(&root(), &["plan", "manifests/release.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = stdout(&out);
     assert!(
         stdout.contains(block),
         "README's worked example no longer matches `omnipack plan manifests/release.yaml`; \

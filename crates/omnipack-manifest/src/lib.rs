@@ -8,7 +8,9 @@
 //! Modules, each using only those listed before it (no two import each other):
 //!
 //! 1. leaves: [`units`] (sizes, durations), [`diagnostic`] (located problems and their
-//!    rendering), `did_you_mean` (nearest names), `rel_path` (manifest-relative paths);
+//!    rendering), `did_you_mean` (nearest names), `rel_path` (manifest-relative paths),
+//!    [`canonical_json`] (sorted, stable JSON bytes), [`lexical_path`] (paths without touching
+//!    the disk);
 //! 2. `node`: the YAML tree with file and byte span on every key and value;
 //! 3. [`model`]: the manifest as written; [`resolved`]: every default, in one place;
 //!    [`schema`]: the JSON schema generated from the model;
@@ -16,9 +18,11 @@
 //! 5. `check`: the schema check and the semantic rules, one module per part of the manifest;
 //! 6. [`load`]: reading, `extends`, validation and defaults.
 
+pub mod canonical_json;
 mod check;
 pub mod diagnostic;
 mod did_you_mean;
+pub mod lexical_path;
 pub mod load;
 mod locate;
 pub mod model;
@@ -36,4 +40,4 @@ pub use resolved::{
     ResolvedTier, resolve,
 };
 pub use schema::{manifest_schema, manifest_schema_json};
-pub use units::{ByteSize, Duration, format_bytes, format_signed_bytes};
+pub use units::{ByteSize, Duration, format_bytes, format_mib, format_signed_bytes};

@@ -11,10 +11,11 @@ use serde_json::Value;
 use crate::check;
 use crate::diagnostic::{Diagnostic, Diagnostics, Severity, SourceFile};
 use crate::did_you_mean::nearest_in_folder;
+use crate::lexical_path::normalize_str as normalize;
 use crate::locate::Locator;
 use crate::model::Manifest;
 use crate::node::{self, Entry, Node, NodeValue};
-use crate::rel_path::{self, is_absolute, join, normalize};
+use crate::rel_path::{self, is_absolute, join};
 use crate::resolved::{ResolvedManifest, ResolvedSource, resolve};
 use crate::units::format_bytes;
 

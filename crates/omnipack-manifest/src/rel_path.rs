@@ -1,4 +1,4 @@
-//! Lexical helpers for the paths written in manifests: `/`-separated, relative to the manifest
+//! Helpers for the paths written in manifests (normalising is `lexical_path`): `/`-separated, relative to the manifest
 //! that names them (absolute paths pass through). Nothing here touches the file system.
 
 use std::path::Path;
@@ -28,33 +28,6 @@ pub(crate) fn join(a: &str, b: &str) -> String {
     }
 }
 
-/// Lexical normalisation: drops `.` and empty parts, folds `x/..`; keeps leading `..`.
-pub(crate) fn normalize(p: &str) -> String {
-    let absolute = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for part in p.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => match parts.last() {
-                Some(&last) if last != ".." => {
-                    parts.pop();
-                }
-                _ if absolute => {}
-                _ => parts.push(".."),
-            },
-            other => parts.push(other),
-        }
-    }
-    let joined = parts.join("/");
-    if absolute {
-        format!("/{joined}")
-    } else if joined.is_empty() {
-        String::new()
-    } else {
-        joined
-    }
-}
-
 /// How a path written in a manifest in folder `dir` is shown to users: joined to `dir` and
 /// normalised (`.` for the folder itself), as the user would type it from where they ran
 /// omnipack.
@@ -63,13 +36,14 @@ pub(crate) fn shown(dir: &Path, rel: &str) -> String {
         return rel.to_string();
     }
     let d = dir.to_string_lossy();
-    let n = normalize(&join(&d, rel));
+    let n = crate::lexical_path::normalize_str(&join(&d, rel));
     if n.is_empty() { ".".into() } else { n }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lexical_path::normalize_str as normalize;
 
     #[test]
     fn normalizes_paths() {

@@ -110,6 +110,12 @@ pub fn format_bytes(n: u64) -> String {
     format!("{n} B")
 }
 
+/// A byte count in MiB with two decimals and no unit (a table column headed `MiB`), for
+/// example `1433.60`; negative for a negative count.
+pub fn format_mib(n: i128) -> String {
+    format!("{:.2}", n as f64 / (1u64 << 20) as f64)
+}
+
 /// Human form of a signed byte count (negative headroom).
 pub fn format_signed_bytes(n: i64) -> String {
     if n < 0 {

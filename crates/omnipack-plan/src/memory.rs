@@ -1,4 +1,4 @@
-//! The memory model of DESIGN section 4, as pure integer functions.
+//! The memory model (README.md, "Memory model and `omnipack plan`"), as pure integer functions.
 //!
 //! Every function here is exact integer arithmetic (saturating, so hostile numbers cannot
 //! overflow into a small value). README.md ("Memory model") writes the same formulas out, with a worked example.

@@ -1,16 +1,42 @@
 //! The Plan: plain serialisable data computed entirely up front from a manifest.
-//! `omnipack plan --format json` prints it; `omnipack build` executes its stages in a loop.
+//! `omnipack plan --format json` prints it; `omnipack build` executes its stages in a loop,
+//! and needs nothing else: every stage carries the exact parameters it runs with
+//! ([`crate::stage`]), and the plan carries the folder its paths are relative to, the input
+//! files and the manifest digest.
 
 use serde::{Deserialize, Serialize};
 
+use crate::app_store::AppStoreUsage;
+use crate::stage::Stage;
+
 use omnipack_manifest::{Format, ResolvedComponent};
-use omnipack_summary::{MemoryBreakdown, PackageInfo, QuantizationInfo, TierEntry};
+use omnipack_summary::{InputFile, MemoryBreakdown, PackageInfo, QuantizationInfo, TierEntry};
+
+/// The version of the plan format this omnipack writes and runs.
+pub const PLAN_VERSION: u32 = 1;
 
 /// Everything a build will do and every tier's budget, computed without heavy work.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
+    /// Version of the plan format ([`PLAN_VERSION`]); a build refuses any other.
+    pub plan_version: u32,
     /// Package identity.
     pub package: PackageInfo,
+    /// The folder every path of the plan is relative to: the manifest's folder as it was given
+    /// on the command line (so relative to the folder omnipack ran in; `.` for that folder).
+    /// Run a build of a saved plan from that same folder.
+    pub root: String,
+    /// sha256 of the merged manifest (its `extends` chain included) as canonical JSON: the
+    /// summary's `manifest_sha256`.
+    pub manifest_sha256: String,
+    /// The manifest files the plan was made from (the `extends` chain), relative to `root`,
+    /// with their sha256 when planned: the summary lists them in `inputs[]`. A build does not
+    /// read them again.
+    pub manifests: Vec<InputFile>,
+    /// Every file or folder the build reads, relative to `root`, sorted: each component's
+    /// sources (shards, `source.config`, exporter inputs, files). A folder stands for every
+    /// file under it, listed when the build digests its inputs.
+    pub inputs: Vec<String>,
     /// Components with defaults applied, in manifest order.
     pub components: Vec<ComponentPlan>,
     /// Every bundle the build produces, sorted by id.
@@ -21,6 +47,9 @@ pub struct Plan {
     pub stages: Vec<Stage>,
     /// Warnings found while planning (essential bundles used by some tiers only, pack limits, ...).
     pub warnings: Vec<PlanWarning>,
+    /// Asset packs and bytes of the whole release (every tier, whatever the selection), as
+    /// checked against the App Store's limits.
+    pub app_store: AppStoreUsage,
 }
 
 /// A component and what the plan knows of its source.
@@ -97,38 +126,6 @@ pub struct VariantChoice {
     pub preference_rank: usize,
 }
 
-/// A unit of work. Stages run once every stage in `depends_on` has finished.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stage {
-    /// Unique id, for example `export:text`, `quantize:text-int4-g64`, `package:text-int4-g64`.
-    pub id: String,
-    /// What to do.
-    pub kind: StageKind,
-    /// Ids of the stages whose outputs this one reads.
-    pub depends_on: Vec<String>,
-}
-
-/// What a stage does.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum StageKind {
-    /// Produce a component's working weights or files (tensor selection, exporter run, copy).
-    Export {
-        component: String,
-        /// For `{tier}` exporters: the tier exported for.
-        tier: Option<String>,
-    },
-    /// Turn working weights into one variant.
-    Quantize {
-        component: String,
-        bundle: String,
-        format: Format,
-        group_size: Option<u32>,
-    },
-    /// Write the bundle zip and its asset-pack folder.
-    Package { bundle: String },
-}
-
 /// A planning warning, located in the manifest when possible.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanWarning {
@@ -152,5 +149,10 @@ impl Plan {
     /// The resolved component named `name`.
     pub fn resolved_component(&self, name: &str) -> Option<&ResolvedComponent> {
         self.component(name).map(|c| &c.component)
+    }
+
+    /// The stage with id `id`.
+    pub fn stage(&self, id: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.id == id)
     }
 }

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use omnipack_manifest::lexical_path::{normalize_str, slash};
 use omnipack_manifest::{FloatDtype, Format, ResolvedComponent, ResolvedSource};
 use omnipack_quant::{Dtype, QuantSpec, TensorInfo, WeightFormat};
 
@@ -47,6 +48,9 @@ pub struct ComponentSizer {
     /// Where the sizes come from.
     pub source: SizeSource,
     kind: SizerKind,
+    /// The shard files read (a shard index resolved into its shards), relative to the
+    /// manifest's folder; `None` when not read from disk.
+    shards: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,18 +98,8 @@ pub fn keep_dtype(d: FloatDtype) -> Dtype {
     }
 }
 
-/// The spec the quantizer uses for one variant of `c` (what the builder passes to the
-/// quantizer, so sizes and outputs agree).
-pub fn quant_spec(c: &ResolvedComponent, format: Format, group_size: u32) -> QuantSpec {
-    quant_spec_parts(
-        format,
-        group_size,
-        &c.quantization.keep,
-        c.quantization.keep_dtype,
-    )
-}
-
-/// The quantizer spec from its parts.
+/// The spec the quantizer uses for one variant (the build's quantize stages use it, so planned
+/// sizes and written outputs agree).
 pub fn quant_spec_parts(
     format: Format,
     group_size: u32,
@@ -155,6 +149,24 @@ pub fn select_tensors(
     Ok(out)
 }
 
+/// The shard files of `shards` (relative to `dir`): each file as it is, a
+/// `*.safetensors.index.json` replaced by the shards it names.
+fn resolve_shard_files(dir: &Path, shards: &[String]) -> Result<Vec<String>, SizingError> {
+    let mut out = Vec::new();
+    for shard in shards {
+        let files = omnipack_quant::resolve_shards(dir.join(shard)).map_err(|e| SizingError {
+            field: "source.safetensors",
+            message: format!("cannot read the shard index `{shard}`: {e}"),
+            help: None,
+        })?;
+        for f in files {
+            let rel = f.strip_prefix(dir).unwrap_or(&f);
+            out.push(normalize_str(&slash(rel)));
+        }
+    }
+    Ok(out)
+}
+
 fn path_size(path: &Path) -> std::io::Result<u64> {
     let meta = std::fs::metadata(path)?;
     if meta.is_dir() {
@@ -173,7 +185,8 @@ impl ComponentSizer {
     pub fn new(c: &ResolvedComponent, dir: &Path) -> Result<ComponentSizer, SizingError> {
         match &c.source {
             ResolvedSource::Safetensors { shards, prefix, .. } => {
-                let tensors = select_tensors(dir, shards, prefix)?;
+                let shards = resolve_shard_files(dir, shards)?;
+                let tensors = select_tensors(dir, &shards, prefix)?;
                 let parameters = tensors
                     .iter()
                     .fold(0u64, |a, t| a.saturating_add(t.numel()));
@@ -185,6 +198,7 @@ impl ComponentSizer {
                         keep: c.quantization.keep.clone(),
                         keep_dtype: c.quantization.keep_dtype.map(keep_dtype),
                     },
+                    shards: Some(shards),
                 })
             }
             ResolvedSource::Command { .. } => {
@@ -197,6 +211,7 @@ impl ComponentSizer {
                     parameters: 0,
                     source,
                     kind: SizerKind::Fixed(bytes),
+                    shards: None,
                 })
             }
             ResolvedSource::Files { files } => {
@@ -213,6 +228,7 @@ impl ComponentSizer {
                     parameters: 0,
                     source: SizeSource::FileSizes,
                     kind: SizerKind::Fixed(total),
+                    shards: None,
                 })
             }
         }
@@ -224,6 +240,7 @@ impl ComponentSizer {
             parameters,
             source,
             kind: SizerKind::Fixed(bytes),
+            shards: None,
         }
     }
 
@@ -244,7 +261,14 @@ impl ComponentSizer {
                 keep,
                 keep_dtype: keep_dtype.map(self::keep_dtype),
             },
+            shards: None,
         }
+    }
+
+    /// The shard files the component reads, relative to the manifest's folder (a shard index
+    /// resolved into its shards); `None` for a sizer not made from the files.
+    pub fn resolved_shards(&self) -> Option<&[String]> {
+        self.shards.as_deref()
     }
 
     /// True when the variants are quantized natively (sizes differ per format).

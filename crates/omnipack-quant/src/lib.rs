@@ -5,14 +5,20 @@
 //!   [`QuantSpec`] as a pure function of input headers (used by the planner and the writer).
 //! * [`quantize_to_file`], [`quantize_file`]: the streaming, parallel quantizer.
 //! * [`kernels`]: MLX affine (`mx.quantize`), bitsandbytes NF4/FP4 and float casts.
+//! * [`digest`]: sha256 and CRC-32 of files and bytes, the one place omnipack hashes bytes.
 
+pub mod digest;
 mod dtype;
 mod error;
 mod header;
 pub mod kernels;
+mod layout;
 mod spec;
 mod writer;
 
+pub use digest::{
+    DigestWriter, Digester, FileDigest, HASH_CHUNK, digest_file, hex, sha256_bytes, sha256_file,
+};
 pub use dtype::{Dtype, TensorInfo};
 pub use error::QuantError;
 pub use header::{
@@ -20,11 +26,12 @@ pub use header::{
     read_full_header, read_header, read_headers, read_shard_set, resolve_shards,
 };
 pub use kernels::ErrorStats;
+pub use layout::{QuantizedLayout, recognise_layout};
 pub use spec::{
     OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     file_bytes, glob_match, header_bytes, plan_outputs,
 };
 pub use writer::{
-    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, hex, quantize_file,
-    quantize_to_file, quantize_to_file_with, sha256_file,
+    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, quantize_file,
+    quantize_to_file, quantize_to_file_with,
 };

@@ -418,7 +418,7 @@ pub fn plan_outputs(
     Ok(out)
 }
 
-/// Tensor data bytes of a planned file (DESIGN "weight bytes": no header).
+/// Tensor data bytes of a planned file: the README's "weight bytes" (the header excluded).
 pub fn data_bytes(outputs: &[OutputTensor]) -> u64 {
     outputs.iter().map(|o| o.data_bytes()).sum()
 }

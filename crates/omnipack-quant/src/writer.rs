@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 
+use crate::digest::{Digester, FileDigest};
 use crate::dtype::{Dtype, TensorInfo};
 use crate::error::QuantError;
 use crate::header::{SafetensorsFile, TensorEntry};
@@ -97,7 +97,9 @@ pub struct QuantizeOutcome {
     pub file_bytes: u64,
     /// Lowercase hex sha256 of the file, computed while writing.
     pub sha256: String,
-    /// Tensor data bytes (DESIGN "weight bytes").
+    /// CRC-32 of the file, computed in the same pass (what a zip entry of it records).
+    pub crc32: u32,
+    /// Tensor data bytes: the README's "weight bytes" (the header excluded).
     pub data_bytes: u64,
     /// Number of parameters (elements of all input tensors).
     pub parameters: u64,
@@ -168,35 +170,6 @@ fn temp_path(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
 }
 
-/// Lowercase hex sha256 of a whole file (read through a memory map).
-pub fn sha256_file(path: &Path) -> Result<String, QuantError> {
-    let file = File::open(path).map_err(|e| QuantError::io(path, e))?;
-    let len = file.metadata().map_err(|e| QuantError::io(path, e))?.len();
-    let mut hasher = Sha256::new();
-    if len > 0 {
-        // SAFETY: read-only map; like every mmap reader we assume the file is not truncated
-        // while we hash it.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QuantError::io(path, e))?;
-        let base = map.as_ptr() as usize;
-        for c in map.chunks(8 << 20) {
-            hasher.update(c);
-            let end = c.as_ptr() as usize + c.len();
-            advise(base, end, DONTNEED);
-        }
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-/// Lowercase hex of `bytes` (sha2 0.11 digests do not format with `{:x}`).
-pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    s
-}
-
 fn page_size() -> usize {
     #[cfg(unix)]
     {
@@ -236,10 +209,10 @@ const DONTNEED: i32 = libc::MADV_DONTNEED;
 #[cfg(not(unix))]
 const DONTNEED: i32 = -1;
 
-/// Hashes finished regions (file order) by reading them back through a read-only map of the
-/// output (the page cache: no copy), and releases the pages behind it.
-fn hash_thread(rx: Receiver<(usize, usize)>, map: &memmap2::Mmap) -> String {
-    let mut hasher = Sha256::new();
+/// Digests finished regions (file order: sha256 and CRC-32) by reading them back through a
+/// read-only map of the output (the page cache: no copy), and releases the pages behind it.
+fn hash_thread(rx: Receiver<(usize, usize)>, map: &memmap2::Mmap) -> FileDigest {
+    let mut hasher = Digester::new();
     let base = map.as_ptr() as usize;
     let mut released = 0usize;
     for (offset, len) in rx {
@@ -250,7 +223,7 @@ fn hash_thread(rx: Receiver<(usize, usize)>, map: &memmap2::Mmap) -> String {
             released = end / page_size() * page_size();
         }
     }
-    hex(&hasher.finalize())
+    hasher.finish()
 }
 
 #[cfg(unix)]
@@ -419,7 +392,7 @@ pub fn quantize_to_file_with(
         Ok(r) => r,
         Err(e) => return cleanup(e),
     };
-    let Ok(sha256) = sha else {
+    let Ok(digest) = sha else {
         return cleanup(QuantError::Spec(
             "internal error: the hashing thread panicked".into(),
         ));
@@ -430,7 +403,8 @@ pub fn quantize_to_file_with(
     Ok(QuantizeOutcome {
         path: out.to_path_buf(),
         file_bytes: planned,
-        sha256,
+        sha256: digest.sha256,
+        crc32: digest.crc32,
         data_bytes: data_bytes(&outputs),
         parameters: infos.iter().map(|i| i.numel()).sum(),
         outputs,

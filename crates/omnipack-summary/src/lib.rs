@@ -179,7 +179,8 @@ pub struct PagingInfo {
     pub resident_pages: u64,
 }
 
-/// A tier's peak memory, by part (DESIGN section 4). `peak_bytes` is the sum of the parts.
+/// A tier's peak memory, by part (the memory model of the README). `peak_bytes` is the sum of
+/// the parts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryBreakdown {

@@ -1,20 +1,20 @@
-//! `omnipack build MANIFEST [--out DIR] [--tier NAME]... [--jobs N] [--no-cache] [--cache-dir DIR]`:
-//! the whole pipeline, with progress bars on a terminal and plain lines otherwise, then a
-//! table per tier.
+//! `omnipack build MANIFEST [--out DIR] [--tier NAME]... [--jobs N] [--no-cache] [--cache-dir DIR]`
+//! (or `omnipack build --plan PLAN.json ...`): the whole pipeline, with progress bars on a
+//! terminal and plain lines otherwise, then a table per tier.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
-use std::path::PathBuf;
+use std::io::{IsTerminal, Read as _, Write as _};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use omnipack_build::{BuildError, BuildOptions, Event, Progress};
+use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageFailure};
 use omnipack_manifest::diagnostic::{Diagnostic, render};
 use omnipack_manifest::{format_bytes, format_signed_bytes};
-use omnipack_plan::PlanFailure;
+use omnipack_plan::{Plan, PlanFailure};
 
 use super::CommandResult;
 
@@ -22,7 +22,13 @@ use super::CommandResult;
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// The bundle manifest.
-    pub manifest: PathBuf,
+    #[arg(required_unless_present = "plan")]
+    pub manifest: Option<PathBuf>,
+    /// Build this plan (`omnipack plan MANIFEST --format json`, `-` for stdin) instead of a
+    /// manifest: exactly its stages, without reading the manifest. Run it from the folder the
+    /// plan was made in (its paths are relative to the manifest's folder as given then).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["manifest", "tiers"])]
+    pub plan: Option<PathBuf>,
     /// Output folder.
     #[arg(long, value_name = "DIR", default_value = "dist")]
     pub out: PathBuf,
@@ -42,45 +48,24 @@ pub struct BuildArgs {
 
 /// Runs `omnipack build`.
 pub fn run(args: BuildArgs) -> CommandResult {
-    let loaded = match omnipack_manifest::load(&args.manifest) {
-        Ok(l) => l,
-        Err(diags) => {
-            eprint!("{}", diags.render());
-            return Ok(ExitCode::from(1));
-        }
+    let plan = match (&args.plan, &args.manifest) {
+        (Some(file), _) => plan_from_file(file),
+        (None, Some(manifest)) => plan_manifest(manifest, &args.tiers),
+        // clap requires one of them.
+        (None, None) => None,
     };
-    eprint!("{}", render(&loaded.warnings));
-    let plan = match omnipack_plan::plan(&loaded, &args.tiers) {
-        Ok(p) => p,
-        Err(PlanFailure { diagnostics, .. }) => {
-            let diags: Vec<Diagnostic> = diagnostics
-                .iter()
-                .map(|d| d.to_diagnostic(&loaded))
-                .collect();
-            eprint!("{}", render(&diags));
-            eprintln!(
-                "error: nothing was built (the plan failed; see `omnipack plan {}`)",
-                args.manifest.display()
-            );
-            return Ok(ExitCode::from(1));
-        }
+    let Some(plan) = plan else {
+        return Ok(ExitCode::from(1));
     };
-    let warnings: Vec<Diagnostic> = plan
-        .warnings
-        .iter()
-        .map(|w| w.to_diagnostic(&loaded))
-        .collect();
-    eprint!("{}", render(&warnings));
-
     let opts = BuildOptions {
-        out_dir: args.out.clone(),
         cache_dir: args.cache_dir.clone(),
         jobs: args.jobs.map(|j| j as usize),
         no_cache: args.no_cache,
+        ..BuildOptions::new(&args.out)
     };
     let reporter = Reporter::new(std::io::stderr().is_terminal());
     let t0 = Instant::now();
-    let result = omnipack_build::build(&loaded, &plan, &opts, &reporter);
+    let result = omnipack_build::build(&plan, &opts, &reporter);
     reporter.finish();
     match result {
         Ok(report) => {
@@ -104,13 +89,15 @@ pub fn run(args: BuildArgs) -> CommandResult {
             Ok(ExitCode::SUCCESS)
         }
         Err(BuildError::Stages(failures)) => {
-            for f in failures.iter().filter(|f| !f.skipped) {
-                eprintln!("error: stage `{}` failed: {}", f.stage, f.error);
+            for f in &failures {
+                if let StageFailure::Failed { stage, error } = f {
+                    eprintln!("error: stage `{stage}` failed: {error}");
+                }
             }
             let skipped: Vec<&str> = failures
                 .iter()
-                .filter(|f| f.skipped)
-                .map(|f| f.stage.as_str())
+                .filter(|f| matches!(f, StageFailure::NotRun { .. }))
+                .map(StageFailure::stage)
                 .collect();
             if !skipped.is_empty() {
                 eprintln!(
@@ -129,6 +116,67 @@ pub fn run(args: BuildArgs) -> CommandResult {
             eprintln!("error: {e}");
             eprintln!("error: build failed; {} is unchanged", args.out.display());
             Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// Loads, validates and plans `manifest`, printing its diagnostics and warnings; `None` when
+/// nothing can be built.
+fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<Plan> {
+    let loaded = match omnipack_manifest::load(manifest) {
+        Ok(l) => l,
+        Err(diags) => {
+            eprint!("{}", diags.render());
+            return None;
+        }
+    };
+    eprint!("{}", render(&loaded.warnings));
+    let plan = match omnipack_plan::plan(&loaded, tiers) {
+        Ok(p) => p,
+        Err(PlanFailure { diagnostics, .. }) => {
+            let diags: Vec<Diagnostic> = diagnostics
+                .iter()
+                .map(|d| d.to_diagnostic(&loaded))
+                .collect();
+            eprint!("{}", render(&diags));
+            eprintln!(
+                "error: nothing was built (the plan failed; see `omnipack plan {}`)",
+                manifest.display()
+            );
+            return None;
+        }
+    };
+    let warnings: Vec<Diagnostic> = plan
+        .warnings
+        .iter()
+        .map(|w| w.to_diagnostic(&loaded))
+        .collect();
+    eprint!("{}", render(&warnings));
+    Some(plan)
+}
+
+/// Reads a plan written by `omnipack plan --format json` (`-`: stdin), printing its warnings;
+/// `None` (with the error printed) when it cannot be read.
+fn plan_from_file(file: &Path) -> Option<Plan> {
+    let text = if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let plan = text.map_err(|e| e.to_string()).and_then(|t| {
+        serde_json::from_str::<Plan>(&t).map_err(|e| format!("not an omnipack plan: {e}"))
+    });
+    match plan {
+        Ok(plan) => {
+            for w in &plan.warnings {
+                eprintln!("warning: {}", w.message);
+            }
+            Some(plan)
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", file.display());
+            None
         }
     }
 }

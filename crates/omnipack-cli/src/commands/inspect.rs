@@ -3,11 +3,11 @@
 //!
 //! The input kind is detected first ([`FileKind`]) and each kind has its own branch.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use omnipack_quant::{Dtype, SafetensorsFile, TensorInfo};
+use omnipack_manifest::format_bytes;
+use omnipack_quant::{QuantizedLayout, SafetensorsFile, TensorInfo, recognise_layout};
 
 use super::CommandResult;
 
@@ -82,157 +82,9 @@ pub fn run(args: InspectArgs) -> CommandResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Formats a byte count with a binary unit.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
-}
-
 fn shape_str(shape: &[u64]) -> String {
     let s: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("[{}]", s.join(", "))
-}
-
-/// The quantization a set of tensors is recognised as.
-#[derive(Debug, Default)]
-struct Layout {
-    /// `p.weight` -> description, for quantized tensors.
-    quantized: BTreeMap<String, String>,
-    /// Tensor names that are parts (scales, biases, absmax, ...) of a quantized tensor.
-    parts: BTreeMap<String, String>,
-    /// Summary lines.
-    summary: Vec<String>,
-}
-
-fn config_quant(config: Option<&serde_json::Value>) -> (Option<u64>, Option<u64>) {
-    let q = config.and_then(|c| {
-        c.get("quantization")
-            .or_else(|| c.get("quantization_config"))
-    });
-    (
-        q.and_then(|q| q.get("group_size")).and_then(|v| v.as_u64()),
-        q.and_then(|q| q.get("bits")).and_then(|v| v.as_u64()),
-    )
-}
-
-fn recognise(
-    tensors: &[TensorInfo],
-    config: Option<&serde_json::Value>,
-    read_small: &dyn Fn(&str) -> Option<Vec<u8>>,
-) -> Layout {
-    let by_name: BTreeMap<&str, &TensorInfo> =
-        tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut layout = Layout::default();
-    let (cfg_group, cfg_bits) = config_quant(config);
-    let mut affine: BTreeMap<(u64, u64), usize> = BTreeMap::new();
-    let mut bnb: BTreeMap<String, usize> = BTreeMap::new();
-    for t in tensors {
-        if t.dtype == Dtype::U32 && t.shape.len() == 2 && t.name.ends_with("weight") {
-            let p = &t.name[..t.name.len() - "weight".len()];
-            let (s, b) = (format!("{p}scales"), format!("{p}biases"));
-            if let (Some(st), Some(_)) = (by_name.get(s.as_str()), by_name.get(b.as_str()))
-                && st.shape.len() == 2
-                && st.shape[1] > 0
-            {
-                let (words, groups) = (t.shape[1], st.shape[1]);
-                let candidates: Vec<u64> = match cfg_group {
-                    Some(g) => vec![g],
-                    None => vec![64, 32, 128],
-                };
-                let found = candidates.into_iter().find_map(|g| {
-                    let cols = g * groups;
-                    let bits = (words * 32).checked_div(cols)?;
-                    let ok = bits * cols == words * 32
-                        && matches!(bits, 2 | 3 | 4 | 6 | 8)
-                        && cfg_bits.is_none_or(|cb| cb == bits);
-                    ok.then_some((bits, g))
-                });
-                if let Some((bits, g)) = found {
-                    *affine.entry((bits, g)).or_default() += 1;
-                    layout.quantized.insert(
-                        t.name.clone(),
-                        format!("mlx affine int{bits} g{g}, {} x {}", t.shape[0], g * groups),
-                    );
-                    layout.parts.insert(s, format!("scales of {}", t.name));
-                    layout.parts.insert(b, format!("biases of {}", t.name));
-                }
-            }
-        }
-        for qt in ["nf4", "fp4"] {
-            let state_name = format!("{}.quant_state.bitsandbytes__{qt}", t.name);
-            if by_name.contains_key(state_name.as_str()) {
-                let state = read_small(&state_name)
-                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-                let bs = state
-                    .as_ref()
-                    .and_then(|s| s.get("blocksize"))
-                    .and_then(|v| v.as_u64())
-                    .map(|b| b.to_string())
-                    .unwrap_or_else(|| "?".into());
-                let shape = state
-                    .as_ref()
-                    .and_then(|s| s.get("shape"))
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "?".into());
-                let dtype = state
-                    .as_ref()
-                    .and_then(|s| s.get("dtype"))
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?")
-                    .to_string();
-                *bnb.entry(format!("{qt} blocksize {bs}")).or_default() += 1;
-                layout.quantized.insert(
-                    t.name.clone(),
-                    format!("bitsandbytes {qt} blocksize {bs}, {dtype} {shape}"),
-                );
-                for part in [".absmax", ".quant_map"] {
-                    layout.parts.insert(
-                        format!("{}{part}", t.name),
-                        format!("{qt} state of {}", t.name),
-                    );
-                }
-                layout
-                    .parts
-                    .insert(state_name, format!("{qt} state of {}", t.name));
-            }
-        }
-    }
-    for ((bits, g), n) in &affine {
-        let how = if cfg_group.is_some() {
-            "from config.json"
-        } else {
-            "group size inferred from shapes, 64 assumed when ambiguous"
-        };
-        layout.summary.push(format!(
-            "mlx affine int{bits}, group size {g}: {n} tensors ({how})"
-        ));
-    }
-    for (what, n) in &bnb {
-        layout
-            .summary
-            .push(format!("bitsandbytes {what}: {n} tensors"));
-    }
-    if layout.summary.is_empty() {
-        let mut dts: BTreeMap<String, usize> = BTreeMap::new();
-        for t in tensors {
-            *dts.entry(t.dtype.to_string()).or_default() += 1;
-        }
-        let d: Vec<String> = dts.iter().map(|(k, v)| format!("{k} x{v}")).collect();
-        layout
-            .summary
-            .push(format!("not quantized ({})", d.join(", ")));
-    }
-    layout
 }
 
 fn read_config(dir: &Path) -> Result<Option<(PathBuf, serde_json::Value)>, String> {
@@ -271,7 +123,11 @@ fn config_lines(out: &mut String, config: &Option<(PathBuf, serde_json::Value)>)
     }
 }
 
-fn tensor_table(out: &mut String, tensors: &[(TensorInfo, Option<String>)], layout: &Layout) {
+fn tensor_table(
+    out: &mut String,
+    tensors: &[(TensorInfo, Option<String>)],
+    layout: &QuantizedLayout,
+) {
     let w_name = tensors
         .iter()
         .map(|(t, _)| t.name.len())
@@ -327,7 +183,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
         let e = file.entry(name).ok()?;
         (e.len <= 1 << 20).then(|| file.bytes(e).to_vec())
     };
-    let layout = recognise(&tensors, config.as_ref().map(|c| &c.1), &read_small);
+    let layout = recognise_layout(&tensors, config.as_ref().map(|c| &c.1), &read_small);
     let data: u64 = tensors.iter().map(|t| t.data_bytes()).sum();
     let name = path
         .file_name()
@@ -337,12 +193,12 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
     out.push_str(&format!(
         "{name}: safetensors, {} bytes ({}), header {} bytes, {} tensors, {} bytes of tensor data\n",
         header.file_size,
-        human_bytes(header.file_size),
+        format_bytes(header.file_size),
         header.data_start,
         tensors.len(),
         data
     ));
-    let sha = omnipack_quant::sha256_file(path).map_err(|e| e.to_string())?;
+    let sha = omnipack_quant::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     out.push_str(&format!("sha256: {sha}\n"));
     if !header.metadata.is_empty() {
         let m: Vec<String> = header
@@ -379,7 +235,7 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
         .collect();
     rows.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let infos: Vec<TensorInfo> = rows.iter().map(|r| r.0.clone()).collect();
-    let layout = recognise(&infos, config.as_ref().map(|c| &c.1), &|_| None);
+    let layout = recognise_layout(&infos, config.as_ref().map(|c| &c.1), &|_| None);
     let data: u64 = infos.iter().map(|t| t.data_bytes()).sum();
     let name = path
         .file_name()
@@ -390,7 +246,7 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
         shards.len(),
         infos.len(),
         data,
-        human_bytes(data)
+        format_bytes(data)
     );
     for line in &layout.summary {
         out.push_str(&format!("layout: {line}\n"));

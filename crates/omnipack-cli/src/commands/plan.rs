@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use omnipack_manifest::diagnostic::{Diagnostic, render};
-use omnipack_manifest::{format_bytes, format_signed_bytes};
+use omnipack_manifest::{format_bytes, format_mib, format_signed_bytes};
 use omnipack_plan::{Plan, PlanFailure, TierPlan};
 
 use super::CommandResult;
@@ -76,14 +76,6 @@ pub fn run(args: PlanArgs) -> CommandResult {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn mib(n: u64) -> String {
-    format!("{:.2}", n as f64 / (1u64 << 20) as f64)
-}
-
-fn signed_mib(n: i64) -> String {
-    format!("{:.2}", n as f64 / (1u64 << 20) as f64)
 }
 
 /// The human report: one table per tier, then the stages.
@@ -204,14 +196,14 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
         ("memory_limit_bytes", e.memory_limit_bytes, String::new()),
         ("min_headroom_bytes", m.min_headroom_bytes, String::new()),
     ] {
-        let _ = writeln!(s, "  {name:<26} {v:>14} {:>10}{note}", mib(v));
+        let _ = writeln!(s, "  {name:<26} {v:>14} {:>10}{note}", format_mib(v.into()));
     }
     let _ = writeln!(
         s,
         "  {:<26} {:>14} {:>10}",
         "headroom_bytes",
         m.headroom_bytes,
-        signed_mib(m.headroom_bytes)
+        format_mib(m.headroom_bytes.into())
     );
     let _ = writeln!(
         s,

@@ -7,9 +7,10 @@ use std::path::Path;
 use crate::check::typed::TypedComponent;
 use crate::diagnostic::{Diagnostic, Severity};
 use crate::did_you_mean::nearest;
+use crate::lexical_path::normalize_str as normalize;
 use crate::locate::{Locator, ManifestPath};
 use crate::model::CommandSource;
-use crate::rel_path::{is_absolute, normalize, shown};
+use crate::rel_path::{is_absolute, shown};
 
 /// The placeholders of an exporter's argv.
 const PLACEHOLDERS: [&str; 6] = [

@@ -1,78 +1,16 @@
-//! sha256 helpers: hex encoding, a hashing writer, file digests and the digest memo that lets
-//! an unchanged rebuild skip reading its inputs.
+//! The digest memo that lets an unchanged rebuild skip reading its inputs, and the file stamps
+//! it (and the cache) trust instead of re-reading a file. Hashing itself is
+//! [`omnipack_quant::digest`].
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
+use omnipack_quant::FileDigest;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-/// Lowercase hex of `bytes`, shared with the quantizer.
-pub use omnipack_quant::hex;
-
-/// sha256 of a byte slice, lowercase hex.
-pub fn sha256_bytes(bytes: &[u8]) -> String {
-    hex(&Sha256::digest(bytes))
-}
-
-/// A writer that hashes and counts everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    written: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    /// Wraps `inner`.
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
-    }
-
-    /// The sha256 (hex) and byte count of everything written, and the inner writer.
-    pub fn finish(self) -> (String, u64, W) {
-        (hex(&self.hasher.finalize()), self.written, self.inner)
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Copy buffer size for streaming hashes and copies.
-pub const CHUNK: usize = 1 << 20;
-
-/// sha256 (hex) and size of a file, streamed.
-pub fn sha256_file(path: &Path) -> io::Result<(String, u64)> {
-    let mut f = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((hex(&hasher.finalize()), total))
-}
 
 /// What identifies a file's content without reading it: size, modification time, inode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,22 +43,54 @@ impl FileStamp {
     }
 }
 
-/// Nanoseconds since the epoch, now.
-fn now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i128)
-        .unwrap_or(0)
+/// Where a build reads the time (the digest memo's racy window depends on it): the system
+/// clock, or a fake one in tests.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(SystemTime::now))
+    }
+
+    /// A clock that reads `now`.
+    pub fn new(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// Nanoseconds since the epoch, now.
+    pub fn now_ns(&self) -> i128 {
+        (self.0)()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i128)
+            .unwrap_or(0)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 /// A file modified less than this long before it was hashed may change again within the same
 /// timestamp tick without its stamp changing ("racy" entries are re-hashed once).
-const RACY_NS: i128 = 2_000_000_000;
+pub const RACY_NS: i128 = 2_000_000_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct MemoEntry {
     stamp: FileStamp,
     sha256: String,
+    /// Absent in memos written before CRC-32s were recorded: such an entry is hashed again.
+    #[serde(default)]
+    crc32: Option<u32>,
     hashed_at_ns: i128,
 }
 
@@ -131,6 +101,7 @@ pub struct DigestMemo {
     path: Option<PathBuf>,
     entries: Mutex<BTreeMap<PathBuf, MemoEntry>>,
     dirty: Mutex<bool>,
+    clock: Clock,
 }
 
 /// Bytes read to compute digests (for reporting).
@@ -143,8 +114,9 @@ pub struct MemoStats {
 }
 
 impl DigestMemo {
-    /// Loads the memo stored at `path` (an unreadable or corrupt memo is simply empty).
-    pub fn load(path: PathBuf) -> DigestMemo {
+    /// Loads the memo stored at `path` (an unreadable or corrupt memo is simply empty); `clock`
+    /// says when a file is hashed.
+    pub fn load(path: PathBuf, clock: Clock) -> DigestMemo {
         let entries = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<BTreeMap<PathBuf, MemoEntry>>(&b).ok())
@@ -153,33 +125,35 @@ impl DigestMemo {
             path: Some(path),
             entries: Mutex::new(entries),
             dirty: Mutex::new(false),
+            clock,
         }
     }
 
-    /// An in-memory memo that is never saved.
-    pub fn ephemeral() -> DigestMemo {
-        DigestMemo::default()
-    }
-
-    /// sha256 (hex) and size of `path`, from the memo when its stamp is unchanged.
-    pub fn digest(&self, path: &Path, stats: &Mutex<MemoStats>) -> io::Result<(String, u64)> {
+    /// The digest of `path`, from the memo when its stamp is unchanged and it was hashed more
+    /// than [`RACY_NS`] after its last modification.
+    pub fn digest(&self, path: &Path, stats: &Mutex<MemoStats>) -> io::Result<FileDigest> {
         let abs = std::path::absolute(path)?;
         let stamp = FileStamp::of(&abs)?;
         if let Ok(map) = self.entries.lock()
             && let Some(e) = map.get(&abs)
             && e.stamp == stamp
             && e.hashed_at_ns - stamp.mtime_ns > RACY_NS
+            && let Some(crc32) = e.crc32
         {
             if let Ok(mut s) = stats.lock() {
                 s.memo_hits += 1;
             }
-            return Ok((e.sha256.clone(), stamp.size));
+            return Ok(FileDigest {
+                size: stamp.size,
+                sha256: e.sha256.clone(),
+                crc32,
+            });
         }
-        let hashed_at_ns = now_ns();
-        let (sha, size) = sha256_file(&abs)?;
+        let hashed_at_ns = self.clock.now_ns();
+        let d = omnipack_quant::digest_file(&abs)?;
         let after = FileStamp::of(&abs)?;
         if let Ok(mut s) = stats.lock() {
-            s.bytes_hashed += size;
+            s.bytes_hashed += d.size;
         }
         if after == stamp
             && let Ok(mut map) = self.entries.lock()
@@ -188,7 +162,8 @@ impl DigestMemo {
                 abs,
                 MemoEntry {
                     stamp,
-                    sha256: sha.clone(),
+                    sha256: d.sha256.clone(),
+                    crc32: Some(d.crc32),
                     hashed_at_ns,
                 },
             );
@@ -196,7 +171,7 @@ impl DigestMemo {
                 *d = true;
             }
         }
-        Ok((sha, size))
+        Ok(d)
     }
 
     /// Writes the memo back (temp file and rename) when it changed.
@@ -226,39 +201,52 @@ impl DigestMemo {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_and_sha256() {
-        assert_eq!(hex(&[0, 15, 255]), "000fff");
-        assert_eq!(
-            sha256_bytes(b"abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
-
-    #[test]
-    fn hashing_writer_matches_digest() {
-        let mut w = HashingWriter::new(Vec::new());
-        w.write_all(b"ab").unwrap();
-        w.write_all(b"c").unwrap();
-        let (sha, n, inner) = w.finish();
-        assert_eq!(n, 3);
-        assert_eq!(inner, b"abc");
-        assert_eq!(sha, sha256_bytes(b"abc"));
-    }
+    use omnipack_quant::sha256_bytes;
 
     #[test]
     fn memo_detects_changes() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("x");
         std::fs::write(&f, b"one").unwrap();
-        let memo = DigestMemo::load(dir.path().join("memo.json"));
+        let memo = DigestMemo::load(dir.path().join("memo.json"), Clock::system());
         let stats = Mutex::new(MemoStats::default());
-        assert_eq!(memo.digest(&f, &stats).unwrap().0, sha256_bytes(b"one"));
+        assert_eq!(
+            memo.digest(&f, &stats).unwrap().sha256,
+            sha256_bytes(b"one")
+        );
         std::fs::write(&f, b"two!").unwrap();
-        assert_eq!(memo.digest(&f, &stats).unwrap().0, sha256_bytes(b"two!"));
+        assert_eq!(
+            memo.digest(&f, &stats).unwrap().sha256,
+            sha256_bytes(b"two!")
+        );
         memo.save().unwrap();
-        let again = DigestMemo::load(dir.path().join("memo.json"));
-        assert_eq!(again.digest(&f, &stats).unwrap().0, sha256_bytes(b"two!"));
+        let again = DigestMemo::load(dir.path().join("memo.json"), Clock::system());
+        assert_eq!(
+            again.digest(&f, &stats).unwrap().sha256,
+            sha256_bytes(b"two!")
+        );
+    }
+
+    #[test]
+    fn a_file_hashed_within_the_racy_window_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        std::fs::write(&f, b"one").unwrap();
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        let at = |secs: u64| Clock::new(move || mtime + std::time::Duration::from_secs(secs));
+        let stats = Mutex::new(MemoStats::default());
+        let read = |s: &Mutex<MemoStats>| s.lock().map(|s| (s.bytes_hashed, s.memo_hits)).unwrap();
+        // Hashed 1 s after its last change: the file may still change within the same
+        // timestamp tick, so the memo does not trust the entry.
+        let memo = DigestMemo::load(dir.path().join("a.json"), at(1));
+        memo.digest(&f, &stats).unwrap();
+        memo.digest(&f, &stats).unwrap();
+        assert_eq!(read(&stats), (6, 0));
+        // Hashed 10 s after: the next lookup is a hit.
+        let memo = DigestMemo::load(dir.path().join("b.json"), at(10));
+        memo.digest(&f, &stats).unwrap();
+        let d = memo.digest(&f, &stats).unwrap();
+        assert_eq!(read(&stats), (9, 1));
+        assert_eq!(d, omnipack_quant::FileDigest::of_bytes(b"one"));
     }
 }

@@ -1,0 +1,71 @@
+//! The last steps of a build: the new output tree assembled in the staging folder (bundles and
+//! asset packs hard-linked from the cache, the summary written last), swapped into the output
+//! folder, then the private cache pruned.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use omnipack_summary::Summary;
+
+use crate::cache::Cache;
+use crate::fsutil::{link_or_copy, walk_files, write_atomic};
+use crate::output::SwapArea;
+use crate::pipeline::BuildError;
+use crate::progress::{Event, Progress};
+use crate::stages::PackagedBundle;
+
+/// A private cache keeps the entries used by this many most recent builds.
+pub const KEEP_BUILDS: usize = 3;
+
+fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: p.display().to_string(),
+        source,
+    }
+}
+
+/// Assembles the new output in the staging tree of `swap` (summary last) and swaps it in.
+pub(crate) fn install(
+    swap: &SwapArea,
+    summary: &Summary,
+    bundles: &BTreeMap<String, Arc<PackagedBundle>>,
+) -> Result<(), BuildError> {
+    let new = swap.prepare()?;
+    for b in &summary.bundles {
+        let built = bundles.get(&b.id).ok_or_else(|| BuildError::NotPackaged {
+            bundle: b.id.clone(),
+        })?;
+        link_or_copy(&built.zip, &new.join(&b.file)).map_err(io_err(&built.zip))?;
+        let pack = new.join("asset-packs").join(&b.id);
+        for f in walk_files(&built.pack_dir).map_err(io_err(&built.pack_dir))? {
+            link_or_copy(&built.pack_dir.join(&f), &pack.join(&f)).map_err(io_err(&pack))?;
+        }
+    }
+    fs::create_dir_all(new.join("bundles")).map_err(io_err(&new))?;
+    fs::create_dir_all(new.join("asset-packs")).map_err(io_err(&new))?;
+    let mut text = serde_json::to_vec_pretty(summary).map_err(BuildError::Summary)?;
+    text.push(b'\n');
+    let path = new.join(omnipack_summary::SUMMARY_FILE);
+    write_atomic(&path, &text).map_err(io_err(&path))?;
+    swap.commit()?;
+    Ok(())
+}
+
+/// Keeps what the last [`KEEP_BUILDS`] builds used in a private cache and deletes the rest
+/// (reported); a failure to prune is a warning.
+pub(crate) fn prune(cache: &Cache, progress: &dyn Progress, warnings: &mut Vec<String>) {
+    match cache.prune(KEEP_BUILDS) {
+        Ok(0) => {}
+        Ok(n) => progress.event(Event::Note(format!(
+            "removed {n} cache entr{} no build among the last {KEEP_BUILDS} used",
+            if n == 1 { "y" } else { "ies" }
+        ))),
+        Err(e) => {
+            let w = format!("could not prune the cache {}: {e}", cache.root().display());
+            progress.event(Event::Warning(w.clone()));
+            warnings.push(w);
+        }
+    }
+}

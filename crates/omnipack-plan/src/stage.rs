@@ -1,0 +1,288 @@
+//! The stages of a plan and the exact parameters each runs with.
+//!
+//! In plan JSON a stage reads `{id, kind, depends_on, params}`, `kind` being `export`,
+//! `quantize` or `package` and `params` the matching [`ExportParams`], [`QuantizeParams`] or
+//! [`PackageParams`]. Every path is relative to the plan's `root`. A build runs these
+//! parameters and nothing else: it never reads the manifest again.
+//!
+//! Parameters are plain structs with named fields, so a later option is one more field
+//! (with `#[serde(default)]` when plans written before it must still load).
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use omnipack_manifest::{
+    Architecture, Delivery, FloatDtype, Format, IoDtype, KvFormat, Paging, Role, Runtime,
+};
+use omnipack_summary::QuantizationInfo;
+
+/// A unit of work. Stages run once every stage in `depends_on` has finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stage {
+    /// Unique id, for example `export:text`, `quantize:text-int4-g64`, `package:text-int4-g64`.
+    pub id: String,
+    /// What to do, with its parameters.
+    pub kind: StageKind,
+    /// Ids of the stages whose outputs this one reads.
+    pub depends_on: Vec<String>,
+}
+
+/// What a stage does, with the parameters it runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageKind {
+    /// Produce a component's working weights or files (tensor selection, exporter run, files).
+    Export(ExportParams),
+    /// Turn working weights into one variant.
+    Quantize(QuantizeParams),
+    /// Write the bundle zip and its asset-pack folder.
+    Package(Box<PackageParams>),
+}
+
+impl StageKind {
+    /// `export`, `quantize` or `package`: the `kind` of plan JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StageKind::Export(_) => "export",
+            StageKind::Quantize(_) => "quantize",
+            StageKind::Package(_) => "package",
+        }
+    }
+}
+
+/// What an export stage reads and runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// The component exported.
+    pub component: String,
+    /// For an exporter whose command uses `{tier}`: the tier it exports for.
+    pub tier: Option<String>,
+    /// Where the component comes from.
+    pub source: ExportSource,
+}
+
+/// The source of an export stage, paths relative to the plan's root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExportSource {
+    /// Tensors selected from safetensors shards by name prefix (the prefix is stripped). No
+    /// copy is made: the quantize stages read the shards directly.
+    Safetensors {
+        /// The shard files read (a shard index already resolved into its shards).
+        shards: Vec<String>,
+        /// Tensor-name prefix selected.
+        prefix: String,
+    },
+    /// An external exporter, run without a shell.
+    Command {
+        /// The argv with every placeholder filled except `{out}`: only the build knows the
+        /// private, empty folder it gives the exporter.
+        argv: Vec<String>,
+        /// The folder it runs in: the folder of the manifest file that wrote `run`.
+        workdir: String,
+        /// Seconds it may run before its process group is killed.
+        timeout_secs: u64,
+        /// Files or folders it reads (hashed into the cache key; a folder stands for every
+        /// file under it).
+        inputs: Vec<String>,
+        /// Files or folders it must write under `{out}`, packaged as they are.
+        outputs: Vec<String>,
+    },
+    /// Files taken as they are (each packaged under its file name).
+    Files {
+        /// The files.
+        files: Vec<String>,
+    },
+}
+
+/// What a quantize stage produces: one variant of a component's selected tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeParams {
+    /// The component quantized.
+    pub component: String,
+    /// The bundle the variant is for.
+    pub bundle: String,
+    /// Target format of the quantizable tensors.
+    pub format: Format,
+    /// Elements per group (MLX affine) or block (NF4); none for float casts.
+    pub group_size: Option<u32>,
+    /// Tensor-name globs left unquantized.
+    pub keep: Vec<String>,
+    /// Dtype of the tensors left unquantized; none keeps each tensor's source dtype.
+    pub keep_dtype: Option<FloatDtype>,
+}
+
+/// What a package stage writes: one bundle zip and its asset-pack folder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageParams {
+    /// The bundle id.
+    pub bundle: String,
+    /// The component packaged (written in `bundle.json`).
+    pub component: String,
+    /// Its role (written in `bundle.json`).
+    pub role: Role,
+    /// Its runtime (written in `bundle.json`).
+    pub runtime: Runtime,
+    /// How its weights are stored (written in `bundle.json`).
+    pub quantization: QuantizationInfo,
+    /// The bundle's files besides `bundle.json` and the decode-step sidecars.
+    pub contents: BundleContents,
+    /// The sidecars of a text decode step (`<artifact>.io.json`, and `.kvq.json` /
+    /// `.kv_paging.json` when the KV cache is quantized / paged).
+    pub decode_step: Option<DecodeStepSidecars>,
+    /// The asset pack the bundle is delivered in.
+    pub asset_pack: AssetPackParams,
+}
+
+/// Where a bundle's files come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BundleContents {
+    /// `weights.safetensors` from the quantize stage this stage depends on, and a generated
+    /// `config.json`.
+    QuantizedWeights {
+        /// How `config.json` is made.
+        config_json: ConfigJson,
+    },
+    /// The files of the export stage this stage depends on, as they are (exporter outputs
+    /// with folders expanded, or a `files` component's files).
+    ExportedFiles,
+}
+
+/// How a native bundle's `config.json` is made: `base` (when given) without the keys in
+/// `remove`, then every key of `set` laid over it; written with sorted keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigJson {
+    /// The component's `source.config`: a JSON object read when the stage runs (it must still
+    /// have the digest the build recorded for it).
+    pub base: Option<String>,
+    /// Keys of `base` dropped: they describe the source checkpoint, not this bundle.
+    pub remove: Vec<String>,
+    /// Keys written (the architecture in mlx-lm's names, the quantization, ...).
+    pub set: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What a text decode step's sidecars say. They depend on the component only (never on a
+/// tier), so a bundle's bytes are the same for every tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeStepSidecars {
+    /// Stem of the sidecar file names.
+    pub artifact: String,
+    /// Shape of the model.
+    pub architecture: Architecture,
+    /// The component's `max_seq_len`.
+    pub max_seq_len: Option<u64>,
+    /// Tokens the cache inputs hold, from the component alone:
+    /// `min(max_seq_len, page_len * resident_pages)`; none when neither is set (written `-1`:
+    /// flexible).
+    pub cache_tokens: Option<u64>,
+    /// Dtype of the cache inputs and outputs.
+    pub io_dtype: IoDtype,
+    /// Storage format of the KV cache (`u8` and `nf4` get a `.kvq.json`).
+    pub kv_format: KvFormat,
+    /// Elements per KV quantization group.
+    pub kv_group_size: u64,
+    /// Paging (gets a `.kv_paging.json`).
+    pub paging: Option<Paging>,
+}
+
+/// The asset pack of a bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetPackParams {
+    /// `assetPackID`.
+    pub id: String,
+    /// Download policy.
+    pub delivery: Delivery,
+}
+
+/// A stage as written in plan JSON.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageJson {
+    id: String,
+    kind: String,
+    depends_on: Vec<String>,
+    params: serde_json::Value,
+}
+
+impl Serialize for Stage {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let params = match &self.kind {
+            StageKind::Export(p) => serde_json::to_value(p),
+            StageKind::Quantize(p) => serde_json::to_value(p),
+            StageKind::Package(p) => serde_json::to_value(p),
+        }
+        .map_err(S::Error::custom)?;
+        StageJson {
+            id: self.id.clone(),
+            kind: self.kind.name().to_string(),
+            depends_on: self.depends_on.clone(),
+            params,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Stage {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let j = StageJson::deserialize(d)?;
+        let bad = |e: serde_json::Error| D::Error::custom(format!("stage `{}`: params: {e}", j.id));
+        let kind = match j.kind.as_str() {
+            "export" => StageKind::Export(serde_json::from_value(j.params.clone()).map_err(bad)?),
+            "quantize" => {
+                StageKind::Quantize(serde_json::from_value(j.params.clone()).map_err(bad)?)
+            }
+            "package" => StageKind::Package(serde_json::from_value(j.params.clone()).map_err(bad)?),
+            other => {
+                return Err(D::Error::custom(format!(
+                    "stage `{}`: unknown kind `{other}` (export, quantize or package)",
+                    j.id
+                )));
+            }
+        };
+        Ok(Stage {
+            id: j.id,
+            kind,
+            depends_on: j.depends_on,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage_json_has_kind_and_params() {
+        let s = Stage {
+            id: "quantize:t-int4-g64".into(),
+            kind: StageKind::Quantize(QuantizeParams {
+                component: "t".into(),
+                bundle: "t-int4-g64".into(),
+                format: Format::Int4,
+                group_size: Some(64),
+                keep: vec!["*norm*".into()],
+                keep_dtype: None,
+            }),
+            depends_on: vec!["export:t".into()],
+        };
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["kind"], "quantize");
+        assert_eq!(v["params"]["format"], "int4");
+        assert_eq!(v["depends_on"][0], "export:t");
+        let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "kind", "depends_on", "params"]);
+        let back: Stage = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(back, s);
+        let mut wrong = v;
+        wrong["kind"] = "compile".into();
+        let e = serde_json::from_value::<Stage>(wrong).unwrap_err();
+        assert!(e.to_string().contains("unknown kind `compile`"), "{e}");
+    }
+}

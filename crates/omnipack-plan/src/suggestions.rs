@@ -1,0 +1,401 @@
+//! The diagnostic of a tier that does not fit: the smallest plan's breakdown and concrete
+//! changes that lower its peak, each with its saving recomputed by the memory model.
+
+use omnipack_manifest::{
+    Format, KvFormat, Paging, ResolvedComponent, ResolvedManifest, ResolvedTier, Role, Runtime,
+    format_bytes,
+};
+use omnipack_summary::MemoryBreakdown;
+
+use crate::bundles::bundle_id;
+use crate::diag::PlanDiagnostic;
+use crate::memory;
+use crate::sizing::ComponentSizer;
+use crate::tier_model::{TierComponent, TierModel};
+
+/// The located diagnostic of tier `ti`, which does not fit even with the variants `ranks`
+/// (its smallest plan), with suggestions.
+pub(crate) fn does_not_fit(
+    m: &ResolvedManifest,
+    sizers: &[ComponentSizer],
+    ti: usize,
+    model: &TierModel,
+    ranks: &[usize],
+    mem: &MemoryBreakdown,
+) -> PlanDiagnostic {
+    let tier = &m.tiers[ti];
+    let need = mem.peak_bytes.saturating_add(mem.min_headroom_bytes);
+    let over = need.saturating_sub(tier.memory_limit);
+    let mut d = PlanDiagnostic::new(
+        Some(format!("tiers[{ti}].memory_limit")),
+        format!(
+            "tier `{}` does not fit: peak {}{} exceeds memory_limit {} by {}",
+            tier.name,
+            format_bytes(mem.peak_bytes),
+            if mem.min_headroom_bytes > 0 {
+                format!(" + min_headroom {}", format_bytes(mem.min_headroom_bytes))
+            } else {
+                String::new()
+            },
+            format_bytes(tier.memory_limit),
+            mib_and_bytes(over),
+        ),
+    );
+    d.notes.push(smallest_plan_line(m, model, ranks));
+    d.notes.extend(breakdown_lines(mem));
+    let s = Suggester {
+        m,
+        sizers,
+        tier,
+        model,
+        ranks,
+        mem,
+        over,
+    };
+    d.help = s.suggestions();
+    d
+}
+
+fn mib_and_bytes(n: u64) -> String {
+    format!("{} ({n} bytes)", format_bytes(n))
+}
+
+/// `smallest plan found: text int4-g64, image_decoder int8-g64`.
+fn smallest_plan_line(m: &ResolvedManifest, model: &TierModel, ranks: &[usize]) -> String {
+    let chosen: Vec<String> = model
+        .comps
+        .iter()
+        .zip(ranks)
+        .map(|(c, &r)| {
+            let o = &c.options[r];
+            format!(
+                "{} {}",
+                m.components[c.index].name,
+                bundle_id("", o.format, o.group_size, None).trim_start_matches('-')
+            )
+        })
+        .collect();
+    format!("smallest plan found: {}", chosen.join(", "))
+}
+
+fn breakdown_lines(mem: &MemoryBreakdown) -> Vec<String> {
+    [
+        ("runtime_overhead_bytes", mem.runtime_overhead_bytes),
+        ("weights_resident_bytes", mem.weights_resident_bytes),
+        ("activations_bytes", mem.activations_bytes),
+        ("kv_cache_bytes", mem.kv_cache_bytes),
+        ("lazy_peak_bytes", mem.lazy_peak_bytes),
+        ("peak_bytes", mem.peak_bytes),
+    ]
+    .into_iter()
+    .map(|(name, v)| format!("{name:<24} {v:>14}  {}", format_bytes(v)))
+    .collect()
+}
+
+/// Works out the changes that lower a tier's peak.
+struct Suggester<'a> {
+    m: &'a ResolvedManifest,
+    sizers: &'a [ComponentSizer],
+    tier: &'a ResolvedTier,
+    model: &'a TierModel,
+    ranks: &'a [usize],
+    mem: &'a MemoryBreakdown,
+    /// Bytes over the limit (peak + min_headroom - memory_limit).
+    over: u64,
+}
+
+impl Suggester<'_> {
+    /// Every suggestion, in the documented order: per decode step a smaller KV format and
+    /// fewer tokens; per component a smaller weight format (and `cpu_and_ne` for Core ML);
+    /// all of them together when none is enough alone; a smaller `min_headroom` when that is
+    /// enough; the `memory_limit` that would fit.
+    fn suggestions(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        // Every change applied at once, to say whether they fit together.
+        let mut combined = self.model.clone();
+        for (k, tc) in self.model.comps.iter().enumerate() {
+            if let Some(tokens) = tc.kv_tokens {
+                combined.comps[k].kv_cache_bytes = self.kv_suggestions(k, tc, tokens, &mut out);
+            }
+        }
+        for (k, resident) in self.weight_suggestions(&mut out) {
+            let o = &mut combined.comps[k].options[self.ranks[k]];
+            o.resident_bytes = o.resident_bytes.min(resident);
+        }
+        out.extend(self.all_together(&out, &combined));
+        out.extend(self.smaller_min_headroom());
+        out.push(self.raise_memory_limit());
+        out
+    }
+
+    fn verdict(&self, saved: u64) -> &'static str {
+        if saved >= self.over {
+            "enough on its own"
+        } else {
+            "not enough on its own"
+        }
+    }
+
+    /// The peak with component `k` of the tier changed by `f`.
+    fn peak_with(&self, k: usize, f: &dyn Fn(&mut TierComponent)) -> u64 {
+        let mut alt = self.model.clone();
+        f(&mut alt.comps[k]);
+        alt.breakdown(self.ranks).peak_bytes
+    }
+
+    /// The saving of component `k` with `kv` bytes of KV cache.
+    fn saving_with_kv(&self, k: usize, kv: u64) -> u64 {
+        self.mem.peak_bytes - self.peak_with(k, &|t| t.kv_cache_bytes = kv)
+    }
+
+    /// A smaller KV format and fewer tokens for decode step `k` (with `tokens` tokens);
+    /// returns its KV bytes with all of these applied.
+    fn kv_suggestions(
+        &self,
+        k: usize,
+        tc: &TierComponent,
+        tokens: u64,
+        out: &mut Vec<String>,
+    ) -> u64 {
+        let c = &self.m.components[tc.index];
+        let mut combo = c.clone();
+        if let Some(f) = self.smaller_kv_formats(k, c, tokens, out) {
+            combo.kv_cache.format = f;
+        }
+        let combo_tokens = self.fewer_tokens(k, c, tokens, out).unwrap_or(tokens);
+        memory::kv_cache_bytes(&combo, combo_tokens.min(tokens))
+    }
+
+    /// Each smaller KV format that saves something; returns the smallest format tried.
+    fn smaller_kv_formats(
+        &self,
+        k: usize,
+        c: &ResolvedComponent,
+        tokens: u64,
+        out: &mut Vec<String>,
+    ) -> Option<KvFormat> {
+        if c.runtime == Runtime::Mlc {
+            return None;
+        }
+        let smaller: &[KvFormat] = match c.kv_cache.format {
+            KvFormat::F16 => &[KvFormat::U8, KvFormat::Nf4],
+            KvFormat::U8 => &[KvFormat::Nf4],
+            KvFormat::Nf4 => &[],
+        };
+        for &f in smaller {
+            let mut alt = c.clone();
+            alt.kv_cache.format = f;
+            let saved = self.saving_with_kv(k, memory::kv_cache_bytes(&alt, tokens));
+            if saved > 0 {
+                out.push(format!(
+                    "`kv_cache.format: {f}` for `{}` saves {} ({})",
+                    c.name,
+                    mib_and_bytes(saved),
+                    self.verdict(saved)
+                ));
+            }
+        }
+        smaller.last().copied()
+    }
+
+    /// Fewer resident pages (paged caches) or a tier `max_seq_len`: the KV cache is linear in
+    /// the tokens. Returns the tokens suggested.
+    fn fewer_tokens(
+        &self,
+        k: usize,
+        c: &ResolvedComponent,
+        tokens: u64,
+        out: &mut Vec<String>,
+    ) -> Option<u64> {
+        let per_token = memory::kv_cache_bytes(c, 1);
+        if per_token == 0 || tokens <= 1 {
+            return None;
+        }
+        let cut = self.over.div_ceil(per_token).min(tokens - 1);
+        let target = tokens - cut;
+        match c.kv_cache.paging {
+            Some(p) if p.page_len > 0 => {
+                let pages = (target / p.page_len).max(1);
+                if pages >= p.resident_pages {
+                    return None;
+                }
+                let t2 = memory::kv_tokens(
+                    c.max_seq_len,
+                    self.tier.max_seq_len,
+                    Some(Paging {
+                        resident_pages: pages,
+                        ..p
+                    }),
+                )
+                .unwrap_or(tokens);
+                let saved = self.saving_with_kv(k, memory::kv_cache_bytes(c, t2));
+                if saved > 0 {
+                    out.push(format!(
+                        "`kv_cache.paging.resident_pages: {pages}` for `{}` ({} resident tokens) saves {} ({})",
+                        c.name,
+                        t2,
+                        mib_and_bytes(saved),
+                        self.verdict(saved)
+                    ));
+                }
+                Some(t2)
+            }
+            _ => {
+                let saved = self.saving_with_kv(k, memory::kv_cache_bytes(c, target));
+                if saved > 0 {
+                    out.push(format!(
+                        "`max_seq_len: {target}` on tier `{}` saves {} ({}); or page the cache with `kv_cache.paging` on `{}`",
+                        self.tier.name,
+                        mib_and_bytes(saved),
+                        self.verdict(saved),
+                        c.name
+                    ));
+                }
+                Some(target)
+            }
+        }
+    }
+
+    /// Per natively quantized component: the least aggressive smaller weight format that is
+    /// enough on its own (else the one saving most), and `compute_units: cpu_and_ne` for Core
+    /// ML. Returns the resident bytes each suggestion gives, by component position.
+    fn weight_suggestions(&self, out: &mut Vec<String>) -> Vec<(usize, u64)> {
+        let mut resident = Vec::new();
+        for (k, tc) in self.model.comps.iter().enumerate() {
+            let c = &self.m.components[tc.index];
+            let sizer = &self.sizers[tc.index];
+            if !sizer.is_native() || c.resident_memory.is_some() || c.role == Role::Data {
+                continue;
+            }
+            if let Some((f, saved, r)) = self.smaller_weight_format(k, tc, c, sizer) {
+                resident.push((k, r));
+                // A tier with its own override ignores the component-level list.
+                let site = if c.quantization.tiers.contains_key(&self.tier.name) {
+                    format!("quantization.tiers.{}.format", self.tier.name)
+                } else {
+                    "quantization.format".to_string()
+                };
+                out.push(format!(
+                    "`{f}` for `{}` (in `{site}`) saves {} ({})",
+                    c.name,
+                    mib_and_bytes(saved),
+                    self.verdict(saved)
+                ));
+            }
+            if c.runtime == Runtime::Coreml
+                && memory::coreml_decompresses(c.compute_units)
+                && sizer.parameters > 0
+            {
+                let rank = self.ranks[k];
+                let w = tc.options[rank].weights_bytes;
+                let saved = self.mem.peak_bytes
+                    - self.peak_with(k, &|t| t.options[rank].resident_bytes = w);
+                if saved > 0 {
+                    resident.push((k, w));
+                    out.push(format!(
+                        "`compute_units: cpu_and_ne` for `{}` keeps its weights compressed: saves {} ({})",
+                        c.name,
+                        mib_and_bytes(saved),
+                        self.verdict(saved)
+                    ));
+                }
+            }
+        }
+        resident
+    }
+
+    /// The format to suggest for component `k`: (format, saving, resident bytes).
+    fn smaller_weight_format(
+        &self,
+        k: usize,
+        tc: &TierComponent,
+        c: &ResolvedComponent,
+        sizer: &ComponentSizer,
+    ) -> Option<(Format, u64, u64)> {
+        let rank = self.ranks[k];
+        let group = c.quantization.for_tier(&self.tier.name).group_size;
+        let current = tc.options[rank].resident_bytes;
+        let mut candidates: Vec<(Format, u64, u64)> = Vec::new();
+        for &f in Format::ALL
+            .iter()
+            .filter(|f| allowed_natively(c.runtime, **f))
+        {
+            let Ok(w) = sizer.weights_bytes(f, group) else {
+                continue;
+            };
+            let r = memory::resident_weight_bytes(c, sizer.parameters, w);
+            if r < current {
+                let saved = self.mem.peak_bytes
+                    - self.peak_with(k, &|t| t.options[rank].resident_bytes = r);
+                if saved > 0 {
+                    candidates.push((f, saved, r));
+                }
+            }
+        }
+        candidates
+            .iter()
+            .filter(|(_, s, _)| *s >= self.over)
+            .min_by_key(|(f, s, _)| (*s, *f))
+            .or_else(|| {
+                candidates
+                    .iter()
+                    .max_by_key(|(f, s, _)| (*s, std::cmp::Reverse(*f)))
+            })
+            .copied()
+    }
+
+    /// "All of the above together", when no change is enough alone and there are several.
+    fn all_together(&self, out: &[String], combined: &TierModel) -> Option<String> {
+        let alone = out.iter().any(|l| l.contains("(enough on its own)"));
+        if alone || out.len() < 2 {
+            return None;
+        }
+        let saved = self
+            .mem
+            .peak_bytes
+            .saturating_sub(combined.breakdown(self.ranks).peak_bytes);
+        Some(format!(
+            "all of the above together (the smallest KV format, fewer tokens, the smaller weight formats) save {}: {}",
+            mib_and_bytes(saved),
+            if saved >= self.over {
+                "enough"
+            } else {
+                "still not enough"
+            }
+        ))
+    }
+
+    fn smaller_min_headroom(&self) -> Option<String> {
+        let mem = self.mem;
+        (mem.min_headroom_bytes >= self.over && mem.min_headroom_bytes > 0).then(|| {
+            format!(
+                "`min_headroom: {}` on tier `{}` (from {}) would fit, with less safety margin",
+                mem.min_headroom_bytes - self.over,
+                self.tier.name,
+                mem.min_headroom_bytes
+            )
+        })
+    }
+
+    fn raise_memory_limit(&self) -> String {
+        let need = self
+            .mem
+            .peak_bytes
+            .saturating_add(self.mem.min_headroom_bytes);
+        format!(
+            "raise `memory_limit` of tier `{}` to at least {} ({need} bytes), for devices that allow it",
+            self.tier.name,
+            format_bytes(need)
+        )
+    }
+}
+
+/// Formats omnipack can write natively for `runtime`: MLX takes every format but NF4, a
+/// custom runtime every format, the others only float casts.
+fn allowed_natively(runtime: Runtime, f: Format) -> bool {
+    match runtime {
+        Runtime::Mlx => f != Format::Nf4,
+        Runtime::Custom => true,
+        _ => f.affine_bits().is_none() && f != Format::Nf4,
+    }
+}
