@@ -823,6 +823,7 @@ fn quantize(
     let spec = QuantSpec {
         format: wf,
         group_size: group_size.unwrap_or(c.quantization.group_size),
+        method: omnipack_quant::Method::Rtn,
         keep: c.quantization.keep.clone(),
         keep_dtype: c.quantization.keep_dtype.and_then(dtype_of),
     };
@@ -890,13 +891,7 @@ fn quantize(
                 }
             });
         }
-        let r = omnipack_quant::quantize_to_file_with(
-            &sel.tensors,
-            &spec,
-            &out,
-            &wf.metadata(),
-            omnipack_quant::QuantizeOptions { report: false },
-        );
+        let r = omnipack_quant::quantize_to_file(&sel.tensors, &spec, &out, &wf.metadata());
         drop(stop);
         r
     })

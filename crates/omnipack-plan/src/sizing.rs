@@ -115,6 +115,7 @@ pub fn quant_spec_parts(
     QuantSpec {
         format: weight_format(format),
         group_size,
+        method: omnipack_quant::Method::Rtn,
         keep: keep.to_vec(),
         keep_dtype: keep_dtype.map(self::keep_dtype),
     }
@@ -264,6 +265,7 @@ impl ComponentSizer {
                 let spec = QuantSpec {
                     format: weight_format(format),
                     group_size,
+                    method: omnipack_quant::Method::Rtn,
                     keep: keep.clone(),
                     keep_dtype: *keep_dtype,
                 };

@@ -4,12 +4,16 @@
 //! * [`plan_outputs`], [`data_bytes`], [`file_bytes`]: the exact output layout of a
 //!   [`QuantSpec`] as a pure function of input headers (used by the planner and the writer).
 //! * [`quantize_to_file`], [`quantize_file`]: the streaming, parallel quantizer.
-//! * [`kernels`]: MLX affine (`mx.quantize`), bitsandbytes NF4/FP4 and float casts.
+//! * [`kernels`]: MLX affine (`mx.quantize`, and the error-minimising `mse` method),
+//!   bitsandbytes NF4/FP4 and float casts.
+//! * [`quality`]: the error of every written tensor, measured as its consumer dequantizes it.
 
 mod dtype;
 mod error;
 mod header;
 pub mod kernels;
+mod mse;
+pub mod quality;
 mod spec;
 mod writer;
 
@@ -20,11 +24,12 @@ pub use header::{
     read_full_header, read_header, read_headers, read_shard_set, resolve_shards,
 };
 pub use kernels::ErrorStats;
+pub use quality::Quality;
 pub use spec::{
-    OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
+    Method, OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     file_bytes, glob_match, header_bytes, plan_outputs,
 };
 pub use writer::{
-    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, hex, quantize_file,
-    quantize_to_file, quantize_to_file_with, sha256_file,
+    QuantizeOutcome, SelectedTensor, TensorReport, hex, quantize_file, quantize_to_file,
+    sha256_file,
 };

@@ -6,7 +6,9 @@
 //! produced in row chunks, rayon across row blocks; a hashing thread follows behind in file
 //! order, computing the sha256 in the same pass, and releases the output pages it has hashed.
 //! Input pages are released as soon as a chunk is consumed, so the resident set stays at a
-//! few chunks however large the model is.
+//! few chunks however large the model is. The kernels measure each tensor's error while they
+//! write it (see [`crate::quality`]); per-row statistics are summed in row order, so the
+//! numbers do not depend on how rows were split across threads.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,8 +24,9 @@ use crate::dtype::{Dtype, TensorInfo};
 use crate::error::QuantError;
 use crate::header::{SafetensorsFile, TensorEntry};
 use crate::kernels::{self, Bnb4, ErrorStats};
+use crate::quality::{self, Quality};
 use crate::spec::{
-    OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
+    Method, OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     header_bytes, plan_outputs,
 };
 
@@ -73,7 +76,8 @@ impl SelectedTensor {
     }
 }
 
-/// Quality of one quantized or cast tensor against its source.
+/// Quality of one quantized or cast tensor against its source, measured on the values its
+/// consumer dequantizes (see [`crate::quality`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorReport {
     /// Output name of the source tensor.
@@ -86,6 +90,18 @@ pub struct TensorReport {
     pub kind: OutputKind,
     /// Error statistics.
     pub stats: ErrorStats,
+}
+
+impl TensorReport {
+    /// SQNR in dB; `None` for an exact reconstruction (infinite SQNR).
+    pub fn sqnr_db(&self) -> Option<f64> {
+        quality::sqnr_db_or_exact(&self.stats)
+    }
+
+    /// Relative RMS error (0 when exact).
+    pub fn rel_rms_error(&self) -> f64 {
+        self.stats.rel_rms_error()
+    }
 }
 
 /// The result of writing a quantized file.
@@ -103,35 +119,13 @@ pub struct QuantizeOutcome {
     pub parameters: u64,
     /// The output tensors, in file order.
     pub outputs: Vec<OutputTensor>,
-    /// Per quantized or cast tensor quality (empty when the report was not requested).
+    /// The quality of every quantized or cast tensor, in file order (tensors copied unchanged
+    /// are exact and not listed).
     pub tensors: Vec<TensorReport>,
-    /// All reported tensors together.
+    /// All listed tensors together.
     pub overall: ErrorStats,
-}
-
-/// Options of [`quantize_to_file_with`].
-#[derive(Debug, Clone, Copy)]
-pub struct QuantizeOptions {
-    /// Compute the per-tensor quality report (costs a dequantization pass in the kernels).
-    pub report: bool,
-}
-
-/// Quantizes `inputs` (in this order) under `spec` into the safetensors file `out`, with
-/// `metadata` as `__metadata__` (see [`WeightFormat::metadata`]), including the quality
-/// report. Writes a temporary file next to `out` and renames it.
-pub fn quantize_to_file(
-    inputs: &[SelectedTensor],
-    spec: &QuantSpec,
-    out: &Path,
-    metadata: &BTreeMap<String, String>,
-) -> Result<QuantizeOutcome, QuantError> {
-    quantize_to_file_with(
-        inputs,
-        spec,
-        out,
-        metadata,
-        QuantizeOptions { report: true },
-    )
+    /// The file's quality: overall SQNR, worst tensor, relative RMS error.
+    pub quality: Quality,
 }
 
 /// Quantizes a whole file (or a `model.safetensors.index.json` shard set), every tensor,
@@ -140,7 +134,6 @@ pub fn quantize_file(
     input: &Path,
     out: &Path,
     spec: &QuantSpec,
-    report: bool,
 ) -> Result<QuantizeOutcome, QuantError> {
     let mut selected = Vec::new();
     for shard in crate::header::resolve_shards(input)? {
@@ -148,13 +141,7 @@ pub fn quantize_file(
         selected.extend(SelectedTensor::with_prefix(&file, ""));
     }
     selected.sort_by(|a, b| a.output_name.cmp(&b.output_name));
-    quantize_to_file_with(
-        &selected,
-        spec,
-        out,
-        &spec.format.metadata(),
-        QuantizeOptions { report },
-    )
+    quantize_to_file(&selected, spec, out, &spec.format.metadata())
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -310,13 +297,15 @@ impl Output<'_> {
     }
 }
 
-/// [`quantize_to_file`] with options.
-pub fn quantize_to_file_with(
+/// Quantizes `inputs` (in this order) under `spec` into the safetensors file `out`, with
+/// `metadata` as `__metadata__` (see [`WeightFormat::metadata`]), measuring the quality of
+/// every quantized or cast tensor while writing it. Writes a temporary file next to `out` and
+/// renames it.
+pub fn quantize_to_file(
     inputs: &[SelectedTensor],
     spec: &QuantSpec,
     out: &Path,
     metadata: &BTreeMap<String, String>,
-    options: QuantizeOptions,
 ) -> Result<QuantizeOutcome, QuantError> {
     let mut entries = Vec::with_capacity(inputs.len());
     let mut infos = Vec::with_capacity(inputs.len());
@@ -386,12 +375,9 @@ pub fn quantize_to_file_with(
                     entry,
                     info,
                     spec,
-                    report: options.report,
                 };
                 let outs = &outputs[start..oi];
-                if let Some(stats) = job.run(outs, &mut o)?
-                    && options.report
-                {
+                if let Some(stats) = job.run(outs, &mut o)? {
                     overall.merge(&stats);
                     reports.push(TensorReport {
                         name: info.name.clone(),
@@ -427,6 +413,7 @@ pub fn quantize_to_file_with(
     if let Err(e) = std::fs::rename(&tmp, out) {
         return cleanup(QuantError::io(out, e));
     }
+    let quality = Quality::of(reports.iter().map(|t| (t.name.as_str(), &t.stats)));
     Ok(QuantizeOutcome {
         path: out.to_path_buf(),
         file_bytes: planned,
@@ -436,6 +423,7 @@ pub fn quantize_to_file_with(
         outputs,
         tensors: reports,
         overall,
+        quality,
     })
 }
 
@@ -444,12 +432,16 @@ struct Job<'a> {
     entry: &'a TensorEntry,
     info: &'a TensorInfo,
     spec: &'a QuantSpec,
-    report: bool,
 }
 
-fn merge(mut a: ErrorStats, b: ErrorStats) -> ErrorStats {
-    a.merge(&b);
-    a
+/// Sums per-task lists of statistics in order (rayon's `collect` keeps task order), so the
+/// total does not depend on how the work was split.
+fn sum_in_order(parts: Vec<Vec<ErrorStats>>) -> ErrorStats {
+    let mut total = ErrorStats::default();
+    for s in parts.iter().flatten() {
+        total.merge(s);
+    }
+    total
 }
 
 /// A reusable per-task output buffer (one per rayon split).
@@ -505,12 +497,12 @@ impl Job<'_> {
 
     fn task_result(
         &self,
-        r: Result<ErrorStats, (usize, TaskError)>,
+        r: Result<Vec<Vec<ErrorStats>>, (usize, TaskError)>,
         o: &Output<'_>,
         chunk_first: usize,
     ) -> Result<ErrorStats, QuantError> {
         match r {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(sum_in_order(s)),
             Err((_, TaskError::Io(e))) => Err(QuantError::io(o.path, e)),
             Err((task_first, TaskError::NonFinite(at))) => {
                 // Tasks run in parallel: report the first non-finite element of the tensor,
@@ -527,36 +519,29 @@ impl Job<'_> {
         let elems_per_chunk = (CHUNK_BYTES as usize / fs).max(1);
         let sub = 32 * 1024;
         let mut total = ErrorStats::default();
-        let report = self.report;
         for (ci, c) in self.bytes().chunks(elems_per_chunk * fs).enumerate() {
             let n = c.len() / fs;
             let at = o.take((n * ts) as u64);
+            // Sub-chunks have a fixed size, so the per-sub-chunk statistics (summed in order)
+            // do not depend on the thread count.
             let stats = c
                 .par_chunks(sub * fs)
                 .enumerate()
-                .map_init(buf, |b, (ti, src)| {
-                    let k = src.len() / fs;
-                    let mut w = vec![0f32; k];
-                    kernels::decode_f32(src, from, &mut w);
-                    let dst = sized(b, k * ts);
-                    kernels::encode_f32(&w, to, dst);
-                    write_at(o.file, dst, at + (ti * sub * ts) as u64)
-                        .map_err(|e| (0, TaskError::Io(e)))?;
-                    if !report {
-                        return Ok(ErrorStats::default());
-                    }
-                    let mut r = vec![0f32; k];
-                    kernels::decode_f32(dst, to, &mut r);
-                    // Kept/cast tensors may hold infinities (masks): compare finite only.
-                    let (wf, rf): (Vec<f32>, Vec<f32>) = w
-                        .iter()
-                        .zip(&r)
-                        .filter(|(a, _)| a.is_finite())
-                        .map(|(a, b)| (*a, *b))
-                        .unzip();
-                    Ok(kernels::error_stats(&wf, &rf))
-                })
-                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+                .map_init(
+                    || (Vec::new(), buf()),
+                    |(w, b), (ti, src)| {
+                        let k = src.len() / fs;
+                        w.resize(k, 0f32);
+                        kernels::decode_f32(src, from, w);
+                        let dst = sized(b, k * ts);
+                        kernels::encode_f32(w, to, dst);
+                        write_at(o.file, dst, at + (ti * sub * ts) as u64)
+                            .map_err(|e| (0, TaskError::Io(e)))?;
+                        // Kept/cast tensors may hold infinities (masks): measured on finite only.
+                        Ok(vec![quality::cast_error_stats(w, to)])
+                    },
+                )
+                .collect();
             total.merge(&self.task_result(stats, o, 0)?);
             o.done(at, (n * ts) as u64)?;
             self.release((ci * elems_per_chunk * fs) as u64, c.len() as u64);
@@ -622,7 +607,10 @@ impl Job<'_> {
         let scales_at = o.take(outs[1].data_bytes());
         let biases_at = o.take(outs[2].data_bytes());
         let bytes = self.bytes();
-        let report = self.report;
+        let quantize = match self.spec.method {
+            Method::Rtn => kernels::affine_quantize_bytes,
+            Method::Mse => kernels::affine_quantize_mse_bytes,
+        };
         let mut total = ErrorStats::default();
         let mut r0 = 0;
         while r0 < rows {
@@ -641,28 +629,33 @@ impl Job<'_> {
                             sized(sbuf, n * sb_row),
                             sized(bbuf, n * sb_row),
                         );
-                        let mut st = ErrorStats::default();
-                        kernels::affine_quantize_bytes(
-                            i,
-                            dt,
-                            cols,
-                            g,
-                            bits,
-                            c,
-                            s,
-                            b,
-                            report.then_some(&mut st),
-                        )
-                        .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
+                        // One kernel call (and one statistics entry) per row.
+                        let mut stats = vec![ErrorStats::default(); n];
+                        for (ri, st) in stats.iter_mut().enumerate() {
+                            quantize(
+                                &i[ri * cols * es..(ri + 1) * cols * es],
+                                dt,
+                                cols,
+                                g,
+                                bits,
+                                &mut c[ri * code_row..(ri + 1) * code_row],
+                                &mut s[ri * sb_row..(ri + 1) * sb_row],
+                                &mut b[ri * sb_row..(ri + 1) * sb_row],
+                                Some(st),
+                            )
+                            .map_err(|at| {
+                                (ti * task * cols, TaskError::NonFinite(ri * cols + at))
+                            })?;
+                        }
                         let row = (r0 + ti * task) as u64;
                         let io = |e| (0, TaskError::Io(e));
                         write_at(o.file, c, codes_at + row * code_row as u64).map_err(io)?;
                         write_at(o.file, s, scales_at + row * sb_row as u64).map_err(io)?;
                         write_at(o.file, b, biases_at + row * sb_row as u64).map_err(io)?;
-                        Ok(st)
+                        Ok(stats)
                     },
                 )
-                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+                .collect();
             total.merge(&self.task_result(res, o, r0 * cols)?);
             o.done(codes_at + (r0 * code_row) as u64, (nr * code_row) as u64)?;
             self.release((r0 * cols * es) as u64, input.len() as u64);
@@ -690,7 +683,6 @@ impl Job<'_> {
         let packed_at = o.take(outs[0].data_bytes());
         let absmax_at = o.take(outs[1].data_bytes());
         let bytes = self.bytes();
-        let report = self.report;
         let mut total = ErrorStats::default();
         let mut r0 = 0;
         while r0 < rows {
@@ -705,25 +697,30 @@ impl Job<'_> {
                     |(pb, ab), (ti, i)| {
                         let n = i.len() / (cols * es);
                         let (p, a) = (sized(pb, n * packed_row), sized(ab, n * am_row));
-                        let mut st = ErrorStats::default();
-                        kernels::bnb4_quantize_bytes(
-                            i,
-                            dt,
-                            block,
-                            kind,
-                            p,
-                            a,
-                            report.then_some(&mut st),
-                        )
-                        .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
+                        // One kernel call (and one statistics entry) per row.
+                        let mut stats = vec![ErrorStats::default(); n];
+                        for (ri, st) in stats.iter_mut().enumerate() {
+                            kernels::bnb4_quantize_bytes(
+                                &i[ri * cols * es..(ri + 1) * cols * es],
+                                dt,
+                                block,
+                                kind,
+                                &mut p[ri * packed_row..(ri + 1) * packed_row],
+                                &mut a[ri * am_row..(ri + 1) * am_row],
+                                Some(st),
+                            )
+                            .map_err(|at| {
+                                (ti * task * cols, TaskError::NonFinite(ri * cols + at))
+                            })?;
+                        }
                         let row = (r0 + ti * task) as u64;
                         let io = |e| (0, TaskError::Io(e));
                         write_at(o.file, p, packed_at + row * packed_row as u64).map_err(io)?;
                         write_at(o.file, a, absmax_at + row * am_row as u64).map_err(io)?;
-                        Ok(st)
+                        Ok(stats)
                     },
                 )
-                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+                .collect();
             total.merge(&self.task_result(res, o, r0 * cols)?);
             o.done(
                 packed_at + (r0 * packed_row) as u64,
