@@ -294,6 +294,7 @@ pub fn encode_f32(src: &[f32], dtype: Dtype, dst: &mut [u8]) {
 }
 
 /// Rounds an f32 to `dtype` (round to nearest even) and widens it back.
+#[inline]
 pub fn round_to_dtype(x: f32, dtype: Dtype) -> f32 {
     match dtype {
         Dtype::F16 => half::f16::from_f32(x).to_f32(),
@@ -449,6 +450,13 @@ pub(crate) fn affine_range(w: &[f32]) -> Option<(f32, f32)> {
             z[i] += x * 0.0;
         }
     }
+    range_of_lanes(&mn, &mx, &z)
+}
+
+/// The end of [`affine_range`] from its lanes (lane minima, maxima, and `sum x * 0`, which is
+/// NaN when a value is not finite).
+#[inline(always)]
+pub(crate) fn range_of_lanes(mn: &[f32; 8], mx: &[f32; 8], z: &[f32; 8]) -> Option<(f32, f32)> {
     if z.iter().sum::<f32>() != 0.0 {
         return None;
     }
@@ -522,9 +530,7 @@ fn affine_codes<const AVX: bool, const BITS: u32>(
     stats: Option<&mut ErrorStats>,
 ) {
     let (sr, br) = stored;
-    let mut se = [0.0f32; 8];
-    let mut sw = [0.0f32; 8];
-    let mut me = [0.0f32; 8];
+    let mut acc = crate::quality::LaneErrors::default();
     let want = stats.is_some();
     for (chunk, out) in w
         .chunks_exact(32)
@@ -533,26 +539,12 @@ fn affine_codes<const AVX: bool, const BITS: u32>(
         let mut q = [0u32; 32];
         affine_codes32::<BITS>(chunk, scale, bias, &mut q);
         if want {
-            for j in 0..4 {
-                let qf: [f32; 8] = core::array::from_fn(|i| (q[j * 8 + i] as i32) as f32);
-                let r = crate::quality::mlx_dequant8::<AVX>(&qf, sr, br, store);
-                for i in 0..8 {
-                    let x = chunk[j * 8 + i];
-                    let e = x - r[i];
-                    se[i] += e * e;
-                    sw[i] += x * x;
-                    let ae = e.abs();
-                    me[i] = if ae > me[i] { ae } else { me[i] };
-                }
-            }
+            crate::quality::affine_error32::<AVX>(chunk, &q, sr, br, store, &mut acc);
         }
         pack32::<BITS>(&q, out);
     }
     if let Some(st) = stats {
-        st.count += w.len() as u64;
-        st.sum_sq_err += se.iter().map(|&x| f64::from(x)).sum::<f64>();
-        st.sum_sq_ref += sw.iter().map(|&x| f64::from(x)).sum::<f64>();
-        st.max_abs_err = me.iter().fold(st.max_abs_err, |a, &b| a.max(b));
+        acc.add_to(st, w.len());
     }
 }
 
@@ -579,8 +571,8 @@ fn affine_rows_bits<const AVX: bool, const BITS: u32>(
             let at = first_non_finite(wg).unwrap_or(0);
             return Err(gi * group + at);
         };
-        *s = round_to_dtype(scale, store);
-        *b = round_to_dtype(bias, store);
+        *s = crate::quality::round_one::<AVX>(scale, store);
+        *b = crate::quality::round_one::<AVX>(bias, store);
         affine_codes::<AVX, BITS>(wg, scale, bias, (*s, *b), store, cg, stats.as_deref_mut());
     }
     let _ = cols;
@@ -653,7 +645,10 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
             let Some((scale, bias)) = affine_params::<BITS>(wg) else {
                 return Err(r * cols + g * group + first_non_finite(wg).unwrap_or(0));
             };
-            let (s, b) = (round_to_dtype(scale, dtype), round_to_dtype(bias, dtype));
+            let (s, b) = (
+                crate::quality::round_one::<AVX>(scale, dtype),
+                crate::quality::round_one::<AVX>(bias, dtype),
+            );
             affine_codes::<AVX, BITS>(
                 wg,
                 scale,

@@ -15,10 +15,10 @@
 //! 4. The scale is rounded to the stored dtype, and the bias refitted for that scale (same
 //!    codes) and rounded too.
 //! 5. The codes for the stored scale and bias are computed and the group's error measured as
-//!    `mx.dequantize` reconstructs it (in the stored dtype, see [`crate::quality`]), in f64.
-//!    The result replaces the `rtn` group only when its squared error is smaller by more than
-//!    a relative `1e-9` (a margin far above the summation error), so `mse` is never worse than
-//!    `rtn` on any group.
+//!    `mx.dequantize` reconstructs it (in the stored dtype, see [`crate::quality`]), like the
+//!    `rtn` candidate's. The result replaces the `rtn` group only when its squared error is
+//!    smaller by more than a relative `1e-5` (a margin far above the f32 summation error), so
+//!    `mse` is never worse than `rtn` on any group.
 //!
 //! Cost: about seven passes over each group on top of `rtn`'s (five search passes, two error
 //! measurements), no data beyond the weights. Every group is computed on its own in a fixed
@@ -29,10 +29,10 @@ use crate::dtype::Dtype;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::has_avx2;
 use crate::kernels::{
-    ErrorStats, MAGIC, MAGIC_BITS, affine_codes32, affine_params_of_range, affine_range,
-    decode_impl, dispatch, encode_impl, first_non_finite, pack32, round_to_dtype,
+    ErrorStats, MAGIC, affine_codes32, affine_params_of_range, affine_range, decode_impl, dispatch,
+    encode_impl, first_non_finite, pack32,
 };
-use crate::quality::mlx_dequant8;
+use crate::quality::{LaneErrors, affine_error32, round_one};
 
 /// Widths of the starting grids, as fractions of the group's `max - min` (centred).
 const STARTS: [f32; 3] = [1.0, 0.9, 0.8];
@@ -41,8 +41,15 @@ const STARTS: [f32; 3] = [1.0, 0.9, 0.8];
 const REFITS: usize = 2;
 
 /// The search result replaces the `rtn` group only when its squared error is below
-/// `rtn`'s times `1 - MARGIN`.
-const MARGIN: f64 = 1e-9;
+/// `rtn`'s times `1 - MARGIN`. The errors are summed in f32 lanes (relative error below
+/// `2e-6` for 128 elements: each square and each addition rounds by at most `2^-24`), so a
+/// win by this margin is a win in exact arithmetic too.
+const MARGIN: f64 = 1e-5;
+
+/// Groups whose `rtn` squared error is at most this keep `rtn`: it is exact or as good as
+/// (and far above the `2^-149` steps of f32 underflow, so the margin argument holds). So do
+/// groups whose error overflows f32 (values beyond about `1e19`).
+const EXACT_ENOUGH: f64 = 1e-30;
 
 /// Largest group size.
 const MAX_GROUP: usize = 128;
@@ -57,91 +64,154 @@ struct PassSums {
     v: f64,
 }
 
+/// The sum of 8 lanes, in a fixed order.
 #[inline(always)]
 fn sum8(a: &[f32; 8]) -> f64 {
-    a.iter().map(|&x| f64::from(x)).sum()
+    let s = ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+    f64::from(s)
 }
 
 /// Codes of `w` on the grid `(scale, bias)` (through the reciprocal of the scale), and the
-/// sums the least-squares fit needs.
+/// sums the least-squares fit needs. Per element: `v = w - bias`,
+/// `q = rint(min(max(v / scale, 0), n))` (the `MAGIC` trick, ties to even).
 #[inline(always)]
-fn codes_pass<const BITS: u32>(w: &[f32], scale: f32, bias: f32) -> PassSums {
+fn codes_pass<const AVX: bool, const BITS: u32>(w: &[f32], scale: f32, bias: f32) -> PassSums {
     let n = ((1u32 << BITS) - 1) as f32;
     let inv = 1.0 / scale;
-    let mut sq = [0f32; 8];
-    let mut sqq = [0f32; 8];
-    let mut sqv = [0f32; 8];
-    let mut sv = [0f32; 8];
-    for c in w.chunks_exact(8) {
-        for i in 0..8 {
-            let v = c[i] - bias;
-            let t = (v * inv).clamp(0.0, n);
-            // rint, ties to even (t is in [0, 255]).
-            let q = (t + MAGIC) - MAGIC;
-            sq[i] += q;
-            sqq[i] += q * q;
-            sqv[i] += q * v;
-            sv[i] += v;
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: only reached from a function compiled with AVX2 enabled.
+        return unsafe { avx2::codes_pass(w, inv, bias, n) };
+    }
+    // Two sets of lane sums (even and odd chunks of 8) halve the chains of dependent
+    // additions; they are added lane by lane at the end.
+    let mut acc = [[[0f32; 8]; 4]; 2];
+    for c16 in w.chunks_exact(16) {
+        for (set, c) in acc.iter_mut().zip(c16.chunks_exact(8)) {
+            for i in 0..8 {
+                let v = c[i] - bias;
+                let q = ((v * inv).max(0.0).min(n) + MAGIC) - MAGIC;
+                set[0][i] += q;
+                set[1][i] += q * q;
+                set[2][i] += q * v;
+                set[3][i] += v;
+            }
         }
     }
+    let lanes = |k: usize| -> [f32; 8] { core::array::from_fn(|i| acc[0][k][i] + acc[1][k][i]) };
     PassSums {
-        q: sum8(&sq),
-        qq: sum8(&sqq),
-        qv: sum8(&sqv),
-        v: sum8(&sv),
+        q: sum8(&lanes(0)),
+        qq: sum8(&lanes(1)),
+        qv: sum8(&lanes(2)),
+        v: sum8(&lanes(3)),
     }
+}
+
+/// The starting grids `(1 / scale, bias)` in one pass over the group: per grid, the sums of
+/// [`codes_pass`] (the sum of `w - bias` derived from the sum of `w`). One loop over
+/// independent grids keeps the CPU busy instead of waiting on one chain of additions.
+#[inline(always)]
+fn starts_pass<const AVX: bool, const BITS: u32>(
+    w: &[f32],
+    inv: &[f32; 3],
+    bias: &[f32; 3],
+) -> [PassSums; 3] {
+    let n = ((1u32 << BITS) - 1) as f32;
+    let mut acc = [[[0f32; 8]; 3]; 3];
+    let mut sx = [0f32; 8];
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: only reached from a function compiled with AVX2 enabled.
+        unsafe { avx2::starts_pass(w, inv, bias, n, &mut acc, &mut sx) };
+    }
+    if !AVX || cfg!(not(target_arch = "x86_64")) {
+        for c in w.chunks_exact(8) {
+            for i in 0..8 {
+                sx[i] += c[i];
+            }
+            for (k, a) in acc.iter_mut().enumerate() {
+                for i in 0..8 {
+                    let v = c[i] - bias[k];
+                    let q = ((v * inv[k]).max(0.0).min(n) + MAGIC) - MAGIC;
+                    a[0][i] += q;
+                    a[1][i] += q * q;
+                    a[2][i] += q * v;
+                }
+            }
+        }
+    }
+    let sum_w = sum8(&sx);
+    let g = w.len() as f64;
+    core::array::from_fn(|k| PassSums {
+        q: sum8(&acc[k][0]),
+        qq: sum8(&acc[k][1]),
+        qv: sum8(&acc[k][2]),
+        v: sum_w - g * f64::from(bias[k]),
+    })
 }
 
 /// The least-squares scale and bias for the codes of a pass made with `bias`, and the error
 /// reduction of the fit (`Sqv^2 / Sqq`: the larger, the smaller the error). `None` when the
 /// codes are all equal or the fit is not a usable positive scale.
 #[inline(always)]
-fn refit(s: &PassSums, bias: f32, g: f64) -> Option<(f32, f32, f64)> {
-    let sqq = s.qq - s.q * s.q / g;
-    let sqv = s.qv - s.q * s.v / g;
+fn refit(s: &PassSums, bias: f32, inv_g: f64) -> Option<(f32, f32, f64)> {
+    let sqq = s.qq - s.q * s.q * inv_g;
+    let sqv = s.qv - s.q * s.v * inv_g;
     if !(sqq > 0.0 && sqv > 0.0) {
         return None;
     }
     let scale = sqv / sqq;
-    let offset = (s.v - scale * s.q) / g;
+    let offset = (s.v - scale * s.q) * inv_g;
     let (sf, bf) = (scale as f32, (f64::from(bias) + offset) as f32);
-    (sf.is_normal() && (1.0 / sf).is_finite() && bf.is_finite()).then_some((
-        sf,
-        bf,
-        sqv * sqv / sqq,
-    ))
+    // A positive normal scale also has a finite reciprocal.
+    let usable = sf.is_normal() && bf.is_finite();
+    usable.then_some((sf, bf, sqv * scale))
 }
 
 /// Searches the scale and bias of one group (steps 2-4 of the module docs): the stored
 /// (rounded to `store`) scale and bias, or `None` when no usable grid was found.
 #[inline(always)]
-fn search<const BITS: u32>(w: &[f32], w_min: f32, w_max: f32, store: Dtype) -> Option<(f32, f32)> {
+fn search<const AVX: bool, const BITS: u32>(
+    w: &[f32],
+    w_min: f32,
+    w_max: f32,
+    store: Dtype,
+) -> Option<(f32, f32)> {
     let n = ((1u32 << BITS) - 1) as f32;
-    let g = w.len() as f64;
+    // Group sizes are powers of two: multiplying by 1/g is exact.
+    let inv_g = 1.0 / w.len() as f64;
     let range = w_max - w_min;
     if !(range > 0.0 && range.is_finite()) {
         return None;
     }
     let mid = w_min + range * 0.5;
+    // The starting grids; an unusable one (a scale too small to invert) is computed with a
+    // harmless stand-in and skipped.
+    let mut usable = [false; 3];
+    let (mut inv, mut bias) = ([0f32; 3], [0f32; 3]);
+    for (k, f) in STARTS.into_iter().enumerate() {
+        let span = range * f;
+        let scale = span / n;
+        usable[k] = scale.is_normal();
+        if usable[k] {
+            (inv[k], bias[k]) = (1.0 / scale, mid - span * 0.5);
+        }
+    }
+    let starts = starts_pass::<AVX, BITS>(w, &inv, &bias);
     // (scale, bias, gain) of the best fit, and the pass it was fitted on (sums, bias used).
     let mut best: Option<((f32, f32, f64), PassSums, f32)> = None;
-    for f in STARTS {
-        let span = range * f;
-        let (scale, bias) = (span / n, mid - span * 0.5);
-        if !(scale.is_normal() && (1.0 / scale).is_finite()) {
-            continue;
-        }
-        let sums = codes_pass::<BITS>(w, scale, bias);
-        if let Some(fit) = refit(&sums, bias, g)
+    for k in 0..3 {
+        if usable[k]
+            && let Some(fit) = refit(&starts[k], bias[k], inv_g)
             && best.is_none_or(|(b, _, _)| fit.2 > b.2)
         {
-            best = Some((fit, sums, bias));
+            best = Some((fit, starts[k], bias[k]));
         }
     }
     let ((mut scale, mut bias, _), mut sums, mut pass_bias) = best?;
     for _ in 0..REFITS {
-        let next = codes_pass::<BITS>(w, scale, bias);
-        let Some((s2, b2, _)) = refit(&next, bias, g) else {
+        let next = codes_pass::<AVX, BITS>(w, scale, bias);
+        let Some((s2, b2, _)) = refit(&next, bias, inv_g) else {
             break;
         };
         (sums, pass_bias) = (next, bias);
@@ -149,59 +219,187 @@ fn search<const BITS: u32>(w: &[f32], w_min: f32, w_max: f32, store: Dtype) -> O
     }
     // Round the scale, then refit the bias for the stored scale on the same codes:
     // bias = pass_bias + mean(w - pass_bias - scale * q).
-    let s_st = round_to_dtype(scale, store);
-    if !(s_st.is_normal() && (1.0 / s_st).is_finite()) {
+    let s_st = round_one::<AVX>(scale, store);
+    if !s_st.is_normal() {
         return None;
     }
-    let b = f64::from(pass_bias) + (sums.v - f64::from(s_st) * sums.q) / g;
-    let b_st = round_to_dtype(b as f32, store);
+    let b = f64::from(pass_bias) + (sums.v - f64::from(s_st) * sums.q) * inv_g;
+    let b_st = round_one::<AVX>(b as f32, store);
     b_st.is_finite().then_some((s_st, b_st))
 }
 
-/// Codes of `w` on the stored grid `(scale, bias)`, nearest level (through the reciprocal).
+/// Codes of `w` on the stored grid `(scale, bias)`, nearest level (through the reciprocal),
+/// computed as in [`codes_pass`].
 #[inline(always)]
-fn codes_on_grid<const BITS: u32>(w: &[f32], scale: f32, bias: f32, q: &mut [u32]) {
+fn codes_on_grid<const AVX: bool, const BITS: u32>(
+    w: &[f32],
+    scale: f32,
+    bias: f32,
+    q: &mut [u32],
+) {
     let n = ((1u32 << BITS) - 1) as f32;
-    let top = (1i32 << BITS) - 1;
     let inv = 1.0 / scale;
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: only reached from a function compiled with AVX2 enabled.
+        unsafe { avx2::codes_on_grid(w, inv, bias, n, q) };
+        return;
+    }
     for (c, o) in w.chunks_exact(8).zip(q.chunks_exact_mut(8)) {
         for i in 0..8 {
-            let t = ((c[i] - bias) * inv).clamp(0.0, n);
-            let r = ((t + MAGIC).to_bits() as i32).wrapping_sub(MAGIC_BITS);
-            o[i] = r.clamp(0, top) as u32;
+            let t = ((c[i] - bias) * inv).max(0.0).min(n);
+            o[i] = ((t + MAGIC) - MAGIC) as u32;
         }
     }
 }
 
-/// Squared error (f64) and largest absolute error of the codes `q` with the stored scale and
-/// bias, reconstructed as `mx.dequantize` does; with `REF`, also the sum of `w^2` (f64).
-#[inline(always)]
-fn group_error<const AVX: bool, const REF: bool>(
-    w: &[f32],
-    q: &[u32],
-    scale: f32,
-    bias: f32,
-    store: Dtype,
-) -> (f64, f32, f64) {
-    let mut se = [0f64; 8];
-    let mut sr = [0f64; 8];
-    let mut me = [0f32; 8];
-    for (c, qc) in w.chunks_exact(8).zip(q.chunks_exact(8)) {
-        let qf: [f32; 8] = core::array::from_fn(|i| (qc[i] as i32) as f32);
-        let r = mlx_dequant8::<AVX>(&qf, scale, bias, store);
-        for i in 0..8 {
-            let x = f64::from(c[i]);
-            let e = x - f64::from(r[i]);
-            se[i] += e * e;
-            if REF {
-                sr[i] += x * x;
-            }
-            let ae = e.abs() as f32;
-            me[i] = if ae > me[i] { ae } else { me[i] };
+/// The codes of both candidates of a group.
+struct Scratch {
+    q_rtn: [u32; MAX_GROUP],
+    q_mse: [u32; MAX_GROUP],
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch {
+            q_rtn: [0; MAX_GROUP],
+            q_mse: [0; MAX_GROUP],
         }
     }
-    let max = me.iter().fold(0f32, |a, &b| a.max(b));
-    (se.iter().sum(), max, sr.iter().sum())
+}
+
+/// The AVX2 (+F16C) forms of the passes: the same operations in the same order as the
+/// portable loops (no fused multiply-add), so both builds give identical bits.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{MAGIC, PassSums, sum8};
+    use crate::kernels::range_of_lanes;
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn store8(v: __m256) -> [f32; 8] {
+        let mut a = [0f32; 8];
+        // SAFETY: 8 lanes into an 8-element array.
+        unsafe { _mm256_storeu_ps(a.as_mut_ptr(), v) };
+        a
+    }
+
+    /// `rint(min(max(t, 0), n))` per lane; `max_ps` returns its second operand for NaN, like
+    /// `f32::max` ignores NaN.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn level(t: __m256, n: __m256) -> __m256 {
+        let m = _mm256_set1_ps(MAGIC);
+        let t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), n);
+        _mm256_sub_ps(_mm256_add_ps(t, m), m)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn codes_pass(w: &[f32], inv: f32, bias: f32, n: f32) -> PassSums {
+        let (inv, b, n) = (_mm256_set1_ps(inv), _mm256_set1_ps(bias), _mm256_set1_ps(n));
+        let z = _mm256_setzero_ps();
+        let mut acc = [[z; 4]; 2];
+        for c16 in w.chunks_exact(16) {
+            for (set, c) in acc.iter_mut().zip(c16.chunks_exact(8)) {
+                // SAFETY: 8 elements of `c`.
+                let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+                let v = _mm256_sub_ps(x, b);
+                let q = level(_mm256_mul_ps(v, inv), n);
+                set[0] = _mm256_add_ps(set[0], q);
+                set[1] = _mm256_add_ps(set[1], _mm256_mul_ps(q, q));
+                set[2] = _mm256_add_ps(set[2], _mm256_mul_ps(q, v));
+                set[3] = _mm256_add_ps(set[3], v);
+            }
+        }
+        let lanes = |k: usize| store8(_mm256_add_ps(acc[0][k], acc[1][k]));
+        PassSums {
+            q: sum8(&lanes(0)),
+            qq: sum8(&lanes(1)),
+            qv: sum8(&lanes(2)),
+            v: sum8(&lanes(3)),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn starts_pass(
+        w: &[f32],
+        inv: &[f32; 3],
+        bias: &[f32; 3],
+        n: f32,
+        acc: &mut [[[f32; 8]; 3]; 3],
+        sx: &mut [f32; 8],
+    ) {
+        let n = _mm256_set1_ps(n);
+        let inv = inv.map(|x| _mm256_set1_ps(x));
+        let b = bias.map(|x| _mm256_set1_ps(x));
+        let z = _mm256_setzero_ps();
+        let mut a = [[z; 3]; 3];
+        let mut sw = z;
+        for c in w.chunks_exact(8) {
+            // SAFETY: 8 elements of `c`.
+            let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            sw = _mm256_add_ps(sw, x);
+            for k in 0..3 {
+                let v = _mm256_sub_ps(x, b[k]);
+                let q = level(_mm256_mul_ps(v, inv[k]), n);
+                a[k][0] = _mm256_add_ps(a[k][0], q);
+                a[k][1] = _mm256_add_ps(a[k][1], _mm256_mul_ps(q, q));
+                a[k][2] = _mm256_add_ps(a[k][2], _mm256_mul_ps(q, v));
+            }
+        }
+        for k in 0..3 {
+            for j in 0..3 {
+                acc[k][j] = store8(a[k][j]);
+            }
+        }
+        *sx = store8(sw);
+    }
+
+    /// `kernels::affine_range` lane for lane: `min_ps(x, m)` is `x < m ? x : m`, like the
+    /// portable loop.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn range(w: &[f32]) -> Option<(f32, f32)> {
+        let mut mn = _mm256_set1_ps(f32::INFINITY);
+        let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+        let zero = _mm256_setzero_ps();
+        let mut z = zero;
+        for c in w.chunks_exact(8) {
+            // SAFETY: 8 elements of `c`.
+            let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            mn = _mm256_min_ps(x, mn);
+            mx = _mm256_max_ps(x, mx);
+            z = _mm256_add_ps(z, _mm256_mul_ps(x, zero));
+        }
+        range_of_lanes(&store8(mn), &store8(mx), &store8(z))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(super) fn codes_on_grid(w: &[f32], inv: f32, bias: f32, n: f32, q: &mut [u32]) {
+        let (inv, b, n) = (_mm256_set1_ps(inv), _mm256_set1_ps(bias), _mm256_set1_ps(n));
+        for (c, o) in w.chunks_exact(8).zip(q.chunks_exact_mut(8)) {
+            // SAFETY: 8 elements in, 8 out.
+            let x = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let l = level(_mm256_mul_ps(_mm256_sub_ps(x, b), inv), n);
+            unsafe { _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, _mm256_cvtps_epi32(l)) };
+        }
+    }
+}
+
+/// [`affine_range`]: the group's minimum and maximum, `None` when a value is not finite.
+#[inline(always)]
+fn group_range<const AVX: bool>(w: &[f32]) -> Option<(f32, f32)> {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: only reached from a function compiled with AVX2 enabled.
+        return unsafe { avx2::range(w) };
+    }
+    affine_range(w)
 }
 
 /// Quantizes one group: packs its codes into `words` and returns the stored scale and bias,
@@ -211,42 +409,49 @@ fn mse_group<const AVX: bool, const BITS: u32>(
     w: &[f32],
     store: Dtype,
     words: &mut [u32],
+    scratch: &mut Scratch,
     stats: Option<&mut ErrorStats>,
 ) -> Result<(f32, f32), usize> {
     let g = w.len();
-    let Some((w_min, w_max)) = affine_range(w) else {
+    let Some((w_min, w_max)) = group_range::<AVX>(w) else {
         return Err(first_non_finite(w).unwrap_or(0));
     };
     // The rtn candidate, exactly as `mx.quantize`.
     let (scale, bias) = affine_params_of_range::<BITS>(w_min, w_max);
-    let (rs, rb) = (round_to_dtype(scale, store), round_to_dtype(bias, store));
-    let mut q_rtn = [0u32; MAX_GROUP];
+    let (rs, rb) = (
+        round_one::<AVX>(scale, store),
+        round_one::<AVX>(bias, store),
+    );
+    let Scratch { q_rtn, q_mse } = scratch;
+    let mut err_rtn = LaneErrors::default();
     let (chunks, _) = q_rtn[..g].as_chunks_mut::<32>();
     for (c, q) in w.chunks_exact(32).zip(chunks) {
         affine_codes32::<BITS>(c, scale, bias, q);
+        affine_error32::<AVX>(c, q, rs, rb, store, &mut err_rtn);
     }
-    let (e_rtn, m_rtn, sum_ref) = group_error::<AVX, true>(w, &q_rtn[..g], rs, rb, store);
-    let mut q_mse = [0u32; MAX_GROUP];
-    let mut chosen = (&q_rtn, rs, rb, e_rtn, m_rtn);
-    if e_rtn > 0.0
-        && let Some((ms, mb)) = search::<BITS>(w, w_min, w_max, store)
+    let e_rtn = err_rtn.sum_sq_err();
+    let mut chosen = (&*q_rtn, rs, rb, err_rtn);
+    if e_rtn > EXACT_ENOUGH
+        && e_rtn.is_finite()
+        && let Some((ms, mb)) = search::<AVX, BITS>(w, w_min, w_max, store)
     {
-        codes_on_grid::<BITS>(w, ms, mb, &mut q_mse[..g]);
-        let (e, m, _) = group_error::<AVX, false>(w, &q_mse[..g], ms, mb, store);
-        if e < e_rtn * (1.0 - MARGIN) {
-            chosen = (&q_mse, ms, mb, e, m);
+        codes_on_grid::<AVX, BITS>(w, ms, mb, &mut q_mse[..g]);
+        let mut err = LaneErrors::default();
+        let (chunks, _) = q_mse[..g].as_chunks::<32>();
+        for (c, q) in w.chunks_exact(32).zip(chunks) {
+            affine_error32::<AVX>(c, q, ms, mb, store, &mut err);
+        }
+        if err.sum_sq_err() < e_rtn * (1.0 - MARGIN) {
+            chosen = (&*q_mse, ms, mb, err);
         }
     }
-    let (q, s, b, e, m) = chosen;
+    let (q, s, b, err) = chosen;
     let (chunks, _) = q[..g].as_chunks::<32>();
     for (qc, out) in chunks.iter().zip(words.chunks_exact_mut(BITS as usize)) {
         pack32::<BITS>(qc, out);
     }
     if let Some(st) = stats {
-        st.count += g as u64;
-        st.sum_sq_err += e;
-        st.sum_sq_ref += sum_ref;
-        st.max_abs_err = st.max_abs_err.max(m);
+        err.add_to(st, g);
     }
     Ok((s, b))
 }
@@ -263,13 +468,14 @@ fn mse_rows_bits<const AVX: bool, const BITS: u32>(
     mut stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
     let words_per_group = group * BITS as usize / 32;
+    let mut scratch = Scratch::new();
     for (gi, ((wg, cg), (s, b))) in w
         .chunks_exact(group)
         .zip(codes.chunks_exact_mut(words_per_group))
         .zip(scales.iter_mut().zip(biases.iter_mut()))
         .enumerate()
     {
-        (*s, *b) = mse_group::<AVX, BITS>(wg, store, cg, stats.as_deref_mut())
+        (*s, *b) = mse_group::<AVX, BITS>(wg, store, cg, &mut scratch, stats.as_deref_mut())
             .map_err(|at| gi * group + at)?;
     }
     Ok(())
@@ -321,6 +527,7 @@ fn mse_bytes_bits<const AVX: bool, const BITS: u32>(
     let mut s_row = vec![0f32; groups];
     let mut b_row = vec![0f32; groups];
     let mut words = [0u32; 32];
+    let mut scratch = Scratch::new();
     for (r, ((src_row, crow), (srow, brow))) in src
         .chunks_exact(cols * es)
         .zip(codes.chunks_exact_mut(row_code_bytes))
@@ -337,8 +544,14 @@ fn mse_bytes_bits<const AVX: bool, const BITS: u32>(
             .zip(crow.chunks_exact_mut(wpg * 4))
             .enumerate()
         {
-            let (s, b) = mse_group::<AVX, BITS>(wg, dtype, &mut words[..wpg], stats.as_deref_mut())
-                .map_err(|at| r * cols + g * group + at)?;
+            let (s, b) = mse_group::<AVX, BITS>(
+                wg,
+                dtype,
+                &mut words[..wpg],
+                &mut scratch,
+                stats.as_deref_mut(),
+            )
+            .map_err(|at| r * cols + g * group + at)?;
             for (dst, w) in cg.chunks_exact_mut(4).zip(&words[..wpg]) {
                 dst.copy_from_slice(&w.to_le_bytes());
             }
@@ -438,10 +651,10 @@ mod tests {
     fn refit_recovers_an_exact_grid() {
         // w = 0.25 * q - 1 for q = 0..15: the fit finds scale 0.25 and bias -1.
         let w: Vec<f32> = (0..64).map(|i| (i % 16) as f32 * 0.25 - 1.0).collect();
-        let sums = codes_pass::<4>(&w, 0.26, -1.1);
-        let (s, b, _) = refit(&sums, -1.1, 64.0).unwrap();
-        let sums = codes_pass::<4>(&w, s, b);
-        let (s, b, _) = refit(&sums, b, 64.0).unwrap();
+        let sums = codes_pass::<false, 4>(&w, 0.26, -1.1);
+        let (s, b, _) = refit(&sums, -1.1, 1.0 / 64.0).unwrap();
+        let sums = codes_pass::<false, 4>(&w, s, b);
+        let (s, b, _) = refit(&sums, b, 1.0 / 64.0).unwrap();
         assert!((s - 0.25).abs() < 1e-6 && (b + 1.0).abs() < 1e-6, "{s} {b}");
     }
 
@@ -449,11 +662,14 @@ mod tests {
     fn constant_and_degenerate_groups_fall_back_to_rtn() {
         for v in [0.0f32, 0.5, -3.0, 1e-30] {
             let w = [v; 32];
-            assert_eq!(search::<4>(&w, v, v, Dtype::F16), None);
+            assert_eq!(search::<false, 4>(&w, v, v, Dtype::F16), None);
         }
         let mut w = [0f32; 32];
         w[3] = f32::MAX;
         w[4] = -f32::MAX;
-        assert_eq!(search::<4>(&w, -f32::MAX, f32::MAX, Dtype::F32), None);
+        assert_eq!(
+            search::<false, 4>(&w, -f32::MAX, f32::MAX, Dtype::F32),
+            None
+        );
     }
 }
