@@ -807,14 +807,6 @@ impl Bnb4Table {
     }
 }
 
-#[inline(always)]
-fn bnb4_recon(packed: &[u8], code: &[f32; 16], absmax: f32, out: &mut [f32]) {
-    for (o, &p) in out.chunks_exact_mut(2).zip(packed) {
-        o[0] = code[usize::from(p >> 4)] * absmax;
-        o[1] = code[usize::from(p & 15)] * absmax;
-    }
-}
-
 /// Quantizes one block (a multiple of 8 elements) into `packed` (half as many bytes).
 #[inline(always)]
 fn bnb4_block(w: &[f32], table: &Bnb4Table, packed: &mut [u8]) -> Option<f32> {
@@ -867,7 +859,6 @@ fn bnb4_impl<const AVX: bool>(
 ) -> Result<(), usize> {
     let table = Bnb4Table::new(kind);
     let code = kind.code();
-    let mut recon = vec![0.0f32; block];
     for (bi, ((wb, pb), am)) in w
         .chunks_exact(block)
         .zip(packed.chunks_exact_mut(block / 2))
@@ -879,8 +870,9 @@ fn bnb4_impl<const AVX: bool>(
         };
         *am = a;
         if let Some(st) = stats.as_deref_mut() {
-            bnb4_recon(pb, code, a, &mut recon);
-            acc_stats(wb, &recon, st);
+            let mut acc = crate::quality::LaneErrors::default();
+            crate::quality::bnb4_error::<AVX>(wb, pb, code, a, Dtype::F32, &mut acc);
+            acc.add_to(st, wb.len());
         }
     }
     Ok(())
@@ -907,7 +899,6 @@ fn bnb4_bytes_impl<const AVX: bool>(
     // Decode a few blocks at a time into a cache-resident buffer.
     let per = block * (4096 / block).max(1);
     let mut w = vec![0f32; per];
-    let mut recon = vec![0f32; block];
     for (ci, ((src_c, pc), ac)) in src
         .chunks(per * es)
         .zip(packed.chunks_mut(per / 2))
@@ -928,9 +919,9 @@ fn bnb4_bytes_impl<const AVX: bool>(
             ab.copy_from_slice(&a.to_le_bytes());
             if let Some(st) = stats.as_deref_mut() {
                 // bitsandbytes dequantizes to the source dtype: `code * absmax` in f32, rounded.
-                bnb4_recon(pb, code, a, &mut recon);
-                crate::quality::round_slice::<AVX>(&mut recon, dtype);
-                acc_stats(wb, &recon, st);
+                let mut acc = crate::quality::LaneErrors::default();
+                crate::quality::bnb4_error::<AVX>(wb, pb, code, a, dtype, &mut acc);
+                acc.add_to(st, wb.len());
             }
         }
     }

@@ -136,6 +136,45 @@ pub(crate) fn affine_error32<const AVX: bool>(
     }
 }
 
+/// Accumulates the error of one bitsandbytes 4-bit block: `w` (a multiple of 8 elements), its
+/// packed codes (two per byte, the first in the high nibble) and absmax, reconstructed as
+/// `dequantize_4bit` does (`code[c] * absmax` in f32, rounded to `store`), in f32 lanes.
+#[inline(always)]
+pub(crate) fn bnb4_error<const AVX: bool>(
+    w: &[f32],
+    packed: &[u8],
+    code: &[f32; 16],
+    absmax: f32,
+    store: Dtype,
+    acc: &mut LaneErrors,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        // SAFETY: only reached from a function compiled with AVX2 and F16C enabled.
+        unsafe { avx2::bnb4_error(w, packed, code, absmax, store, acc) };
+        return;
+    }
+    for (c, p) in w.chunks_exact(8).zip(packed.chunks_exact(4)) {
+        let mut r: [f32; 8] =
+            core::array::from_fn(|i| code[usize::from((p[i / 2] >> (4 - 4 * (i % 2))) & 15)]);
+        for x in r.iter_mut() {
+            *x *= absmax;
+        }
+        round_lanes::<false>(&mut r, store);
+        for i in 0..8 {
+            let e = c[i] - r[i];
+            acc.sq_err[i] += e * e;
+            acc.sq_ref[i] += c[i] * c[i];
+            let ae = e.abs();
+            acc.max_abs[i] = if ae > acc.max_abs[i] {
+                ae
+            } else {
+                acc.max_abs[i]
+            };
+        }
+    }
+}
+
 /// The AVX2 (+F16C) forms: the same operations in the same order as the portable loops.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
@@ -169,6 +208,64 @@ pub(crate) mod avx2 {
                 _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan))
             }
             _ => v,
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    pub(crate) fn bnb4_error(
+        w: &[f32],
+        packed: &[u8],
+        code: &[f32; 16],
+        absmax: f32,
+        store: Dtype,
+        acc: &mut LaneErrors,
+    ) {
+        match store {
+            Dtype::F16 => bnb4_error_as::<F16>(w, packed, code, absmax, acc),
+            Dtype::BF16 => bnb4_error_as::<BF16>(w, packed, code, absmax, acc),
+            _ => bnb4_error_as::<F32>(w, packed, code, absmax, acc),
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn bnb4_error_as<const ST: u8>(
+        w: &[f32],
+        packed: &[u8],
+        code: &[f32; 16],
+        absmax: f32,
+        acc: &mut LaneErrors,
+    ) {
+        // SAFETY: loads of 8 lanes from 16- and 8-element arrays and chunks of 8.
+        unsafe {
+            let lo = _mm256_loadu_ps(code.as_ptr());
+            let hi = _mm256_loadu_ps(code.as_ptr().add(8));
+            let a = _mm256_set1_ps(absmax);
+            let sign = _mm256_set1_ps(-0.0);
+            // Element i of 4 bytes: byte i / 2, high nibble first.
+            let shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+            let mut se = _mm256_loadu_ps(acc.sq_err.as_ptr());
+            let mut sr = _mm256_loadu_ps(acc.sq_ref.as_ptr());
+            let mut me = _mm256_loadu_ps(acc.max_abs.as_ptr());
+            for (c, p) in w.chunks_exact(8).zip(packed.chunks_exact(4)) {
+                let bytes = _mm256_set1_epi32(i32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+                let idx = _mm256_and_si256(_mm256_srlv_epi32(bytes, shifts), _mm256_set1_epi32(15));
+                let from_lo = _mm256_permutevar8x32_ps(lo, idx);
+                let from_hi = _mm256_permutevar8x32_ps(hi, idx);
+                // Index bit 3 to the sign bit selects the upper half of the code book.
+                let upper = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx));
+                let cv = _mm256_blendv_ps(from_lo, from_hi, upper);
+                let r = round::<ST>(_mm256_mul_ps(cv, a));
+                let x = _mm256_loadu_ps(c.as_ptr());
+                let e = _mm256_sub_ps(x, r);
+                se = _mm256_add_ps(se, _mm256_mul_ps(e, e));
+                sr = _mm256_add_ps(sr, _mm256_mul_ps(x, x));
+                me = _mm256_max_ps(_mm256_andnot_ps(sign, e), me);
+            }
+            _mm256_storeu_ps(acc.sq_err.as_mut_ptr(), se);
+            _mm256_storeu_ps(acc.sq_ref.as_mut_ptr(), sr);
+            _mm256_storeu_ps(acc.max_abs.as_mut_ptr(), me);
         }
     }
 
@@ -225,24 +322,6 @@ pub(crate) mod avx2 {
             _mm256_storeu_ps(acc.sq_ref.as_mut_ptr(), sr);
             _mm256_storeu_ps(acc.max_abs.as_mut_ptr(), me);
         }
-    }
-}
-
-/// [`round_lanes`] over a slice of any length.
-#[inline(always)]
-pub(crate) fn round_slice<const AVX: bool>(v: &mut [f32], dtype: Dtype) {
-    if !matches!(dtype, Dtype::F16 | Dtype::BF16) {
-        return;
-    }
-    let mut chunks = v.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let mut l = [0f32; 8];
-        l.copy_from_slice(c);
-        round_lanes::<AVX>(&mut l, dtype);
-        c.copy_from_slice(&l);
-    }
-    for x in chunks.into_remainder() {
-        *x = crate::kernels::round_to_dtype(*x, dtype);
     }
 }
 

@@ -7,8 +7,9 @@
 //! order, computing the sha256 in the same pass, and releases the output pages it has hashed.
 //! Input pages are released as soon as a chunk is consumed, so the resident set stays at a
 //! few chunks however large the model is. The kernels measure each tensor's error while they
-//! write it (see [`crate::quality`]); per-row statistics are summed in row order, so the
-//! numbers do not depend on how rows were split across threads.
+//! write it (see [`crate::quality`]); the work is split into tasks independently of the thread
+//! count and their statistics summed in task order, so the numbers are the same for any
+//! number of threads.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -34,6 +35,9 @@ const PAGE: usize = 4096;
 
 /// Input bytes processed per chunk (one rayon fan-out, one write).
 const CHUNK_BYTES: u64 = 8 << 20;
+
+/// Rayon tasks per chunk (see `Job::task_rows`).
+const TASKS_PER_CHUNK: usize = 32;
 
 /// A tensor to quantize: a tensor of an opened source file, and its name in the output
 /// (for example with the component prefix stripped).
@@ -434,11 +438,11 @@ struct Job<'a> {
     spec: &'a QuantSpec,
 }
 
-/// Sums per-task lists of statistics in order (rayon's `collect` keeps task order), so the
-/// total does not depend on how the work was split.
-fn sum_in_order(parts: Vec<Vec<ErrorStats>>) -> ErrorStats {
+/// Sums per-task statistics in task order (rayon's `collect` keeps it). Tasks are a fixed
+/// split of the work, so the total does not depend on the thread count.
+fn sum_in_order(parts: Vec<ErrorStats>) -> ErrorStats {
     let mut total = ErrorStats::default();
-    for s in parts.iter().flatten() {
+    for s in &parts {
         total.merge(s);
     }
     total
@@ -497,7 +501,7 @@ impl Job<'_> {
 
     fn task_result(
         &self,
-        r: Result<Vec<Vec<ErrorStats>>, (usize, TaskError)>,
+        r: Result<Vec<ErrorStats>, (usize, TaskError)>,
         o: &Output<'_>,
         chunk_first: usize,
     ) -> Result<ErrorStats, QuantError> {
@@ -538,7 +542,7 @@ impl Job<'_> {
                         write_at(o.file, dst, at + (ti * sub * ts) as u64)
                             .map_err(|e| (0, TaskError::Io(e)))?;
                         // Kept/cast tensors may hold infinities (masks): measured on finite only.
-                        Ok(vec![quality::cast_error_stats(w, to)])
+                        Ok(quality::cast_error_stats(w, to))
                     },
                 )
                 .collect();
@@ -554,10 +558,11 @@ impl Job<'_> {
         (CHUNK_BYTES / row_bytes.max(1)).max(1) as usize
     }
 
-    /// Rows per rayon task: enough tasks to balance two or more threads.
+    /// Rows per rayon task: a fixed split of each chunk into [`TASKS_PER_CHUNK`] tasks, enough
+    /// to balance many threads. It does not depend on the thread count, so neither do the
+    /// per-task statistics nor their sum (taken in task order).
     fn task_rows(&self, rows_per_chunk: usize) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        rows_per_chunk.div_ceil(threads * 4).max(1)
+        rows_per_chunk.div_ceil(TASKS_PER_CHUNK).max(1)
     }
 
     /// Flat index of the first non-finite element of the tensor (error path only).
@@ -629,30 +634,15 @@ impl Job<'_> {
                             sized(sbuf, n * sb_row),
                             sized(bbuf, n * sb_row),
                         );
-                        // One kernel call (and one statistics entry) per row.
-                        let mut stats = vec![ErrorStats::default(); n];
-                        for (ri, st) in stats.iter_mut().enumerate() {
-                            quantize(
-                                &i[ri * cols * es..(ri + 1) * cols * es],
-                                dt,
-                                cols,
-                                g,
-                                bits,
-                                &mut c[ri * code_row..(ri + 1) * code_row],
-                                &mut s[ri * sb_row..(ri + 1) * sb_row],
-                                &mut b[ri * sb_row..(ri + 1) * sb_row],
-                                Some(st),
-                            )
-                            .map_err(|at| {
-                                (ti * task * cols, TaskError::NonFinite(ri * cols + at))
-                            })?;
-                        }
+                        let mut st = ErrorStats::default();
+                        quantize(i, dt, cols, g, bits, c, s, b, Some(&mut st))
+                            .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
                         let row = (r0 + ti * task) as u64;
                         let io = |e| (0, TaskError::Io(e));
                         write_at(o.file, c, codes_at + row * code_row as u64).map_err(io)?;
                         write_at(o.file, s, scales_at + row * sb_row as u64).map_err(io)?;
                         write_at(o.file, b, biases_at + row * sb_row as u64).map_err(io)?;
-                        Ok(stats)
+                        Ok(st)
                     },
                 )
                 .collect();
@@ -697,27 +687,14 @@ impl Job<'_> {
                     |(pb, ab), (ti, i)| {
                         let n = i.len() / (cols * es);
                         let (p, a) = (sized(pb, n * packed_row), sized(ab, n * am_row));
-                        // One kernel call (and one statistics entry) per row.
-                        let mut stats = vec![ErrorStats::default(); n];
-                        for (ri, st) in stats.iter_mut().enumerate() {
-                            kernels::bnb4_quantize_bytes(
-                                &i[ri * cols * es..(ri + 1) * cols * es],
-                                dt,
-                                block,
-                                kind,
-                                &mut p[ri * packed_row..(ri + 1) * packed_row],
-                                &mut a[ri * am_row..(ri + 1) * am_row],
-                                Some(st),
-                            )
-                            .map_err(|at| {
-                                (ti * task * cols, TaskError::NonFinite(ri * cols + at))
-                            })?;
-                        }
+                        let mut st = ErrorStats::default();
+                        kernels::bnb4_quantize_bytes(i, dt, block, kind, p, a, Some(&mut st))
+                            .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
                         let row = (r0 + ti * task) as u64;
                         let io = |e| (0, TaskError::Io(e));
                         write_at(o.file, p, packed_at + row * packed_row as u64).map_err(io)?;
                         write_at(o.file, a, absmax_at + row * am_row as u64).map_err(io)?;
-                        Ok(stats)
+                        Ok(st)
                     },
                 )
                 .collect();
