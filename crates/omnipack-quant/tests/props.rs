@@ -276,3 +276,26 @@ fn mse_portable_and_simd_builds_are_identical() {
         }
     }
 }
+
+#[test]
+fn mse_keeps_rtn_where_f32_sums_cannot_decide() {
+    // Errors that overflow f32 (values near 1e25) or are negligible (values near 1e-20): the
+    // rtn group, bit for bit.
+    for scale in [1e25f32, 1e-20] {
+        let w: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
+            .collect();
+        let run = |mse: bool| {
+            let mut codes = vec![0u32; 128 * 4 / 32];
+            let (mut s, mut b) = (vec![0f32; 2], vec![0f32; 2]);
+            let f = if mse {
+                kernels::affine_quantize_mse
+            } else {
+                kernels::affine_quantize
+            };
+            f(&w, 128, 64, 4, Dtype::F32, &mut codes, &mut s, &mut b, None).unwrap();
+            (codes, s, b)
+        };
+        assert_eq!(run(true), run(false), "{scale}");
+    }
+}
