@@ -20,8 +20,9 @@
 //!    smaller by more than a relative `1e-5` (a margin far above the f32 summation error), so
 //!    `mse` is never worse than `rtn` on any group.
 //!
-//! Cost: about seven passes over each group on top of `rtn`'s (five search passes, two error
-//! measurements), no data beyond the weights. Every group is computed on its own in a fixed
+//! Cost per group: the `rtn` candidate and its error, one pass over the three starting grids
+//! (three grids' work), two refit passes, the final codes and their error: about eight
+//! `rtn`-sized passes. No data beyond the weights. Every group is computed on its own in a fixed
 //! order of operations with no fused multiply-add, so the output is the same for any thread
 //! count and for both kernel builds (portable and AVX2).
 
