@@ -241,3 +241,86 @@ fn rendered_errors() {
         ])
     );
 }
+
+/// The overall SQNR (dB) from `--report`'s `overall` line.
+fn overall_sqnr(report: &str) -> f64 {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with("overall"))
+        .unwrap_or_else(|| panic!("no overall line in:\n{report}"));
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    cols[cols.len() - 2].parse().unwrap()
+}
+
+#[test]
+fn quantize_mse_same_layout_better_quality() {
+    let (dir, input) = setup();
+    let mut sqnr = Vec::new();
+    let mut sizes = Vec::new();
+    for method in ["rtn", "mse"] {
+        let out = dir.path().join(format!("{method}.safetensors"));
+        let o = omnipack(&[
+            "quantize",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--format",
+            "int3",
+            "--method",
+            method,
+            "--report",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let text = stdout(&o);
+        assert!(
+            text.contains("rel_rms") && text.contains("layers.0.proj.weight"),
+            "{text}"
+        );
+        assert!(
+            stderr(&o).contains(&format!("quality ({method}): SQNR")),
+            "{}",
+            stderr(&o)
+        );
+        sqnr.push(overall_sqnr(&text));
+        sizes.push(std::fs::metadata(&out).unwrap().len());
+        let i = omnipack(&["inspect", out.to_str().unwrap()]);
+        assert!(
+            stdout(&i).contains("layout: mlx affine int3, group size 64"),
+            "{}",
+            stdout(&i)
+        );
+    }
+    assert_eq!(sizes[0], sizes[1]);
+    assert!(sqnr[1] > sqnr[0], "rtn {} dB, mse {} dB", sqnr[0], sqnr[1]);
+}
+
+#[test]
+fn mse_on_other_formats_is_noted_and_unknown_methods_are_usage_errors() {
+    let (dir, input) = setup();
+    let out = dir.path().join("o.safetensors");
+    let args = |format: &'static str, method: &'static str| {
+        vec![
+            "quantize".to_string(),
+            input.to_str().unwrap().to_string(),
+            "-o".into(),
+            out.to_str().unwrap().to_string(),
+            "--format".into(),
+            format.into(),
+            "--method".into(),
+            method.into(),
+        ]
+    };
+    let run = |a: Vec<String>| omnipack(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args("nf4", "mse"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("note: --method mse applies to the MLX affine formats int2..int8; nf4 is written the same as with rtn"),
+        "{}",
+        stderr(&o)
+    );
+    let mse = std::fs::read(&out).unwrap();
+    assert!(run(args("nf4", "rtn")).status.success());
+    assert_eq!(std::fs::read(&out).unwrap(), mse);
+    let o = run(args("int4", "gptq"));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -109,6 +109,7 @@ pub fn quant_spec_parts(
     QuantSpec {
         format: weight_format(format),
         group_size,
+        method: omnipack_quant::Method::Rtn,
         keep: keep.to_vec(),
         keep_dtype: keep_dtype.map(self::keep_dtype),
     }
@@ -288,6 +289,7 @@ impl ComponentSizer {
                 let spec = QuantSpec {
                     format: weight_format(format),
                     group_size,
+                    method: omnipack_quant::Method::Rtn,
                     keep: keep.clone(),
                     keep_dtype: *keep_dtype,
                 };

@@ -75,6 +75,52 @@ fn affine_int4_g64_with_report(b: Bencher) {
     });
 }
 
+#[divan::bench(args = [2, 3, 4, 6, 8])]
+fn affine_mse_g64(b: Bencher, bits: u8) {
+    let w = weights();
+    let mut codes = vec![0u32; w.len() * bits as usize / 32];
+    let mut s = vec![0f32; w.len() / 64];
+    let mut bi = vec![0f32; w.len() / 64];
+    b.counter(ItemsCount::new(w.len())).bench_local(|| {
+        kernels::affine_quantize_mse(
+            &w,
+            COLS,
+            64,
+            bits,
+            Dtype::F16,
+            &mut codes,
+            &mut s,
+            &mut bi,
+            None,
+        )
+        .unwrap();
+    });
+}
+
+#[divan::bench]
+fn affine_mse_int4_g64_with_report(b: Bencher) {
+    let w = weights();
+    let mut codes = vec![0u32; w.len() * 4 / 32];
+    let mut s = vec![0f32; w.len() / 64];
+    let mut bi = vec![0f32; w.len() / 64];
+    b.counter(ItemsCount::new(w.len())).bench_local(|| {
+        let mut st = omnipack_quant::ErrorStats::default();
+        kernels::affine_quantize_mse(
+            &w,
+            COLS,
+            64,
+            4,
+            Dtype::F16,
+            &mut codes,
+            &mut s,
+            &mut bi,
+            Some(&mut st),
+        )
+        .unwrap();
+        st
+    });
+}
+
 #[divan::bench(args = ["nf4", "fp4"])]
 fn bnb4_bs64(b: Bencher, kind: &str) {
     let kind = if kind == "nf4" { Bnb4::Nf4 } else { Bnb4::Fp4 };

@@ -1,5 +1,6 @@
-//! The numeric kernels: dtype conversion, MLX affine quantization and bitsandbytes 4-bit
-//! quantization, plus their inverses (used by tests and the quality report).
+//! The numeric kernels: dtype conversion, MLX affine quantization (`mx.quantize`, and the
+//! error-minimising [`affine_quantize_mse`]) and bitsandbytes 4-bit quantization, plus their
+//! inverses (used by tests and the quality report).
 //!
 //! Hot loops are written over fixed 8-lane chunks so they vectorise, and are compiled twice:
 //! for the baseline target and, on x86-64, with AVX2 + F16C + FMA enabled, picked at run
@@ -7,12 +8,13 @@
 //! bit-identical results.
 
 use crate::dtype::Dtype;
+pub use crate::mse::{affine_quantize_mse, affine_quantize_mse_bytes};
 
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest
 /// integer, ties to even (the default rounding mode), exactly like `rint`.
-const MAGIC: f32 = 12_582_912.0;
+pub(crate) const MAGIC: f32 = 12_582_912.0;
 /// The bit pattern of [`MAGIC`] as a signed integer.
-const MAGIC_BITS: i32 = 0x4B40_0000;
+pub(crate) const MAGIC_BITS: i32 = 0x4B40_0000;
 
 /// The bitsandbytes NF4 code book (`bnb.functional.get_4bit_type("nf4")`), as f32 bits.
 pub const NF4_CODE: [f32; 16] = [
@@ -105,13 +107,27 @@ impl ErrorStats {
         }
     }
 
-    /// Signal to quantization noise ratio in dB (`10 log10(sum ref^2 / sum err^2)`);
-    /// infinite for an exact reconstruction.
+    /// Signal to quantization noise ratio in dB (`10 log10(sum ref^2 / sum err^2)`):
+    /// `+inf` for an exact reconstruction and otherwise finite (a zero signal counts as the
+    /// smallest positive f64 and an infinite error, a cast past the target's range, as the
+    /// largest finite one, so a reconstruction that lost everything reads as a very negative
+    /// number, never NaN).
     pub fn sqnr_db(&self) -> f64 {
         if self.sum_sq_err == 0.0 {
             f64::INFINITY
         } else {
-            10.0 * (self.sum_sq_ref / self.sum_sq_err).log10()
+            let signal = self.sum_sq_ref.max(f64::MIN_POSITIVE);
+            10.0 * (signal / self.sum_sq_err.min(f64::MAX)).log10()
+        }
+    }
+
+    /// Relative RMS error `sqrt(sum err^2 / sum ref^2)` (`10^(-SQNR/20)`): 0 for an exact
+    /// reconstruction, finite otherwise.
+    pub fn rel_rms_error(&self) -> f64 {
+        if self.sum_sq_err == 0.0 {
+            0.0
+        } else {
+            10f64.powf(-self.sqnr_db() / 20.0)
         }
     }
 }
@@ -128,7 +144,7 @@ pub fn force_portable(on: bool) {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     !PORTABLE_ONLY.load(std::sync::atomic::Ordering::Relaxed)
         && std::arch::is_x86_feature_detected!("avx2")
         && std::arch::is_x86_feature_detected!("f16c")
@@ -156,6 +172,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 // ---------------------------------------------------------------------------------------
 // dtype conversion
@@ -186,7 +203,7 @@ fn f16_bits_to_f32<const AVX: bool>(src: &[u8], dst: &mut [f32]) {
 }
 
 #[inline(always)]
-fn decode_impl<const AVX: bool>(src: &[u8], dtype: Dtype, dst: &mut [f32]) {
+pub(crate) fn decode_impl<const AVX: bool>(src: &[u8], dtype: Dtype, dst: &mut [f32]) {
     match dtype {
         Dtype::F32 => {
             for (d, s) in dst.iter_mut().zip(src.chunks_exact(4)) {
@@ -203,7 +220,7 @@ fn decode_impl<const AVX: bool>(src: &[u8], dtype: Dtype, dst: &mut [f32]) {
 }
 
 #[inline(always)]
-fn f32_to_bf16_bits(x: f32) -> u16 {
+pub(crate) fn f32_to_bf16_bits(x: f32) -> u16 {
     let b = x.to_bits();
     if x.is_nan() {
         ((b >> 16) | 0x0040) as u16
@@ -214,7 +231,7 @@ fn f32_to_bf16_bits(x: f32) -> u16 {
 }
 
 #[inline(always)]
-fn encode_impl<const AVX: bool>(src: &[f32], dtype: Dtype, dst: &mut [u8]) {
+pub(crate) fn encode_impl<const AVX: bool>(src: &[f32], dtype: Dtype, dst: &mut [u8]) {
     match dtype {
         Dtype::F32 => {
             for (d, s) in dst.chunks_exact_mut(4).zip(src) {
@@ -277,6 +294,7 @@ pub fn encode_f32(src: &[f32], dtype: Dtype, dst: &mut [u8]) {
 }
 
 /// Rounds an f32 to `dtype` (round to nearest even) and widens it back.
+#[inline]
 pub fn round_to_dtype(x: f32, dtype: Dtype) -> f32 {
     match dtype {
         Dtype::F16 => half::f16::from_f32(x).to_f32(),
@@ -391,7 +409,7 @@ pub fn unpack_codes(words: &[u32], bits: u8, codes: &mut [u8]) {
 
 /// Packs 32 codes into `BITS` words (one group of 32 always fills whole words).
 #[inline(always)]
-fn pack32<const BITS: u32>(q: &[u32; 32], out: &mut [u32]) {
+pub(crate) fn pack32<const BITS: u32>(q: &[u32; 32], out: &mut [u32]) {
     if 32 % BITS == 0 {
         let per = (32 / BITS) as usize;
         for (j, o) in out.iter_mut().enumerate().take(BITS as usize) {
@@ -418,11 +436,9 @@ fn pack32<const BITS: u32>(q: &[u32; 32], out: &mut [u32]) {
     }
 }
 
-/// The scale and bias `mx.quantize` uses for one group (f32), or `None` when the group holds
-/// a non-finite value.
+/// The minimum and maximum of one group, or `None` when it holds a non-finite value.
 #[inline(always)]
-fn affine_params<const BITS: u32>(w: &[f32]) -> Option<(f32, f32)> {
-    let n = ((1u32 << BITS) - 1) as f32;
+pub(crate) fn affine_range(w: &[f32]) -> Option<(f32, f32)> {
     let mut mn = [f32::INFINITY; 8];
     let mut mx = [f32::NEG_INFINITY; 8];
     let mut z = [0.0f32; 8];
@@ -434,6 +450,13 @@ fn affine_params<const BITS: u32>(w: &[f32]) -> Option<(f32, f32)> {
             z[i] += x * 0.0;
         }
     }
+    range_of_lanes(&mn, &mx, &z)
+}
+
+/// The end of [`affine_range`] from its lanes (lane minima, maxima, and `sum x * 0`, which is
+/// NaN when a value is not finite).
+#[inline(always)]
+pub(crate) fn range_of_lanes(mn: &[f32; 8], mx: &[f32; 8], z: &[f32; 8]) -> Option<(f32, f32)> {
     if z.iter().sum::<f32>() != 0.0 {
         return None;
     }
@@ -443,6 +466,13 @@ fn affine_params<const BITS: u32>(w: &[f32]) -> Option<(f32, f32)> {
     let w_max = mx
         .iter()
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    Some((w_min, w_max))
+}
+
+/// The scale and bias `mx.quantize` uses for a group with this minimum and maximum (f32).
+#[inline(always)]
+pub(crate) fn affine_params_of_range<const BITS: u32>(w_min: f32, w_max: f32) -> (f32, f32) {
+    let n = ((1u32 << BITS) - 1) as f32;
     let mask = w_min.abs() > w_max.abs();
     let mut scale = ((w_max - w_min) / n).max(1e-7);
     if !mask {
@@ -455,64 +485,72 @@ fn affine_params<const BITS: u32>(w: &[f32]) -> Option<(f32, f32)> {
         scale = edge / q0;
         bias = edge;
     }
-    Some((scale, bias))
+    (scale, bias)
+}
+
+/// The scale and bias `mx.quantize` uses for one group (f32), or `None` when the group holds
+/// a non-finite value.
+#[inline(always)]
+fn affine_params<const BITS: u32>(w: &[f32]) -> Option<(f32, f32)> {
+    let (w_min, w_max) = affine_range(w)?;
+    Some(affine_params_of_range::<BITS>(w_min, w_max))
+}
+
+/// `mx.quantize`'s codes of 32 elements for an f32 scale and bias:
+/// `clamp(rint((w - bias) / scale), 0, 2^BITS - 1)`.
+#[inline(always)]
+pub(crate) fn affine_codes32<const BITS: u32>(
+    chunk: &[f32],
+    scale: f32,
+    bias: f32,
+    q: &mut [u32; 32],
+) {
+    let n = ((1u32 << BITS) - 1) as f32;
+    let top = (1i32 << BITS) - 1;
+    for i in 0..32 {
+        let v = ((chunk[i] - bias) / scale).clamp(-1.0, n + 1.0);
+        // v + MAGIC rounds v to an integer (ties to even) held in the low mantissa bits:
+        // rint(v) = bits(v + MAGIC) - bits(MAGIC). Integer ops keep this vectorised.
+        let r = ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC_BITS);
+        q[i] = r.clamp(0, top) as u32;
+    }
 }
 
 /// Codes of one group for a given f32 scale and bias, packed into `codes`. When `stats` is
-/// given, also accumulates the error of the reconstruction `q * s_stored + b_stored`.
+/// given, also accumulates the error of the reconstruction as `mx.dequantize` computes it
+/// from the stored scale and bias (see [`crate::quality::mlx_affine_dequantize`]).
 #[inline(always)]
-fn affine_codes<const BITS: u32>(
+fn affine_codes<const AVX: bool, const BITS: u32>(
     w: &[f32],
     scale: f32,
     bias: f32,
     stored: (f32, f32),
+    store: Dtype,
     codes: &mut [u32],
     stats: Option<&mut ErrorStats>,
 ) {
-    let n = ((1u32 << BITS) - 1) as f32;
-    let top = (1i32 << BITS) - 1;
     let (sr, br) = stored;
-    let mut se = [0.0f32; 8];
-    let mut sw = [0.0f32; 8];
-    let mut me = [0.0f32; 8];
+    let mut acc = crate::quality::LaneErrors::default();
     let want = stats.is_some();
     for (chunk, out) in w
         .chunks_exact(32)
         .zip(codes.chunks_exact_mut(BITS as usize))
     {
         let mut q = [0u32; 32];
-        for i in 0..32 {
-            let v = ((chunk[i] - bias) / scale).clamp(-1.0, n + 1.0);
-            // v + MAGIC rounds v to an integer (ties to even) held in the low mantissa bits:
-            // rint(v) = bits(v + MAGIC) - bits(MAGIC). Integer ops keep this vectorised.
-            let r = ((v + MAGIC).to_bits() as i32).wrapping_sub(MAGIC_BITS);
-            q[i] = r.clamp(0, top) as u32;
-        }
+        affine_codes32::<BITS>(chunk, scale, bias, &mut q);
         if want {
-            for j in 0..4 {
-                for i in 0..8 {
-                    let x = chunk[j * 8 + i];
-                    let e = x - ((q[j * 8 + i] as i32) as f32 * sr + br);
-                    se[i] += e * e;
-                    sw[i] += x * x;
-                    let ae = e.abs();
-                    me[i] = if ae > me[i] { ae } else { me[i] };
-                }
-            }
+            crate::quality::affine_error32::<AVX>(chunk, &q, sr, br, store, &mut acc);
         }
         pack32::<BITS>(&q, out);
     }
     if let Some(st) = stats {
-        st.count += w.len() as u64;
-        st.sum_sq_err += se.iter().map(|&x| f64::from(x)).sum::<f64>();
-        st.sum_sq_ref += sw.iter().map(|&x| f64::from(x)).sum::<f64>();
-        st.max_abs_err = me.iter().fold(st.max_abs_err, |a, &b| a.max(b));
+        acc.add_to(st, w.len());
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn affine_rows_bits<const BITS: u32>(
+fn affine_rows_bits<const AVX: bool, const BITS: u32>(
     w: &[f32],
     cols: usize,
     group: usize,
@@ -533,9 +571,9 @@ fn affine_rows_bits<const BITS: u32>(
             let at = first_non_finite(wg).unwrap_or(0);
             return Err(gi * group + at);
         };
-        *s = round_to_dtype(scale, store);
-        *b = round_to_dtype(bias, store);
-        affine_codes::<BITS>(wg, scale, bias, (*s, *b), cg, stats.as_deref_mut());
+        *s = crate::quality::round_one::<AVX>(scale, store);
+        *b = crate::quality::round_one::<AVX>(bias, store);
+        affine_codes::<AVX, BITS>(wg, scale, bias, (*s, *b), store, cg, stats.as_deref_mut());
     }
     let _ = cols;
     Ok(())
@@ -555,11 +593,11 @@ fn affine_impl<const AVX: bool>(
     stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
     match bits {
-        2 => affine_rows_bits::<2>(w, cols, group, store, codes, scales, biases, stats),
-        3 => affine_rows_bits::<3>(w, cols, group, store, codes, scales, biases, stats),
-        4 => affine_rows_bits::<4>(w, cols, group, store, codes, scales, biases, stats),
-        6 => affine_rows_bits::<6>(w, cols, group, store, codes, scales, biases, stats),
-        _ => affine_rows_bits::<8>(w, cols, group, store, codes, scales, biases, stats),
+        2 => affine_rows_bits::<AVX, 2>(w, cols, group, store, codes, scales, biases, stats),
+        3 => affine_rows_bits::<AVX, 3>(w, cols, group, store, codes, scales, biases, stats),
+        4 => affine_rows_bits::<AVX, 4>(w, cols, group, store, codes, scales, biases, stats),
+        6 => affine_rows_bits::<AVX, 6>(w, cols, group, store, codes, scales, biases, stats),
+        _ => affine_rows_bits::<AVX, 8>(w, cols, group, store, codes, scales, biases, stats),
     }
 }
 
@@ -607,12 +645,16 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
             let Some((scale, bias)) = affine_params::<BITS>(wg) else {
                 return Err(r * cols + g * group + first_non_finite(wg).unwrap_or(0));
             };
-            let (s, b) = (round_to_dtype(scale, dtype), round_to_dtype(bias, dtype));
-            affine_codes::<BITS>(
+            let (s, b) = (
+                crate::quality::round_one::<AVX>(scale, dtype),
+                crate::quality::round_one::<AVX>(bias, dtype),
+            );
+            affine_codes::<AVX, BITS>(
                 wg,
                 scale,
                 bias,
                 (s, b),
+                dtype,
                 &mut words[..wpg],
                 stats.as_deref_mut(),
             );
@@ -765,14 +807,6 @@ impl Bnb4Table {
     }
 }
 
-#[inline(always)]
-fn bnb4_recon(packed: &[u8], code: &[f32; 16], absmax: f32, out: &mut [f32]) {
-    for (o, &p) in out.chunks_exact_mut(2).zip(packed) {
-        o[0] = code[usize::from(p >> 4)] * absmax;
-        o[1] = code[usize::from(p & 15)] * absmax;
-    }
-}
-
 /// Quantizes one block (a multiple of 8 elements) into `packed` (half as many bytes).
 #[inline(always)]
 fn bnb4_block(w: &[f32], table: &Bnb4Table, packed: &mut [u8]) -> Option<f32> {
@@ -825,7 +859,6 @@ fn bnb4_impl<const AVX: bool>(
 ) -> Result<(), usize> {
     let table = Bnb4Table::new(kind);
     let code = kind.code();
-    let mut recon = vec![0.0f32; block];
     for (bi, ((wb, pb), am)) in w
         .chunks_exact(block)
         .zip(packed.chunks_exact_mut(block / 2))
@@ -837,8 +870,9 @@ fn bnb4_impl<const AVX: bool>(
         };
         *am = a;
         if let Some(st) = stats.as_deref_mut() {
-            bnb4_recon(pb, code, a, &mut recon);
-            acc_stats(wb, &recon, st);
+            let mut acc = crate::quality::LaneErrors::default();
+            crate::quality::bnb4_error::<AVX>(wb, pb, code, a, Dtype::F32, &mut acc);
+            acc.add_to(st, wb.len());
         }
     }
     Ok(())
@@ -865,7 +899,6 @@ fn bnb4_bytes_impl<const AVX: bool>(
     // Decode a few blocks at a time into a cache-resident buffer.
     let per = block * (4096 / block).max(1);
     let mut w = vec![0f32; per];
-    let mut recon = vec![0f32; block];
     for (ci, ((src_c, pc), ac)) in src
         .chunks(per * es)
         .zip(packed.chunks_mut(per / 2))
@@ -885,8 +918,10 @@ fn bnb4_bytes_impl<const AVX: bool>(
             };
             ab.copy_from_slice(&a.to_le_bytes());
             if let Some(st) = stats.as_deref_mut() {
-                bnb4_recon(pb, code, a, &mut recon);
-                acc_stats(wb, &recon, st);
+                // bitsandbytes dequantizes to the source dtype: `code * absmax` in f32, rounded.
+                let mut acc = crate::quality::LaneErrors::default();
+                crate::quality::bnb4_error::<AVX>(wb, pb, code, a, dtype, &mut acc);
+                acc.add_to(st, wb.len());
             }
         }
     }

@@ -4,7 +4,9 @@
 //! * [`plan_outputs`], [`data_bytes`], [`file_bytes`]: the exact output layout of a
 //!   [`QuantSpec`] as a pure function of input headers (used by the planner and the writer).
 //! * [`quantize_to_file`], [`quantize_file`]: the streaming, parallel quantizer.
-//! * [`kernels`]: MLX affine (`mx.quantize`), bitsandbytes NF4/FP4 and float casts.
+//! * [`kernels`]: MLX affine (`mx.quantize`, and the error-minimising `mse` method),
+//!   bitsandbytes NF4/FP4 and float casts.
+//! * [`quality`]: the error of every written tensor, measured as its consumer dequantizes it.
 //! * [`digest`]: sha256 and CRC-32 of files and bytes, the one place omnipack hashes bytes.
 
 pub mod digest;
@@ -13,6 +15,8 @@ mod error;
 mod header;
 pub mod kernels;
 mod layout;
+mod mse;
+pub mod quality;
 mod spec;
 mod writer;
 
@@ -27,11 +31,9 @@ pub use header::{
 };
 pub use kernels::ErrorStats;
 pub use layout::{QuantizedLayout, recognise_layout};
+pub use quality::Quality;
 pub use spec::{
-    OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
+    Method, OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     file_bytes, glob_match, header_bytes, plan_outputs,
 };
-pub use writer::{
-    QuantizeOptions, QuantizeOutcome, SelectedTensor, TensorReport, quantize_file,
-    quantize_to_file, quantize_to_file_with,
-};
+pub use writer::{QuantizeOutcome, SelectedTensor, TensorReport, quantize_file, quantize_to_file};

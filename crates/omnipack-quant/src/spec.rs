@@ -123,13 +123,60 @@ impl fmt::Display for WeightFormat {
     }
 }
 
-/// What to produce: format, group size, and which tensors to keep.
+/// How the MLX affine formats (`int2` ... `int8`) choose each group's scale and bias. The
+/// file layout is the same for both: only the numbers differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Method {
+    /// Round to nearest on the grid spanning the group's minimum and maximum, bit-exact with
+    /// `mx.quantize` (the default).
+    #[default]
+    Rtn,
+    /// Error-minimising: the scale and bias are searched for the smallest squared error after
+    /// MLX dequantization, never worse than `rtn` on any group (docs/quantization.md).
+    Mse,
+}
+
+impl Method {
+    /// Every method, in the order they are documented.
+    pub const ALL: [Method; 2] = [Method::Rtn, Method::Mse];
+
+    /// The method's name as written in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Rtn => "rtn",
+            Method::Mse => "mse",
+        }
+    }
+
+    /// Parses `rtn` or `mse`.
+    pub fn parse(s: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
+    /// Whether the method changes the output of `format`: `mse` applies to the MLX affine
+    /// formats only; float casts have no scale, and NF4/FP4 keep bitsandbytes' absmax scaling,
+    /// so for them both methods write the same bytes.
+    pub fn applies_to(self, format: WeightFormat) -> bool {
+        self == Method::Rtn || matches!(format, WeightFormat::Affine { .. })
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to produce: format, group size, method, and which tensors to keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuantSpec {
     /// Target format of quantizable tensors.
     pub format: WeightFormat,
     /// Group size (MLX affine) or block size (NF4/FP4). Ignored by float formats.
     pub group_size: u32,
+    /// How MLX affine scales and biases are chosen; other formats ignore it (see
+    /// [`Method::applies_to`]).
+    pub method: Method,
     /// Globs (`*`, `?`) of tensor names kept out of quantization.
     pub keep: Vec<String>,
     /// Dtype of kept float tensors; `None` keeps each one's own dtype.
@@ -137,14 +184,21 @@ pub struct QuantSpec {
 }
 
 impl QuantSpec {
-    /// A spec with no keep globs and no keep dtype.
+    /// A spec with the `rtn` method, no keep globs and no keep dtype.
     pub fn new(format: WeightFormat, group_size: u32) -> QuantSpec {
         QuantSpec {
             format,
             group_size,
+            method: Method::Rtn,
             keep: Vec::new(),
             keep_dtype: None,
         }
+    }
+
+    /// The same spec with `method`.
+    pub fn with_method(mut self, method: Method) -> QuantSpec {
+        self.method = method;
+        self
     }
 
     /// Checks bits, group size and keep dtype.
@@ -590,6 +644,21 @@ mod tests {
             r#"{"group_size":64,"bits":4,"mode":"affine"}"#
         );
         assert!(WeightFormat::Nf4.mlx_quantization_config(64).is_none());
+    }
+
+    #[test]
+    fn methods() {
+        for m in Method::ALL {
+            assert_eq!(Method::parse(m.as_str()), Some(m));
+            assert_eq!(m.to_string(), m.as_str());
+        }
+        assert_eq!(Method::parse("gptq"), None);
+        assert_eq!(Method::default(), Method::Rtn);
+        assert!(Method::Mse.applies_to(WeightFormat::Affine { bits: 3 }));
+        assert!(!Method::Mse.applies_to(WeightFormat::Nf4));
+        assert!(!Method::Mse.applies_to(WeightFormat::F16));
+        let spec = QuantSpec::new(WeightFormat::Affine { bits: 4 }, 64).with_method(Method::Mse);
+        assert_eq!(spec.method, Method::Mse);
     }
 
     #[test]

@@ -6,7 +6,10 @@
 //! produced in row chunks, rayon across row blocks; a hashing thread follows behind in file
 //! order, computing the sha256 in the same pass, and releases the output pages it has hashed.
 //! Input pages are released as soon as a chunk is consumed, so the resident set stays at a
-//! few chunks however large the model is.
+//! few chunks however large the model is. The kernels measure each tensor's error while they
+//! write it (see [`crate::quality`]); the work is split into tasks independently of the thread
+//! count and their statistics summed in task order, so the numbers are the same for any
+//! number of threads.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -22,8 +25,9 @@ use crate::dtype::{Dtype, TensorInfo};
 use crate::error::QuantError;
 use crate::header::{SafetensorsFile, TensorEntry};
 use crate::kernels::{self, Bnb4, ErrorStats};
+use crate::quality::{self, Quality};
 use crate::spec::{
-    OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
+    Method, OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     header_bytes, plan_outputs,
 };
 
@@ -31,6 +35,9 @@ const PAGE: usize = 4096;
 
 /// Input bytes processed per chunk (one rayon fan-out, one write).
 const CHUNK_BYTES: u64 = 8 << 20;
+
+/// Rayon tasks per chunk (see `Job::task_rows`).
+const TASKS_PER_CHUNK: usize = 32;
 
 /// A tensor to quantize: a tensor of an opened source file, and its name in the output
 /// (for example with the component prefix stripped).
@@ -73,7 +80,8 @@ impl SelectedTensor {
     }
 }
 
-/// Quality of one quantized or cast tensor against its source.
+/// Quality of one quantized or cast tensor against its source, measured on the values its
+/// consumer dequantizes (see [`crate::quality`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorReport {
     /// Output name of the source tensor.
@@ -86,6 +94,18 @@ pub struct TensorReport {
     pub kind: OutputKind,
     /// Error statistics.
     pub stats: ErrorStats,
+}
+
+impl TensorReport {
+    /// SQNR in dB; `None` for an exact reconstruction (infinite SQNR).
+    pub fn sqnr_db(&self) -> Option<f64> {
+        quality::sqnr_db_or_exact(&self.stats)
+    }
+
+    /// Relative RMS error (0 when exact).
+    pub fn rel_rms_error(&self) -> f64 {
+        self.stats.rel_rms_error()
+    }
 }
 
 /// The result of writing a quantized file.
@@ -105,35 +125,13 @@ pub struct QuantizeOutcome {
     pub parameters: u64,
     /// The output tensors, in file order.
     pub outputs: Vec<OutputTensor>,
-    /// Per quantized or cast tensor quality (empty when the report was not requested).
+    /// The quality of every quantized or cast tensor, in file order (tensors copied unchanged
+    /// are exact and not listed).
     pub tensors: Vec<TensorReport>,
-    /// All reported tensors together.
+    /// All listed tensors together.
     pub overall: ErrorStats,
-}
-
-/// Options of [`quantize_to_file_with`].
-#[derive(Debug, Clone, Copy)]
-pub struct QuantizeOptions {
-    /// Compute the per-tensor quality report (costs a dequantization pass in the kernels).
-    pub report: bool,
-}
-
-/// Quantizes `inputs` (in this order) under `spec` into the safetensors file `out`, with
-/// `metadata` as `__metadata__` (see [`WeightFormat::metadata`]), including the quality
-/// report. Writes a temporary file next to `out` and renames it.
-pub fn quantize_to_file(
-    inputs: &[SelectedTensor],
-    spec: &QuantSpec,
-    out: &Path,
-    metadata: &BTreeMap<String, String>,
-) -> Result<QuantizeOutcome, QuantError> {
-    quantize_to_file_with(
-        inputs,
-        spec,
-        out,
-        metadata,
-        QuantizeOptions { report: true },
-    )
+    /// The file's quality: overall SQNR, worst tensor, relative RMS error.
+    pub quality: Quality,
 }
 
 /// Quantizes a whole file (or a `model.safetensors.index.json` shard set), every tensor,
@@ -142,7 +140,6 @@ pub fn quantize_file(
     input: &Path,
     out: &Path,
     spec: &QuantSpec,
-    report: bool,
 ) -> Result<QuantizeOutcome, QuantError> {
     let mut selected = Vec::new();
     for shard in crate::header::resolve_shards(input)? {
@@ -150,13 +147,7 @@ pub fn quantize_file(
         selected.extend(SelectedTensor::with_prefix(&file, ""));
     }
     selected.sort_by(|a, b| a.output_name.cmp(&b.output_name));
-    quantize_to_file_with(
-        &selected,
-        spec,
-        out,
-        &spec.format.metadata(),
-        QuantizeOptions { report },
-    )
+    quantize_to_file(&selected, spec, out, &spec.format.metadata())
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -283,13 +274,15 @@ impl Output<'_> {
     }
 }
 
-/// [`quantize_to_file`] with options.
-pub fn quantize_to_file_with(
+/// Quantizes `inputs` (in this order) under `spec` into the safetensors file `out`, with
+/// `metadata` as `__metadata__` (see [`WeightFormat::metadata`]), measuring the quality of
+/// every quantized or cast tensor while writing it. Writes a temporary file next to `out` and
+/// renames it.
+pub fn quantize_to_file(
     inputs: &[SelectedTensor],
     spec: &QuantSpec,
     out: &Path,
     metadata: &BTreeMap<String, String>,
-    options: QuantizeOptions,
 ) -> Result<QuantizeOutcome, QuantError> {
     let mut entries = Vec::with_capacity(inputs.len());
     let mut infos = Vec::with_capacity(inputs.len());
@@ -359,12 +352,9 @@ pub fn quantize_to_file_with(
                     entry,
                     info,
                     spec,
-                    report: options.report,
                 };
                 let outs = &outputs[start..oi];
-                if let Some(stats) = job.run(outs, &mut o)?
-                    && options.report
-                {
+                if let Some(stats) = job.run(outs, &mut o)? {
                     overall.merge(&stats);
                     reports.push(TensorReport {
                         name: info.name.clone(),
@@ -400,6 +390,7 @@ pub fn quantize_to_file_with(
     if let Err(e) = std::fs::rename(&tmp, out) {
         return cleanup(QuantError::io(out, e));
     }
+    let quality = Quality::of(reports.iter().map(|t| (t.name.as_str(), &t.stats)));
     Ok(QuantizeOutcome {
         path: out.to_path_buf(),
         file_bytes: planned,
@@ -410,6 +401,7 @@ pub fn quantize_to_file_with(
         outputs,
         tensors: reports,
         overall,
+        quality,
     })
 }
 
@@ -418,12 +410,16 @@ struct Job<'a> {
     entry: &'a TensorEntry,
     info: &'a TensorInfo,
     spec: &'a QuantSpec,
-    report: bool,
 }
 
-fn merge(mut a: ErrorStats, b: ErrorStats) -> ErrorStats {
-    a.merge(&b);
-    a
+/// Sums per-task statistics in task order (rayon's `collect` keeps it). Tasks are a fixed
+/// split of the work, so the total does not depend on the thread count.
+fn sum_in_order(parts: Vec<ErrorStats>) -> ErrorStats {
+    let mut total = ErrorStats::default();
+    for s in &parts {
+        total.merge(s);
+    }
+    total
 }
 
 /// A reusable per-task output buffer (one per rayon split).
@@ -479,12 +475,12 @@ impl Job<'_> {
 
     fn task_result(
         &self,
-        r: Result<ErrorStats, (usize, TaskError)>,
+        r: Result<Vec<ErrorStats>, (usize, TaskError)>,
         o: &Output<'_>,
         chunk_first: usize,
     ) -> Result<ErrorStats, QuantError> {
         match r {
-            Ok(s) => Ok(s),
+            Ok(s) => Ok(sum_in_order(s)),
             Err((_, TaskError::Io(e))) => Err(QuantError::io(o.path, e)),
             Err((task_first, TaskError::NonFinite(at))) => {
                 // Tasks run in parallel: report the first non-finite element of the tensor,
@@ -501,36 +497,29 @@ impl Job<'_> {
         let elems_per_chunk = (CHUNK_BYTES as usize / fs).max(1);
         let sub = 32 * 1024;
         let mut total = ErrorStats::default();
-        let report = self.report;
         for (ci, c) in self.bytes().chunks(elems_per_chunk * fs).enumerate() {
             let n = c.len() / fs;
             let at = o.take((n * ts) as u64);
+            // Sub-chunks have a fixed size, so the per-sub-chunk statistics (summed in order)
+            // do not depend on the thread count.
             let stats = c
                 .par_chunks(sub * fs)
                 .enumerate()
-                .map_init(buf, |b, (ti, src)| {
-                    let k = src.len() / fs;
-                    let mut w = vec![0f32; k];
-                    kernels::decode_f32(src, from, &mut w);
-                    let dst = sized(b, k * ts);
-                    kernels::encode_f32(&w, to, dst);
-                    write_at(o.file, dst, at + (ti * sub * ts) as u64)
-                        .map_err(|e| (0, TaskError::Io(e)))?;
-                    if !report {
-                        return Ok(ErrorStats::default());
-                    }
-                    let mut r = vec![0f32; k];
-                    kernels::decode_f32(dst, to, &mut r);
-                    // Kept/cast tensors may hold infinities (masks): compare finite only.
-                    let (wf, rf): (Vec<f32>, Vec<f32>) = w
-                        .iter()
-                        .zip(&r)
-                        .filter(|(a, _)| a.is_finite())
-                        .map(|(a, b)| (*a, *b))
-                        .unzip();
-                    Ok(kernels::error_stats(&wf, &rf))
-                })
-                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+                .map_init(
+                    || (Vec::new(), buf()),
+                    |(w, b), (ti, src)| {
+                        let k = src.len() / fs;
+                        w.resize(k, 0f32);
+                        kernels::decode_f32(src, from, w);
+                        let dst = sized(b, k * ts);
+                        kernels::encode_f32(w, to, dst);
+                        write_at(o.file, dst, at + (ti * sub * ts) as u64)
+                            .map_err(|e| (0, TaskError::Io(e)))?;
+                        // Kept/cast tensors may hold infinities (masks): measured on finite only.
+                        Ok(quality::cast_error_stats(w, to))
+                    },
+                )
+                .collect();
             total.merge(&self.task_result(stats, o, 0)?);
             o.done(at, (n * ts) as u64)?;
             self.release((ci * elems_per_chunk * fs) as u64, c.len() as u64);
@@ -543,10 +532,11 @@ impl Job<'_> {
         (CHUNK_BYTES / row_bytes.max(1)).max(1) as usize
     }
 
-    /// Rows per rayon task: enough tasks to balance two or more threads.
+    /// Rows per rayon task: a fixed split of each chunk into [`TASKS_PER_CHUNK`] tasks, enough
+    /// to balance many threads. It does not depend on the thread count, so neither do the
+    /// per-task statistics nor their sum (taken in task order).
     fn task_rows(&self, rows_per_chunk: usize) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        rows_per_chunk.div_ceil(threads * 4).max(1)
+        rows_per_chunk.div_ceil(TASKS_PER_CHUNK).max(1)
     }
 
     /// Flat index of the first non-finite element of the tensor (error path only).
@@ -596,7 +586,10 @@ impl Job<'_> {
         let scales_at = o.take(outs[1].data_bytes());
         let biases_at = o.take(outs[2].data_bytes());
         let bytes = self.bytes();
-        let report = self.report;
+        let quantize = match self.spec.method {
+            Method::Rtn => kernels::affine_quantize_bytes,
+            Method::Mse => kernels::affine_quantize_mse_bytes,
+        };
         let mut total = ErrorStats::default();
         let mut r0 = 0;
         while r0 < rows {
@@ -616,18 +609,8 @@ impl Job<'_> {
                             sized(bbuf, n * sb_row),
                         );
                         let mut st = ErrorStats::default();
-                        kernels::affine_quantize_bytes(
-                            i,
-                            dt,
-                            cols,
-                            g,
-                            bits,
-                            c,
-                            s,
-                            b,
-                            report.then_some(&mut st),
-                        )
-                        .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
+                        quantize(i, dt, cols, g, bits, c, s, b, Some(&mut st))
+                            .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
                         let row = (r0 + ti * task) as u64;
                         let io = |e| (0, TaskError::Io(e));
                         write_at(o.file, c, codes_at + row * code_row as u64).map_err(io)?;
@@ -636,7 +619,7 @@ impl Job<'_> {
                         Ok(st)
                     },
                 )
-                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+                .collect();
             total.merge(&self.task_result(res, o, r0 * cols)?);
             o.done(codes_at + (r0 * code_row) as u64, (nr * code_row) as u64)?;
             self.release((r0 * cols * es) as u64, input.len() as u64);
@@ -664,7 +647,6 @@ impl Job<'_> {
         let packed_at = o.take(outs[0].data_bytes());
         let absmax_at = o.take(outs[1].data_bytes());
         let bytes = self.bytes();
-        let report = self.report;
         let mut total = ErrorStats::default();
         let mut r0 = 0;
         while r0 < rows {
@@ -680,16 +662,8 @@ impl Job<'_> {
                         let n = i.len() / (cols * es);
                         let (p, a) = (sized(pb, n * packed_row), sized(ab, n * am_row));
                         let mut st = ErrorStats::default();
-                        kernels::bnb4_quantize_bytes(
-                            i,
-                            dt,
-                            block,
-                            kind,
-                            p,
-                            a,
-                            report.then_some(&mut st),
-                        )
-                        .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
+                        kernels::bnb4_quantize_bytes(i, dt, block, kind, p, a, Some(&mut st))
+                            .map_err(|at| (ti * task * cols, TaskError::NonFinite(at)))?;
                         let row = (r0 + ti * task) as u64;
                         let io = |e| (0, TaskError::Io(e));
                         write_at(o.file, p, packed_at + row * packed_row as u64).map_err(io)?;
@@ -697,7 +671,7 @@ impl Job<'_> {
                         Ok(st)
                     },
                 )
-                .try_reduce(ErrorStats::default, |a, b| Ok(merge(a, b)));
+                .collect();
             total.merge(&self.task_result(res, o, r0 * cols)?);
             o.done(
                 packed_at + (r0 * packed_row) as u64,

@@ -75,7 +75,7 @@ fn int4_roundtrip_matches_plan_and_kernels() {
     let out = dir.path().join("out.safetensors");
     let mut spec = QuantSpec::new(WeightFormat::Affine { bits: 4 }, 64);
     spec.keep = vec!["lm_head*".into()];
-    let outcome = quantize_file(&input, &out, &spec, true).unwrap();
+    let outcome = quantize_file(&input, &out, &spec).unwrap();
 
     let bytes = std::fs::read(&out).unwrap();
     assert_eq!(bytes.len() as u64, outcome.file_bytes);
@@ -149,9 +149,10 @@ fn int4_roundtrip_matches_plan_and_kernels() {
 
     // Same inputs, byte-identical output.
     let out2 = dir.path().join("out2.safetensors");
-    let again = quantize_file(&input, &out2, &spec, false).unwrap();
+    let again = quantize_file(&input, &out2, &spec).unwrap();
     assert_eq!(again.sha256, outcome.sha256);
-    assert!(again.tensors.is_empty());
+    assert_eq!(again.tensors, outcome.tensors);
+    assert_eq!(again.quality, outcome.quality);
     // No temporary files left behind.
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -166,7 +167,7 @@ fn nf4_layout_as_transformers_saves_it() {
     let input = sample(dir.path(), Dtype::BF16);
     let out = dir.path().join("nf4.safetensors");
     let spec = QuantSpec::new(WeightFormat::Nf4, 64);
-    quantize_file(&input, &out, &spec, true).unwrap();
+    quantize_file(&input, &out, &spec).unwrap();
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let p = st.tensor("model.layers.0.mlp.weight").unwrap();
@@ -212,7 +213,7 @@ fn float_cast_and_keep_dtype() {
     let out = dir.path().join("f16.safetensors");
     let mut spec = QuantSpec::new(WeightFormat::Bf16, 64);
     spec.keep = vec!["*norm*".into()];
-    let o = quantize_file(&input, &out, &spec, true).unwrap();
+    let o = quantize_file(&input, &out, &spec).unwrap();
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     assert_eq!(
@@ -386,7 +387,7 @@ fn nan_weights_name_tensor_and_index() {
     );
     let out = dir.path().join("o.safetensors");
     for format in [WeightFormat::Affine { bits: 4 }, WeightFormat::Nf4] {
-        let err = quantize_file(&p, &out, &QuantSpec::new(format, 64), false).unwrap_err();
+        let err = quantize_file(&p, &out, &QuantSpec::new(format, 64)).unwrap_err();
         match &err {
             QuantError::NonFinite { tensor, index, .. } => {
                 assert_eq!(tensor, "attn.q.weight");
@@ -400,7 +401,7 @@ fn nan_weights_name_tensor_and_index() {
     // Kept tensors may hold -inf masks; keeping the NaN weight makes the file quantizable.
     let mut spec = QuantSpec::new(WeightFormat::Affine { bits: 4 }, 64);
     spec.keep = vec!["attn.q.*".into()];
-    quantize_file(&p, &out, &spec, true).unwrap();
+    quantize_file(&p, &out, &spec).unwrap();
     let _ = BTreeMap::<String, String>::new();
 }
 
@@ -415,7 +416,7 @@ fn straddling_bit_widths_and_fp4_match_kernels() {
     for bits in [3u8, 6] {
         let out = dir.path().join(format!("int{bits}.safetensors"));
         let spec = QuantSpec::new(WeightFormat::Affine { bits }, 32);
-        quantize_file(&input, &out, &spec, true).unwrap();
+        quantize_file(&input, &out, &spec).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let t = st.tensor("model.layers.0.mlp.weight").unwrap();
@@ -442,7 +443,7 @@ fn straddling_bit_widths_and_fp4_match_kernels() {
         assert_eq!(got, s);
     }
     let out = dir.path().join("fp4.safetensors");
-    quantize_file(&input, &out, &QuantSpec::new(WeightFormat::Fp4, 128), false).unwrap();
+    quantize_file(&input, &out, &QuantSpec::new(WeightFormat::Fp4, 128)).unwrap();
     let bytes = std::fs::read(&out).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut packed = vec![0u8; w.len() / 2];
@@ -456,4 +457,183 @@ fn straddling_bit_widths_and_fp4_match_kernels() {
         st.tensor("model.layers.0.mlp.weight.quant_state.bitsandbytes__fp4")
             .is_ok()
     );
+}
+
+/// The squared error and squared signal of `w` against `r`, in f64.
+fn sq_err(w: &[f32], r: &[f32]) -> (f64, f64) {
+    w.iter().zip(r).fold((0.0, 0.0), |(e, s), (&a, &b)| {
+        let d = f64::from(a) - f64::from(b);
+        (e + d * d, s + f64::from(a) * f64::from(a))
+    })
+}
+
+fn tensor_f32(st: &safetensors::SafeTensors<'_>, name: &str, dt: Dtype) -> Vec<f32> {
+    let t = st.tensor(name).unwrap();
+    let mut v = vec![0f32; t.data().len() / dt.size_bytes() as usize];
+    kernels::decode_f32(t.data(), dt, &mut v);
+    v
+}
+
+#[test]
+fn mse_keeps_the_layout_and_measures_what_mlx_dequantizes() {
+    use omnipack_quant::Method;
+    use omnipack_quant::quality::mlx_affine_dequantize;
+    let dir = tempfile::tempdir().unwrap();
+    for dt in [Dtype::F16, Dtype::BF16, Dtype::F32] {
+        let input = sample(dir.path(), dt);
+        let f = SafetensorsFile::open(&input).unwrap();
+        let e = f.entry("model.layers.0.mlp.weight").unwrap();
+        let mut w = vec![0f32; 64 * 256];
+        kernels::decode_f32(f.bytes(e), dt, &mut w);
+        let mut sqnr = Vec::new();
+        for method in Method::ALL {
+            let spec = QuantSpec::new(WeightFormat::Affine { bits: 3 }, 64).with_method(method);
+            let out = dir.path().join(format!("{method}.safetensors"));
+            let o = quantize_file(&input, &out, &spec).unwrap();
+            let bytes = std::fs::read(&out).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            // The file equals the kernel's output on the same input.
+            let mut codes = vec![0u32; 64 * 256 * 3 / 32];
+            let (mut s, mut b) = (vec![0f32; 256], vec![0f32; 256]);
+            let quantize = match method {
+                Method::Rtn => kernels::affine_quantize,
+                Method::Mse => kernels::affine_quantize_mse,
+            };
+            quantize(&w, 256, 64, 3, dt, &mut codes, &mut s, &mut b, None).unwrap();
+            let want: Vec<u8> = codes.iter().flat_map(|c| c.to_le_bytes()).collect();
+            assert_eq!(st.tensor("model.layers.0.mlp.weight").unwrap().data(), want);
+            assert_eq!(tensor_f32(&st, "model.layers.0.mlp.scales", dt), s);
+            assert_eq!(tensor_f32(&st, "model.layers.0.mlp.biases", dt), b);
+            // The reported error is the error of `mx.dequantize`'s reconstruction.
+            let mut r = vec![0f32; w.len()];
+            mlx_affine_dequantize(&codes, &s, &b, 64, 3, dt, &mut r);
+            let (err, sig) = sq_err(&w, &r);
+            let rep = o
+                .tensors
+                .iter()
+                .find(|t| t.name == "model.layers.0.mlp.weight")
+                .unwrap();
+            assert!(
+                (rep.stats.sum_sq_err - err).abs() <= 1e-5 * err,
+                "{dt} {method}: {} vs {err}",
+                rep.stats.sum_sq_err
+            );
+            assert!((rep.stats.sum_sq_ref - sig).abs() <= 1e-5 * sig);
+            assert!(o.quality.worst_tensor.is_some());
+            sqnr.push(rep.sqnr_db().unwrap());
+        }
+        // Mostly uniform weights (rtn's best case) with outliers: still a gain.
+        assert!(
+            sqnr[1] > sqnr[0] + 0.1,
+            "{dt}: rtn {} dB, mse {} dB",
+            sqnr[0],
+            sqnr[1]
+        );
+    }
+}
+
+#[test]
+fn outputs_and_quality_do_not_depend_on_the_thread_count() {
+    use omnipack_quant::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let input = sample(dir.path(), Dtype::F16);
+    let specs = [
+        QuantSpec::new(WeightFormat::Affine { bits: 4 }, 32),
+        QuantSpec::new(WeightFormat::Affine { bits: 2 }, 64).with_method(Method::Mse),
+        QuantSpec::new(WeightFormat::Nf4, 64),
+        QuantSpec::new(WeightFormat::Bf16, 64),
+    ];
+    for spec in specs {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let out = dir.path().join(format!("t{threads}.safetensors"));
+            pool.install(|| quantize_file(&input, &out, &spec).unwrap())
+        };
+        let (one, three) = (run(1), run(3));
+        assert_eq!(one.sha256, three.sha256, "{spec:?}");
+        assert_eq!(one.tensors, three.tensors, "{spec:?}");
+        assert_eq!(one.quality, three.quality, "{spec:?}");
+        assert!(one.quality.sqnr_db.is_some(), "{spec:?}");
+    }
+}
+
+#[test]
+fn quality_of_casts_nf4_and_exact_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // f16 to f16: every tensor copied, nothing measured, exact.
+    let input = sample(dir.path(), Dtype::F16);
+    let out = dir.path().join("same.safetensors");
+    let o = quantize_file(&input, &out, &QuantSpec::new(WeightFormat::F16, 64)).unwrap();
+    assert!(o.tensors.is_empty());
+    assert_eq!(
+        serde_json::to_value(&o.quality).unwrap(),
+        serde_json::json!({"sqnr_db": null, "worst_tensor": null, "worst_sqnr_db": null, "rel_rms_error": 0.0})
+    );
+    // f16 to f32: measured, exact.
+    let o = quantize_file(&input, &out, &QuantSpec::new(WeightFormat::F32, 64)).unwrap();
+    assert_eq!(o.tensors.len(), 5);
+    assert_eq!(o.quality.sqnr_db, None);
+    // f32 to bf16: the error of the cast itself.
+    let input = sample(dir.path(), Dtype::F32);
+    let o = quantize_file(&input, &out, &QuantSpec::new(WeightFormat::Bf16, 64)).unwrap();
+    let f = SafetensorsFile::open(&input).unwrap();
+    let e = f.entry("lm_head.weight").unwrap();
+    let mut w = vec![0f32; 32 * 128];
+    kernels::decode_f32(f.bytes(e), Dtype::F32, &mut w);
+    let r: Vec<f32> = w
+        .iter()
+        .map(|&x| kernels::round_to_dtype(x, Dtype::BF16))
+        .collect();
+    let (err, _) = sq_err(&w, &r);
+    let rep = o
+        .tensors
+        .iter()
+        .find(|t| t.name == "lm_head.weight")
+        .unwrap();
+    assert!((rep.stats.sum_sq_err - err).abs() <= 1e-5 * err);
+    let db = o.quality.sqnr_db.unwrap();
+    assert!(db > 40.0 && db < 60.0, "{db}");
+    assert!((o.quality.rel_rms_error - 10f64.powf(-db / 20.0)).abs() < 1e-12);
+    // NF4 from bf16: as bitsandbytes dequantizes (rounded to bf16).
+    let input = sample(dir.path(), Dtype::BF16);
+    let o = quantize_file(&input, &out, &QuantSpec::new(WeightFormat::Nf4, 64)).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let f = SafetensorsFile::open(&input).unwrap();
+    let e = f.entry("model.layers.0.mlp.weight").unwrap();
+    let mut w = vec![0f32; 64 * 256];
+    kernels::decode_f32(f.bytes(e), Dtype::BF16, &mut w);
+    let absmax = tensor_f32(&st, "model.layers.0.mlp.weight.absmax", Dtype::F32);
+    let packed = st
+        .tensor("model.layers.0.mlp.weight")
+        .unwrap()
+        .data()
+        .to_vec();
+    let mut r = vec![0f32; w.len()];
+    omnipack_quant::quality::bnb4_dequantize_as(
+        &packed,
+        &absmax,
+        64,
+        Bnb4::Nf4,
+        Dtype::BF16,
+        &mut r,
+    );
+    let (err, _) = sq_err(&w, &r);
+    let rep = o
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.layers.0.mlp.weight")
+        .unwrap();
+    assert!((rep.stats.sum_sq_err - err).abs() <= 1e-5 * err);
+    let worst = o.quality.worst_tensor.as_deref().unwrap();
+    let min = o
+        .tensors
+        .iter()
+        .map(|t| t.sqnr_db().unwrap())
+        .fold(f64::INFINITY, f64::min);
+    assert_eq!(o.quality.worst_sqnr_db, Some(min));
+    assert!(o.tensors.iter().any(|t| t.name == worst));
 }

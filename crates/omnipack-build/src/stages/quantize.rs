@@ -10,7 +10,7 @@ use std::time::Duration;
 use omnipack_manifest::GroupSize;
 use omnipack_plan::sizing::quant_spec_parts;
 use omnipack_plan::{QuantizeParams, Stage};
-use omnipack_quant::{FileDigest, QuantError, QuantizeOptions};
+use omnipack_quant::{FileDigest, QuantError};
 use serde_json::json;
 
 use crate::cache::{CacheError, CacheKind};
@@ -86,12 +86,11 @@ pub(crate) fn run(
             });
             let out = work.join(WEIGHTS_FILE);
             let r = with_progress(ctx, stage, work, planned.is_some(), || {
-                omnipack_quant::quantize_to_file_with(
+                omnipack_quant::quantize_to_file(
                     &selection.tensors,
                     &spec,
                     &out,
                     &spec.format.metadata(),
-                    QuantizeOptions { report: false },
                 )
             })
             .map_err(|source| QuantizeError::Quantizer {

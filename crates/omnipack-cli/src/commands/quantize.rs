@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use omnipack_quant::{Dtype, QuantSpec, WeightFormat};
+use omnipack_quant::{Dtype, Method, QuantSpec, WeightFormat};
 
 use super::CommandResult;
 
@@ -23,13 +23,18 @@ pub struct QuantizeArgs {
     /// Group size (MLX affine) or block size (NF4/FP4), along the last axis.
     #[arg(long, value_name = "G", default_value_t = 64, value_parser = parse_group_size)]
     pub group_size: u32,
+    /// How MLX affine (int2..int8) scales and biases are chosen: `rtn` (bit-exact with
+    /// `mx.quantize`) or `mse` (error-minimising, never worse per group; same layout).
+    #[arg(long, value_name = "M", default_value = "rtn", value_parser = ["rtn", "mse"])]
+    pub method: String,
     /// Tensor-name glob (`*`, `?`) kept out of quantization; repeatable.
     #[arg(long, value_name = "GLOB")]
     pub keep: Vec<String>,
     /// Dtype for kept float tensors (default: each tensor's own dtype).
     #[arg(long, value_name = "D", value_parser = ["f32", "f16", "bf16"])]
     pub keep_dtype: Option<String>,
-    /// Print per-tensor quality: RMSE, max abs error and SQNR against the source.
+    /// Print per-tensor quality: RMSE, max abs error, SQNR and relative RMS error against the
+    /// source, as the consumer dequantizes it.
     #[arg(long)]
     pub report: bool,
 }
@@ -47,14 +52,22 @@ fn parse_group_size(s: &str) -> Result<u32, String> {
 pub fn run(args: QuantizeArgs) -> CommandResult {
     let format = WeightFormat::parse(&args.format)
         .ok_or_else(|| miette::miette!("unknown format `{}`", args.format))?;
+    let method = Method::parse(&args.method)
+        .ok_or_else(|| miette::miette!("unknown method `{}`", args.method))?;
     let spec = QuantSpec {
         format,
         group_size: args.group_size,
+        method,
         keep: args.keep.clone(),
         keep_dtype: args.keep_dtype.as_deref().and_then(Dtype::parse),
     };
+    if !method.applies_to(format) {
+        eprintln!(
+            "note: --method {method} applies to the MLX affine formats int2..int8; {format} is written the same as with rtn"
+        );
+    }
     let start = Instant::now();
-    let outcome = omnipack_quant::quantize_file(&args.input, &args.output, &spec, args.report)
+    let outcome = omnipack_quant::quantize_file(&args.input, &args.output, &spec)
         .map_err(|e| miette::miette!("{e}"))?;
     let secs = start.elapsed().as_secs_f64();
     if args.report {
@@ -66,30 +79,32 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
             .unwrap_or(6)
             .max(6);
         println!(
-            "{:<name_w$}  {:>14}  {:>6}  {:>11}  {:>11}  {:>9}",
-            "tensor", "shape", "dtype", "rmse", "max_abs", "sqnr_db"
+            "{:<name_w$}  {:>14}  {:>6}  {:>11}  {:>11}  {:>9}  {:>11}",
+            "tensor", "shape", "dtype", "rmse", "max_abs", "sqnr_db", "rel_rms"
         );
         for t in &outcome.tensors {
             let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
             println!(
-                "{:<name_w$}  {:>14}  {:>6}  {:>11.4e}  {:>11.4e}  {:>9.2}",
+                "{:<name_w$}  {:>14}  {:>6}  {:>11.4e}  {:>11.4e}  {:>9.2}  {:>11.4e}",
                 t.name,
                 shape.join("x"),
                 t.source_dtype.to_string(),
                 t.stats.rmse(),
                 t.stats.max_abs_err,
-                t.stats.sqnr_db()
+                t.stats.sqnr_db(),
+                t.stats.rel_rms_error()
             );
         }
         let o = &outcome.overall;
         println!(
-            "{:<name_w$}  {:>14}  {:>6}  {:>11.4e}  {:>11.4e}  {:>9.2}",
+            "{:<name_w$}  {:>14}  {:>6}  {:>11.4e}  {:>11.4e}  {:>9.2}  {:>11.4e}",
             "overall",
             format!("{} params", o.count),
             "",
             o.rmse(),
             o.max_abs_err,
-            o.sqnr_db()
+            o.sqnr_db(),
+            o.rel_rms_error()
         );
     }
     eprintln!(
@@ -108,5 +123,26 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         outcome.sha256,
         secs
     );
+    let q = &outcome.quality;
+    let label = if matches!(format, WeightFormat::Affine { .. }) {
+        format!("quality ({method})")
+    } else {
+        String::from("quality")
+    };
+    match (q.sqnr_db, &q.worst_tensor, q.worst_sqnr_db) {
+        (Some(db), Some(worst), Some(worst_db)) => eprintln!(
+            "{label}: SQNR {db:.2} dB over {} measured tensors, relative RMS error {}; worst `{worst}` {worst_db:.2} dB",
+            outcome.tensors.len(),
+            if q.rel_rms_error >= 0.01 {
+                format!("{:.4}", q.rel_rms_error)
+            } else {
+                format!("{:.3e}", q.rel_rms_error)
+            }
+        ),
+        _ => eprintln!(
+            "{label}: exact ({} measured tensors, no precision lost)",
+            outcome.tensors.len()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
