@@ -26,7 +26,10 @@ pub(crate) mod inputs;
 pub(crate) mod install;
 pub mod package;
 pub mod quantize;
+mod remote;
 pub(crate) mod summary;
+
+pub(crate) use remote::unavailable as remote_unavailable;
 
 pub use export::ExportError;
 pub use package::PackageError;
@@ -139,6 +142,12 @@ pub(crate) struct BuildContext<'a> {
     pub skip: Vec<(u64, u64)>,
     pub logs: PathBuf,
     pub progress: &'a dyn Progress,
+    /// The remote cache (`--cache-url`), looked up after the local one and pushed to.
+    pub remote: Option<&'a omnipack_remote::RemoteCache>,
+    /// A failing remote cache fails the stage instead of a warning.
+    pub require_remote: bool,
+    /// Whether the remote cache's failure was reported.
+    pub remote_warned: std::sync::atomic::AtomicBool,
 }
 
 impl BuildContext<'_> {
