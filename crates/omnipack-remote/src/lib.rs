@@ -757,6 +757,9 @@ mod tests {
         assert_eq!(part_size(70 << 30), MIN_PART);
         let big = 140_000_000_000u64;
         let p = part_size(big);
-        assert!(big.div_ceil(p) <= 10_000 && p % (1 << 20) == 0, "{p}");
+        assert!(
+            big.div_ceil(p) <= 10_000 && p.is_multiple_of(1 << 20),
+            "{p}"
+        );
     }
 }
