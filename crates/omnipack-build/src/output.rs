@@ -57,7 +57,7 @@ pub enum OutputError {
 /// someone else's files: refuse rather than delete them.
 pub fn refuse_foreign_output(out: &Path) -> Result<(), OutputError> {
     if out.join(PRIVATE_DIR).is_dir()
-        || crate::verify::read_summary(&out.join(omnipack_summary::SUMMARY_FILE)).is_ok()
+        || omnipack_summary::read_summary(&out.join(omnipack_summary::SUMMARY_FILE)).is_ok()
     {
         return Ok(());
     }

@@ -39,17 +39,10 @@ const MAX_BUNDLE_JSON: u64 = 16 << 20;
 
 /// Reads and parses a summary file.
 pub fn read_summary(path: &Path) -> Result<Summary, VerifyError> {
-    let err = |message: String| VerifyError::Summary {
+    omnipack_summary::read_summary(path).map_err(|message| VerifyError::Summary {
         path: path.display().to_string(),
         message,
-    };
-    let meta = fs::metadata(path).map_err(|e| err(format!("cannot read the summary: {e}")))?;
-    if meta.len() > 256 << 20 {
-        return Err(err("larger than 256 MiB: not a summary".into()));
-    }
-    let bytes = fs::read(path).map_err(|e| err(e.to_string()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| err(format!("not a mobile_packager_summary.json: {e}")))
+    })
 }
 
 /// Verifies the output folder `out`.

@@ -3,7 +3,7 @@
 //! These types are the single source of truth for the manifest format: the JSON schema in
 //! `schemas/omnipack-manifest.schema.json` is generated from them, so every doc comment here
 //! becomes the description an editor shows on hover. Optional fields stay `Option` here;
-//! defaults are applied in one place, [`crate::resolved`].
+//! defaults are applied in one place, `resolved.rs`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

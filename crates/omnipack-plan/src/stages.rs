@@ -5,12 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use omnipack_manifest::canonical_json::canonical;
+use omnipack_manifest::lexical_path::normalize_or_dot;
 use omnipack_manifest::{Format, ResolvedComponent, ResolvedManifest, ResolvedSource, Role};
 use serde_json::{Map, Value, json};
 
 use crate::memory;
 use crate::model::BundlePlan;
-use crate::planner::path_or_dot;
 use crate::sizing::ComponentSizer;
 use crate::stage::{
     AssetPackParams, BundleContents, ConfigJson, DecodeStepSidecars, ExportParams, ExportSource,
@@ -139,9 +139,9 @@ fn export_source(
             workdir,
         } => ExportSource::Command {
             argv: exporter_argv(m, c, run, bundles, tier),
-            workdir: path_or_dot(workdir),
+            workdir: normalize_or_dot(workdir),
             timeout_secs: *timeout_secs,
-            inputs: inputs.iter().map(|i| path_or_dot(i)).collect(),
+            inputs: inputs.iter().map(|i| normalize_or_dot(i)).collect(),
             outputs: outputs.clone(),
         },
         ResolvedSource::Files { files } => ExportSource::Files {

@@ -15,7 +15,6 @@ mod error;
 mod header;
 pub mod kernels;
 mod layout;
-mod mse;
 pub mod quality;
 mod spec;
 mod writer;

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use omnipack_summary::Summary;
 
+use super::BuildError;
 use crate::cache::Cache;
 use crate::fsutil::{link_or_copy, walk_files, write_atomic};
 use crate::output::SwapArea;
-use crate::pipeline::BuildError;
 use crate::progress::{Event, Progress};
 use crate::stages::PackagedBundle;
 

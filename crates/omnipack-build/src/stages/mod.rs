@@ -17,11 +17,11 @@ use omnipack_summary::FileEntry;
 
 use crate::cache::Cache;
 use crate::executor::{Panicked, StageStatus, execute};
-use crate::pipeline::{BuildError, StageFailure, StageReport};
 use crate::progress::{Event, Progress};
 
 mod cached;
 pub mod export;
+pub mod failure;
 pub(crate) mod inputs;
 pub(crate) mod install;
 pub mod package;
@@ -29,6 +29,7 @@ pub mod quantize;
 pub(crate) mod summary;
 
 pub use export::ExportError;
+pub use failure::{BuildError, StageFailure, StageReport, UnbuildablePlan};
 pub use package::PackageError;
 pub use quantize::QuantizeError;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use omnipack_summary::{AssetPackRef, BundleEntry, InputFile, Summary};
 
-use crate::pipeline::BuildError;
+use super::BuildError;
 use crate::stages::{BuildContext, PackagedBundle};
 
 /// The summary of a build of `ctx.plan` that produced `bundles`.
