@@ -15,9 +15,9 @@ use rayon::prelude::*;
 
 use crate::digest_memo::{Clock, DigestMemo, MemoStats};
 use crate::executor::GraphError;
-use crate::fsutil::walk_files_skipping;
 use crate::pipeline::BuildError;
 use crate::progress::{Event, Progress};
+use omnipack_fs::walk_files_skipping;
 
 /// The digested inputs, and how many bytes were read to digest them.
 pub(crate) struct Inputs {
