@@ -10,11 +10,11 @@ use omnipack_summary::Summary;
 
 use crate::cache::Cache;
 use crate::digest_memo::Clock;
-use crate::fsutil::{dir_identity, remove_any};
 use crate::output::{OutputLock, PRIVATE_DIR, SwapArea, refuse_foreign_output};
 use crate::progress::{Event, Progress};
 use crate::stages::{self, BuildContext};
 pub use crate::stages::{BuildError, StageFailure, StageReport, UnbuildablePlan};
+use omnipack_fs::{dir_identity, remove_any};
 
 pub use crate::stages::install::KEEP_BUILDS;
 
@@ -79,7 +79,7 @@ pub fn build(
     }
     let cache = open_cache(out, opts)?;
     let logs = out.join(PRIVATE_DIR).join("logs");
-    fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+    omnipack_fs::private_dir(&logs).map_err(io_err(&logs))?;
     let skip = vec![
         dir_identity(out).map_err(io_err(out))?,
         dir_identity(cache.root()).map_err(io_err(cache.root()))?,
@@ -108,6 +108,14 @@ pub fn build(
     let summary = stages::summary::make_summary(&ctx, &done.bundles)?;
     stages::install::install(&swap, &summary, &done.bundles)?;
     let mut warnings = Vec::new();
+    if let Err(e) = ctx.cache.restamp_used() {
+        let w = format!(
+            "could not record the stamps of the cache {}: {e} (the next build re-hashes its entries)",
+            ctx.cache.root().display()
+        );
+        progress.event(Event::Warning(w.clone()));
+        warnings.push(w);
+    }
     if opts.cache_dir.is_none() {
         // Only a private cache is pruned: a shared one is the user's to clean.
         stages::install::prune(&ctx.cache, progress, &mut warnings);
@@ -179,12 +187,19 @@ fn open_cache(out: &Path, opts: &BuildOptions) -> Result<Cache, BuildError> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| out.join(PRIVATE_DIR).join("cache"));
-    fs::create_dir_all(&root).map_err(io_err(&root))?;
     if opts.cache_dir.is_none() {
+        omnipack_fs::private_dir(&root).map_err(io_err(&root))?;
         let tmp = root.join("tmp");
         remove_any(&tmp).map_err(io_err(&tmp))?;
+    } else {
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
     }
-    Ok(Cache::new(root))
+    let cache = Cache::new(root);
+    cache.prepare().map_err(|e| BuildError::Io {
+        path: e.path.display().to_string(),
+        source: e.source,
+    })?;
+    Ok(cache)
 }
 
 fn jobs(opts: &BuildOptions) -> usize {

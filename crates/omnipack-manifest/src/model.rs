@@ -118,8 +118,9 @@ impl From<ManifestVersion> for u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Package {
-    /// Package name: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
-    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    /// Package name: lowercase letters, digits, `_` and `-`, starting with a letter or digit;
+    /// at most 64 characters.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 64))]
     pub name: String,
     /// Package version, for example `1.0.0`.
     pub version: String,
@@ -132,8 +133,9 @@ pub struct Package {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
-    /// Tier name, used in bundle ids and overrides (for example `iphone-3gb`).
-    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    /// Tier name, used in bundle ids and overrides (for example `iphone-3gb`); at most 64
+    /// characters (bundle ids become file names).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 64))]
     pub name: String,
     /// Physical memory of the device class (for example `3GiB`).
     pub device_memory: ByteSize,
@@ -310,14 +312,15 @@ impl<T: Clone> OneOrMany<T> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Component {
-    /// Component name, used in bundle ids (for example `text`).
-    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    /// Component name, used in bundle ids (for example `text`); at most 64 characters (bundle
+    /// ids become file names, which the file system limits to 255 bytes).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 64))]
     pub name: String,
     /// What the component is.
     pub role: Role,
     /// Stem of the decode-step files and sidecars. Default: the component name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), length(max = 64))]
     pub artifact: Option<String>,
     /// Runtime that loads it on device. Default `mlx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,7 +7,6 @@
 //! the offsets against the shape, each other and the data size.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -61,7 +60,7 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<TensorInfo>, QuantError
 /// Like [`read_header`], also returning offsets and metadata.
 pub fn read_full_header(path: impl AsRef<Path>) -> Result<Header, QuantError> {
     let path = path.as_ref();
-    let mut file = File::open(path).map_err(|e| QuantError::io(path, e))?;
+    let mut file = omnipack_fs::open_regular(path).map_err(|e| QuantError::io(path, e))?;
     let file_size = file.metadata().map_err(|e| QuantError::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
     if file_size < 8 {
@@ -294,7 +293,8 @@ pub fn resolve_shards(path: impl AsRef<Path>) -> Result<Vec<PathBuf>, QuantError
             format!("shard index is {size} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| QuantError::io(path, e))?;
+    let bytes =
+        omnipack_fs::read_capped(path, MAX_HEADER_BYTES).map_err(|e| QuantError::io(path, e))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| QuantError::header(path, format!("shard index is not valid JSON: {e}")))?;
     let map = v
@@ -341,7 +341,8 @@ pub fn read_shard_set(path: impl AsRef<Path>) -> Result<Vec<SourceTensor>, Quant
     let tensors = read_headers(&resolve_shards(path)?)?;
     if path.extension().is_some_and(|e| e == "json") {
         // resolve_shards validated the index; read the map again to cross-check it.
-        let bytes = std::fs::read(path).map_err(|e| QuantError::io(path, e))?;
+        let bytes = omnipack_fs::read_capped(path, MAX_HEADER_BYTES)
+            .map_err(|e| QuantError::io(path, e))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| QuantError::header(path, format!("shard index is not valid JSON: {e}")))?;
         let dir = path.parent().unwrap_or(Path::new(""));
@@ -403,7 +404,7 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile, QuantError> {
         let path = path.as_ref().to_path_buf();
         let header = read_full_header(&path)?;
-        let file = File::open(&path).map_err(|e| QuantError::io(&path, e))?;
+        let file = omnipack_fs::open_regular(&path).map_err(|e| QuantError::io(&path, e))?;
         // SAFETY: the map is read-only; like every mmap-based reader we assume the file is not
         // truncated while mapped. Its size is checked against the header right after.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QuantError::io(&path, e))?;

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -304,6 +305,9 @@ pub fn quantize_to_file(
         )));
     }
 
+    // Only a regular file (or a link, which the rename replaces) is ever replaced: never a
+    // device such as `/dev/null`, a FIFO or a folder.
+    omnipack_fs::check_replaceable(out).map_err(|e| QuantError::io(out, e))?;
     let tmp = temp_path(out);
     let cleanup = |e: QuantError| {
         let _ = std::fs::remove_file(&tmp);
@@ -314,6 +318,7 @@ pub fn quantize_to_file(
         .write(true)
         .create(true)
         .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(|e| QuantError::io(out, e))?;
     if let Err(e) = file.set_len(planned) {
@@ -387,7 +392,7 @@ pub fn quantize_to_file(
             "internal error: the hashing thread panicked".into(),
         ));
     };
-    if let Err(e) = std::fs::rename(&tmp, out) {
+    if let Err(e) = omnipack_fs::check_replaceable(out).and_then(|()| std::fs::rename(&tmp, out)) {
         return cleanup(QuantError::io(out, e));
     }
     let quality = Quality::of(reports.iter().map(|t| (t.name.as_str(), &t.stats)));

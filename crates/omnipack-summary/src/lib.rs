@@ -14,17 +14,13 @@ pub const SUMMARY_VERSION: u32 = 1;
 /// File name of the summary inside an output folder.
 pub const SUMMARY_FILE: &str = "mobile_packager_summary.json";
 
-/// The largest summary file omnipack reads (a summary of thousands of bundles is a few MiB).
-pub const MAX_SUMMARY_BYTES: u64 = 256 << 20;
-
-/// Reads and parses the summary file at `path`. The error is a sentence for users, without
-/// the path (the caller names the file).
+/// Reads and parses the summary file at `path`: a regular file of at most
+/// `omnipack_fs::MAX_DOCUMENT_BYTES`, never through a link (a link to `/dev/zero` or a FIFO is
+/// refused at once). The error is a sentence for users, without the path (the caller names
+/// the file).
 pub fn read_summary(path: &std::path::Path) -> Result<Summary, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the summary: {e}"))?;
-    if meta.len() > MAX_SUMMARY_BYTES {
-        return Err("larger than 256 MiB: not a summary".into());
-    }
-    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let bytes = omnipack_fs::read_capped_nofollow(path, omnipack_fs::MAX_DOCUMENT_BYTES)
+        .map_err(|e| format!("cannot read the summary: {e}"))?;
     serde_json::from_slice(&bytes).map_err(|e| format!("not a {SUMMARY_FILE}: {e}"))
 }
 

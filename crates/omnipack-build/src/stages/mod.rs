@@ -95,8 +95,6 @@ pub(crate) struct StagedFile {
     pub path: String,
     pub abs: PathBuf,
     pub digest: FileDigest,
-    /// True when the file belongs to the cache (so it may be hard-linked).
-    pub in_cache: bool,
 }
 
 /// A quantized weights file in the cache.

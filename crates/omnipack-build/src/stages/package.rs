@@ -3,7 +3,6 @@
 //! decode-step sidecars, `bundle.json`, and the asset pack's `Manifest.json`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +14,12 @@ use serde_json::{Map, Value, json};
 
 use crate::bundle_zip::{BUNDLE_JSON, Entry, EntrySource, ZipError, write_zip};
 use crate::cache::{CacheEntry, CacheError, CacheKind};
-use crate::fsutil::{link_or_copy, write_atomic};
 use crate::progress::Event;
 use crate::sidecars::{asset_pack_manifest, config_json, decode_step_sidecars};
 use crate::stages::cached::Produced;
 use crate::stages::quantize::WEIGHTS_FILE;
 use crate::stages::{BuildContext, PackagedBundle, Ran, StageError, StageOutput};
+use omnipack_fs::{copy_file, link_or_copy, write_atomic};
 
 /// Name of the zip in a package entry.
 const ZIP_FILE: &str = "bundle.zip";
@@ -157,7 +156,10 @@ fn contents(
                     digest: f.digest.clone(),
                 })
                 .collect(),
-            in_cache: files.iter().map(|f| (f.path.clone(), f.in_cache)).collect(),
+            // Exported files were written by another program: they are copied into the asset
+            // pack, never hard-linked, so that nothing it left running could write to a shipped
+            // file or to its cache entry through a shared inode.
+            in_cache: BTreeMap::new(),
             weights_bytes: files.iter().map(|f| f.digest.size).sum(),
             parameters: 0,
         }),
@@ -176,10 +178,13 @@ fn source_config(
         return Ok(None);
     };
     let path = ctx.path(rel);
-    let bytes = fs::read(&path).map_err(|source| PackageError::ReadInput {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes =
+        omnipack_fs::read_capped(&path, omnipack_fs::MAX_DOCUMENT_BYTES).map_err(|source| {
+            PackageError::ReadInput {
+                path: path.clone(),
+                source,
+            }
+        })?;
     if ctx.input_digest(&path).map(|d| &d.sha256) != Some(&sha256_bytes(&bytes)) {
         return Err(PackageError::InputChanged { path });
     }
@@ -313,10 +318,7 @@ fn write_asset_pack(
             EntrySource::File(src) => if contents.in_cache.get(&e.path).copied().unwrap_or(false) {
                 link_or_copy(src, &dest)
             } else {
-                dest.parent()
-                    .map(fs::create_dir_all)
-                    .transpose()
-                    .and_then(|_| fs::copy(src, &dest).map(|_| ()))
+                copy_file(src, &dest).map(|_| ())
             }
             .map_err(io(&dest))?,
         }

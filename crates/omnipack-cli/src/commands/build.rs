@@ -162,7 +162,7 @@ fn plan_from_file(file: &Path) -> Option<Plan> {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map(|_| s)
     } else {
-        std::fs::read_to_string(file)
+        omnipack_fs::read_to_string_capped(file, omnipack_fs::MAX_DOCUMENT_BYTES)
     };
     let plan = text.map_err(|e| e.to_string()).and_then(|t| {
         serde_json::from_str::<Plan>(&t).map_err(|e| format!("not an omnipack plan: {e}"))
