@@ -448,6 +448,19 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                 }
             }
             let listed: BTreeSet<&str> = b.files.iter().map(|f| f.path.as_str()).collect();
+            for c in listed
+                .iter()
+                .filter(|p| p.rsplit('/').next() == Some("config.json"))
+            {
+                let folder = c.rsplit_once('/').map(|(d, _)| d);
+                for w in listed.iter().filter(|p| {
+                    p.ends_with(".safetensors") && p.rsplit_once('/').map(|(d, _)| d) == folder
+                }) {
+                    if let Some(why) = config_disagrees(&files_dir.join(c), &files_dir.join(w)) {
+                        m.push(format!("asset-packs/{}/{}/{c}: {why}", b.id, b.id));
+                    }
+                }
+            }
             for f in &found {
                 if !listed.contains(f.as_str()) {
                     m.push(format!(
@@ -470,6 +483,71 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         }
     }
     (n, m)
+}
+
+/// Why the `config.json` at `config` disagrees with the weights at `weights` about their
+/// MLX affine quantization (`None` when they agree or there is nothing to compare): every
+/// `<p>.weight` stored as U32 codes with `<p>.scales` and `<p>.biases` must be what the
+/// config's `quantization` (`bits`, `group_size`) says, and a config that says nothing must
+/// come with float weights. Unreadable files are reported by the digest checks.
+fn config_disagrees(config: &Path, weights: &Path) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(config).ok()?).ok()?;
+    let tensors = omnipack_quant::read_header(weights).ok()?;
+    let names: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let coded: Vec<&str> = tensors
+        .iter()
+        .filter(|t| {
+            t.dtype == omnipack_quant::Dtype::U32
+                && t.shape.len() == 2
+                && t.name.ends_with(".weight")
+                && names.contains(format!("{}scales", t.name.trim_end_matches("weight")).as_str())
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    let said = config
+        .get("quantization")
+        .filter(|q| q.get("bits").is_some() || q.get("group_size").is_some());
+    let weights_name = weights
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match said {
+        None => {
+            let found = omnipack_quant::SourceLayout::recognise(&tensors, None, &|_| None);
+            let first = coded.first()?;
+            Some(format!(
+                "has no `quantization`, but `{first}` in {weights_name} is stored quantized ({})",
+                found
+                    .group_of(first)
+                    .map(|g| g.format.to_string())
+                    .unwrap_or_else(|| "MLX affine codes".into())
+            ))
+        }
+        Some(q) => {
+            let wrapped = serde_json::json!({ "quantization": q });
+            let layout =
+                omnipack_quant::SourceLayout::recognise(&tensors, Some(&wrapped), &|_| None);
+            let bits = q.get("bits").map(|v| v.to_string()).unwrap_or_default();
+            let group = q
+                .get("group_size")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            if coded.is_empty() {
+                return Some(format!(
+                    "says `quantization: {{bits: {bits}, group_size: {group}}}`, but {weights_name} has no quantized weight"
+                ));
+            }
+            let wrong = coded.iter().find(|n| layout.group_of(n).is_none())?;
+            let found = omnipack_quant::SourceLayout::recognise(&tensors, None, &|_| None);
+            Some(format!(
+                "says `quantization: {{bits: {bits}, group_size: {group}}}`, but `{wrong}` in {weights_name} is not stored so{}",
+                found
+                    .group_of(wrong)
+                    .map(|g| format!(" (its shapes read as {})", g.format))
+                    .unwrap_or_default()
+            ))
+        }
+    }
 }
 
 /// A human description of a bundle zip: its `bundle.json`, every entry with size, offset,
@@ -580,4 +658,61 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
         );
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omnipack_quant::{Dtype, OutputKind, OutputTensor};
+
+    /// Writes a safetensors file of zeros with these tensors.
+    fn weights(path: &Path, tensors: &[(&str, Dtype, Vec<u64>)]) {
+        let outs: Vec<OutputTensor> = tensors
+            .iter()
+            .map(|(n, d, s)| OutputTensor {
+                name: n.to_string(),
+                dtype: *d,
+                shape: s.clone(),
+                source: n.to_string(),
+                kind: OutputKind::Kept,
+            })
+            .collect();
+        let mut bytes = omnipack_quant::header_bytes(&outs, &Default::default());
+        bytes.resize(bytes.len() + omnipack_quant::data_bytes(&outs) as usize, 0);
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn config_json_must_agree_with_the_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, w) = (
+            dir.path().join("config.json"),
+            dir.path().join("w.safetensors"),
+        );
+        // int4 g64 codes of a 64 x 256 weight.
+        weights(
+            &w,
+            &[
+                ("l.biases", Dtype::F16, vec![64, 4]),
+                ("l.scales", Dtype::F16, vec![64, 4]),
+                ("l.weight", Dtype::U32, vec![64, 32]),
+            ],
+        );
+        fs::write(&c, r#"{"quantization": {"group_size": 64, "bits": 4}}"#).unwrap();
+        assert_eq!(config_disagrees(&c, &w), None);
+        fs::write(&c, r#"{"quantization": {"group_size": 64, "bits": 8}}"#).unwrap();
+        let why = config_disagrees(&c, &w).unwrap();
+        assert!(
+            why.contains("bits: 8") && why.contains("`l.weight`") && why.contains("int4 g64"),
+            "{why}"
+        );
+        fs::write(&c, r#"{"torch_dtype": "float16"}"#).unwrap();
+        let why = config_disagrees(&c, &w).unwrap();
+        assert!(why.contains("has no `quantization`"), "{why}");
+        weights(&w, &[("l.weight", Dtype::F16, vec![64, 256])]);
+        assert_eq!(config_disagrees(&c, &w), None);
+        fs::write(&c, r#"{"quantization": {"group_size": 64, "bits": 4}}"#).unwrap();
+        let why = config_disagrees(&c, &w).unwrap();
+        assert!(why.contains("no quantized weight"), "{why}");
+    }
 }

@@ -443,6 +443,14 @@ pub struct Quantization {
     /// Dtype of tensors left unquantized. Default: each tensor's source dtype.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_dtype: Option<FloatDtype>,
+    /// For a source that is already quantized (an MLX affine or bitsandbytes 4-bit
+    /// checkpoint): allow a variant in another quantized format, made by dequantizing the
+    /// source exactly as MLX does and quantizing it again (the error compounds; the build
+    /// reports its SQNR against the dequantized source). Without it such a variant is an
+    /// error. The source's own format always passes through byte for byte, and float formats
+    /// dequantize. Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requantize: Option<bool>,
     /// Per-tier overrides, keyed by tier name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<BTreeMap<String, QuantizationOverride>>,

@@ -110,6 +110,9 @@ pub struct ResolvedQuantization {
     pub keep: Vec<String>,
     /// `None`: each kept tensor stays in its source dtype.
     pub keep_dtype: Option<FloatDtype>,
+    /// `requantize`: a quantized source may be quantized again to another format.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requantize: bool,
     /// Per-tier overrides (already merged with the component-level values).
     pub tiers: BTreeMap<String, TierQuantization>,
 }
@@ -263,6 +266,7 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
             group_size,
             keep: q.and_then(|q| q.keep.clone()).unwrap_or_default(),
             keep_dtype: q.and_then(|q| q.keep_dtype),
+            requantize: q.and_then(|q| q.requantize).unwrap_or(false),
             tiers,
         },
         kv_cache: ResolvedKvCache {

@@ -345,6 +345,14 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         "its text is not shown",
     ),
     (
+        "requantize-without-permission",
+        "requantize-without-permission.yaml",
+        13,
+        36,
+        "components[0].quantization.format[1]",
+        "`quantization.requantize: true`",
+    ),
+    (
         "output-traversal",
         "output-traversal.yaml",
         20,

@@ -187,6 +187,12 @@ pub(crate) fn bundle_plans(
             weights_bytes: acc.option.weights_bytes,
             resident_bytes: acc.option.resident_bytes,
             used_by: acc.used_by.clone(),
+            source_treatment: sizers[acc.component]
+                .source_treatment(
+                    acc.option.format,
+                    acc.option.group_size.unwrap_or(c.quantization.group_size),
+                )
+                .map(str::to_string),
         });
     }
     plans

@@ -110,6 +110,13 @@ pub struct QuantizeParams {
     pub keep: Vec<String>,
     /// Dtype of the tensors left unquantized; none keeps each tensor's source dtype.
     pub keep_dtype: Option<FloatDtype>,
+    /// `quantization.requantize`: a quantized source may be quantized again to another format.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requantize: bool,
+    /// The `quantization` of the source's `config.json` (`source.config`, else one next to
+    /// the checkpoint), with which its quantized tensors are recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_quantization: Option<serde_json::Value>,
 }
 
 /// What a package stage writes: one bundle zip and its asset-pack folder.
@@ -269,6 +276,8 @@ mod tests {
                 group_size: Some(64),
                 keep: vec!["*norm*".into()],
                 keep_dtype: None,
+                requantize: false,
+                source_quantization: None,
             }),
             depends_on: vec!["export:t".into()],
         };

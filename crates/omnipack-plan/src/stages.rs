@@ -62,7 +62,9 @@ pub(crate) fn stages(
         };
         let export = export_stage_id(&c.name, b.tier.as_deref());
         let package_dep = if matches!(c.source, ResolvedSource::Safetensors { .. }) {
-            let q = quantize_stage(c, b, export);
+            let ci = m.components.iter().position(|x| x.name == c.name);
+            let config = ci.and_then(|i| sizers[i].config_quantization()).cloned();
+            let q = quantize_stage(c, b, export, config);
             let id = q.id.clone();
             quantizes.push(q);
             id
@@ -191,7 +193,12 @@ fn exporter_argv(
     fill_placeholders(run, &values)
 }
 
-fn quantize_stage(c: &ResolvedComponent, b: &BundlePlan, export: String) -> Stage {
+fn quantize_stage(
+    c: &ResolvedComponent,
+    b: &BundlePlan,
+    export: String,
+    source_quantization: Option<Value>,
+) -> Stage {
     Stage {
         id: format!("quantize:{}", b.id),
         kind: StageKind::Quantize(QuantizeParams {
@@ -201,6 +208,8 @@ fn quantize_stage(c: &ResolvedComponent, b: &BundlePlan, export: String) -> Stag
             group_size: b.group_size,
             keep: c.quantization.keep.clone(),
             keep_dtype: c.quantization.keep_dtype,
+            requantize: c.quantization.requantize,
+            source_quantization,
         }),
         depends_on: vec![export],
     }

@@ -32,7 +32,8 @@ pub struct TensorEntry {
 pub struct Header {
     /// Tensors in file order (by data offset).
     pub tensors: Vec<TensorEntry>,
-    /// The `__metadata__` map (empty when absent).
+    /// The `__metadata__` map (empty when absent or `null`, as `mx.save_safetensors` writes
+    /// it without metadata).
     pub metadata: BTreeMap<String, String>,
     /// Byte offset where tensor data starts (8 + header length).
     pub data_start: u64,
@@ -156,8 +157,16 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header, 
     let mut tensors: Vec<(u64, u64, TensorInfo)> = Vec::with_capacity(map.len());
     for (name, v) in &map {
         if name == "__metadata__" {
-            let serde_json::Value::Object(m) = v else {
-                return Err(QuantError::header(path, "`__metadata__` is not an object"));
+            // `mx.save_safetensors` without metadata writes `null`: no metadata.
+            let m = match v {
+                serde_json::Value::Object(m) => m,
+                serde_json::Value::Null => continue,
+                _ => {
+                    return Err(QuantError::header(
+                        path,
+                        "`__metadata__` is not an object (or null)",
+                    ));
+                }
             };
             for (k, v) in m {
                 let serde_json::Value::String(s) = v else {

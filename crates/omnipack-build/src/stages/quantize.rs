@@ -10,7 +10,7 @@ use std::time::Duration;
 use omnipack_manifest::GroupSize;
 use omnipack_plan::sizing::quant_spec_parts;
 use omnipack_plan::{QuantizeParams, Stage};
-use omnipack_quant::{FileDigest, QuantError};
+use omnipack_quant::{FileDigest, OutputKind, Quality, QuantError, SourceLayout, TensorInfo};
 use serde_json::json;
 
 use crate::cache::{CacheError, CacheKind};
@@ -64,13 +64,19 @@ pub(crate) fn run(
         &p.keep,
         p.keep_dtype,
     );
-    let material = json!({
+    let layout = source_layout(&selection.tensors, p.source_quantization.as_ref());
+    let mut material = json!({
         "source": selection.key_material,
         "format": p.format.as_str(),
         "group_size": p.group_size,
         "keep": spec.keep,
         "keep_dtype": spec.keep_dtype.map(|d| d.safetensors_name()),
     });
+    if !layout.is_empty() {
+        // How the source's quantized tensors are read, and whether they may be quantized again.
+        material["source_format"] = json!(layout.describe());
+        material["requantize"] = json!(p.requantize);
+    }
     let c = ctx.cached::<_, QuantizeError>(
         CacheKind::Quantize,
         &material,
@@ -86,8 +92,10 @@ pub(crate) fn run(
             });
             let out = work.join(WEIGHTS_FILE);
             let r = with_progress(ctx, stage, work, planned.is_some(), || {
-                omnipack_quant::quantize_to_file(
+                omnipack_quant::quantize_source_to_file(
                     &selection.tensors,
+                    &layout,
+                    p.requantize,
                     &spec,
                     &out,
                     &spec.format.metadata(),
@@ -101,6 +109,7 @@ pub(crate) fn run(
                 stage: stage.id.clone(),
                 done: r.file_bytes,
             });
+            let requantized = requantized_quality(&layout, &r);
             Ok(Produced {
                 files: vec![(
                     WEIGHTS_FILE.into(),
@@ -110,7 +119,11 @@ pub(crate) fn run(
                         crc32: r.crc32,
                     }),
                 )],
-                meta: json!({"data_bytes": r.data_bytes, "parameters": r.parameters}),
+                meta: json!({
+                    "data_bytes": r.data_bytes,
+                    "parameters": r.parameters,
+                    "requantized": requantized,
+                }),
             })
         },
         |entry| {
@@ -119,6 +132,15 @@ pub(crate) fn run(
                 .ok_or_else(|| QuantizeError::EntryWithoutWeights {
                     bundle: p.bundle.clone(),
                 })?;
+            if let Some(q) = entry
+                .record
+                .meta
+                .get("requantized")
+                .filter(|q| !q.is_null())
+            {
+                ctx.progress
+                    .event(Event::Warning(requantized_warning(&p.bundle, q)));
+            }
             Ok(QuantizedWeights {
                 file: entry.file(WEIGHTS_FILE),
                 digest: f.digest(),
@@ -131,6 +153,72 @@ pub(crate) fn run(
         output: StageOutput::Weights(Arc::new(c.value)),
         from_cache: c.from_cache,
     })
+}
+
+/// The quantized groups among the selected tensors (by output name), recognised with the
+/// source's `config.json` quantization when the plan carries one.
+fn source_layout(
+    tensors: &[omnipack_quant::SelectedTensor],
+    config_quantization: Option<&serde_json::Value>,
+) -> SourceLayout {
+    let infos: Vec<TensorInfo> = tensors
+        .iter()
+        .filter_map(|s| {
+            let e = s.file.entry(&s.tensor).ok()?;
+            Some(TensorInfo {
+                name: s.output_name.clone(),
+                dtype: e.info.dtype,
+                shape: e.info.shape.clone(),
+            })
+        })
+        .collect();
+    let config = config_quantization.map(|q| json!({ "quantization": q }));
+    let read_small = |name: &str| -> Option<Vec<u8>> {
+        let s = tensors.iter().find(|s| s.output_name == name)?;
+        let e = s.file.entry(&s.tensor).ok()?;
+        (e.len <= 1 << 20).then(|| s.file.bytes(e).to_vec())
+    };
+    SourceLayout::recognise(&infos, config.as_ref(), &read_small)
+}
+
+/// For a variant that quantized a quantized source again: the source's format and the
+/// measured quality of the tensors quantized again, against the dequantized source (`null`
+/// otherwise).
+fn requantized_quality(
+    layout: &SourceLayout,
+    r: &omnipack_quant::QuantizeOutcome,
+) -> serde_json::Value {
+    let again: Vec<&omnipack_quant::TensorReport> = r
+        .tensors
+        .iter()
+        .filter(|t| {
+            layout
+                .group_of(&t.name)
+                .is_some_and(|g| g.weight == t.name && t.kind != OutputKind::Cast)
+        })
+        .collect();
+    if again.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let q = Quality::of(again.iter().map(|t| (t.name.as_str(), &t.stats)));
+    json!({
+        "source_format": layout.describe(),
+        "tensors": again.len(),
+        "sqnr_db": q.sqnr_db,
+    })
+}
+
+/// The build's warning for a variant quantized again from a quantized source.
+fn requantized_warning(bundle: &str, q: &serde_json::Value) -> String {
+    let sqnr = match q["sqnr_db"].as_f64() {
+        Some(db) => format!("{db:.2} dB"),
+        None => "exact".into(),
+    };
+    format!(
+        "bundle `{bundle}`: its source is already quantized ({}); {} tensor(s) were dequantized and quantized again, so their error compounds: SQNR {sqnr} against the dequantized source",
+        q["source_format"].as_str().unwrap_or("?"),
+        q["tensors"],
+    )
 }
 
 /// Runs `write` while a thread reports the bytes written so far in `work` (the quantizer

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use omnipack_manifest::{format_bytes, printable};
-use omnipack_quant::{QuantizedLayout, SafetensorsFile, TensorInfo, recognise_layout};
+use omnipack_quant::{
+    QuantizedLayout, SafetensorsFile, SourceLayout, TensorInfo, recognise_layout,
+};
 
 use super::CommandResult;
 
@@ -133,6 +135,22 @@ fn config_lines(out: &mut String, config: &Option<(PathBuf, serde_json::Value)>)
     }
 }
 
+/// `parameters: N`, the quantized tensors counted at their true shape (as `omnipack plan`
+/// counts them).
+fn parameters_line(tensors: &[TensorInfo], source: &SourceLayout) -> String {
+    let n: u64 = source
+        .logical_tensors(tensors)
+        .iter()
+        .fold(0u64, |a, t| a.saturating_add(t.numel()));
+    match source.describe() {
+        Some(f) => format!(
+            "parameters: {n} ({f} weights counted at their true shape, {} quantized)\n",
+            source.groups().count()
+        ),
+        None => format!("parameters: {n}\n"),
+    }
+}
+
 fn tensor_table(
     out: &mut String,
     tensors: &[(TensorInfo, Option<String>)],
@@ -197,6 +215,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
         (e.len <= 1 << 20).then(|| file.bytes(e).to_vec())
     };
     let layout = recognise_layout(&tensors, config.as_ref().map(|c| &c.1), &read_small);
+    let source = SourceLayout::recognise(&tensors, config.as_ref().map(|c| &c.1), &read_small);
     let data: u64 = tensors.iter().map(|t| t.data_bytes()).sum();
     let name = path
         .file_name()
@@ -213,6 +232,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
     ));
     let sha = omnipack_quant::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     out.push_str(&format!("sha256: {sha}\n"));
+    out.push_str(&parameters_line(&tensors, &source));
     if !header.metadata.is_empty() {
         let m: Vec<String> = header
             .metadata
@@ -249,6 +269,7 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
     rows.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let infos: Vec<TensorInfo> = rows.iter().map(|r| r.0.clone()).collect();
     let layout = recognise_layout(&infos, config.as_ref().map(|c| &c.1), &|_| None);
+    let source = SourceLayout::recognise(&infos, config.as_ref().map(|c| &c.1), &|_| None);
     let data: u64 = infos.iter().map(|t| t.data_bytes()).sum();
     let name = path
         .file_name()
@@ -261,6 +282,7 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
         data,
         format_bytes(data)
     );
+    out.push_str(&parameters_line(&infos, &source));
     for line in &layout.summary {
         out.push_str(&format!("layout: {}\n", printable(line)));
     }

@@ -97,9 +97,14 @@ pub fn human(plan: &Plan) -> String {
         .components
         .iter()
         .map(|c| {
+            let source = c
+                .source_format
+                .as_ref()
+                .map(|f| format!(", source quantized {f}"))
+                .unwrap_or_default();
             if c.parameters > 0 {
                 format!(
-                    "{} ({}, {} parameters)",
+                    "{} ({}, {} parameters{source})",
                     c.component.name, c.size_source, c.parameters
                 )
             } else {
@@ -108,6 +113,17 @@ pub fn human(plan: &Plan) -> String {
         })
         .collect();
     let _ = writeln!(s, "sizes from: {}", sizes.join(", "));
+    for b in &plan.bundles {
+        let what = match b.source_treatment.as_deref() {
+            Some("pass_through") => "the source's format: its tensors pass through byte for byte",
+            Some("dequantize") => "dequantizes the source exactly as MLX does",
+            Some("requantize") => {
+                "dequantizes the source and quantizes it again (the error compounds)"
+            }
+            _ => continue,
+        };
+        let _ = writeln!(s, "  {}: {what}", b.id);
+    }
     for t in &plan.tiers {
         s.push('\n');
         tier_table(&mut s, plan, t);
@@ -216,5 +232,28 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
             String::new()
         }
     );
+    if e.fits {
+        let _ = writeln!(
+            s,
+            "  rank sum: {} ({})",
+            t.rank_sum,
+            if t.rank_sum == 0 {
+                "every component at its first preference"
+            } else {
+                "steps down the preference lists"
+            }
+        );
+        for u in &t.step_ups {
+            let _ = writeln!(
+                s,
+                "  step up `{}` {} -> {}: exceeds the limit by {} ({} bytes)",
+                u.component,
+                u.format.as_str(),
+                u.step_up_format.as_str(),
+                format_bytes(u.over_bytes),
+                u.over_bytes
+            );
+        }
+    }
     let _ = writeln!(s, "  load order: {}", e.bundles.join(", "));
 }
