@@ -351,6 +351,7 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                         || bj.role != b.role
                         || bj.runtime != b.runtime
                         || bj.quantization != b.quantization
+                        || bj.quality != b.quality
                     {
                         m.push(format!(
                             "{}: {BUNDLE_JSON} describes another bundle than the summary",

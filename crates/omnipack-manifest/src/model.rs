@@ -47,6 +47,7 @@ named_enum!(Format { F32 => "f32", F16 => "f16", Bf16 => "bf16", Int2 => "int2",
 named_enum!(FloatDtype { F32 => "f32", F16 => "f16", Bf16 => "bf16" });
 named_enum!(KvFormat { F16 => "f16", U8 => "u8", Nf4 => "nf4" });
 named_enum!(IoDtype { F32 => "f32", F16 => "f16" });
+named_enum!(Method { Rtn => "rtn", Mse => "mse" });
 
 /// An omnipack bundle manifest: the components of an on-device model, how each is quantized
 /// and delivered, and the device memory tiers it must fit.
@@ -451,12 +452,52 @@ pub struct Quantization {
     /// dequantize. Default `false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requantize: Option<bool>,
+    /// How the MLX affine formats (`int2` ... `int8`) choose each group's scale and bias:
+    /// `rtn` (the default) or `mse`. Applies to the affine formats of the preference list and
+    /// is ignored for float and NF4 variants; an error when no format of the component (tier
+    /// overrides included) is affine, or when the weights come from an exporter. One method
+    /// per component: bundle ids stay `<component>-<format>[-g<group>]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    /// Quality floor: the build fails when a variant of this component measures an SQNR (in
+    /// dB, over all its quantized and cast weights, element-weighted, as its consumer
+    /// dequantizes them) below this value. Known only after quantizing, so checked at build
+    /// time; overridable per tier. Only for weights omnipack writes (a `safetensors` source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sqnr_db: Option<f64>,
     /// Per-tier overrides, keyed by tier name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<BTreeMap<String, QuantizationOverride>>,
 }
 
-/// A per-tier override of `format` and `group_size`.
+/// Quantization method of the MLX affine formats. Both write exactly the MLX layout (codes,
+/// scales, biases); only the numbers differ.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Round to nearest between each group's minimum and maximum, bit-exact with
+    /// `mx.quantize` (the default).
+    #[default]
+    Rtn,
+    /// Error-minimising: each group's scale and bias are searched for the smallest squared
+    /// error after MLX dequantization, never worse than `rtn` on any group.
+    Mse,
+}
+
+/// A per-tier override of `format`, `group_size` and `min_sqnr_db`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizationOverride {
@@ -466,6 +507,9 @@ pub struct QuantizationOverride {
     /// Group size for this tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_size: Option<GroupSize>,
+    /// Quality floor for this tier's variant, in dB SQNR (checked at build time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sqnr_db: Option<f64>,
 }
 
 /// Quantization group size: 32, 64 or 128 elements.

@@ -33,6 +33,14 @@ fn as_printed(diags: &Diagnostics) -> String {
 /// (fixture, file the error is in, line, column, manifest path, text the help must contain)
 const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
     (
+        "method-without-affine",
+        "method-without-affine.yaml",
+        15,
+        15,
+        "components[0].quantization.method",
+        "remove `method`",
+    ),
+    (
         "config-architecture-mismatch",
         "config-architecture-mismatch.yaml",
         16,

@@ -122,6 +122,14 @@ pub fn quant_spec_parts(
     }
 }
 
+/// The quantizer's method for a manifest `method`.
+pub fn quant_method(method: omnipack_manifest::Method) -> omnipack_quant::Method {
+    match method {
+        omnipack_manifest::Method::Rtn => omnipack_quant::Method::Rtn,
+        omnipack_manifest::Method::Mse => omnipack_quant::Method::Mse,
+    }
+}
+
 /// The tensors a component selects from its shards: names starting with `prefix`, prefix
 /// stripped, in shard order then file order.
 pub fn select_tensors(

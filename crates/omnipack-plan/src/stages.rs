@@ -14,7 +14,7 @@ use crate::model::BundlePlan;
 use crate::sizing::ComponentSizer;
 use crate::stage::{
     AssetPackParams, BundleContents, ConfigJson, DecodeStepSidecars, ExportParams, ExportSource,
-    PackageParams, QuantizeParams, Stage, StageKind,
+    PackageParams, QualityFloor, QuantizeParams, Stage, StageKind,
 };
 
 /// `export:<component>` or `export:<component>:<tier>`.
@@ -64,7 +64,7 @@ pub(crate) fn stages(
         let package_dep = if matches!(c.source, ResolvedSource::Safetensors { .. }) {
             let ci = m.components.iter().position(|x| x.name == c.name);
             let config = ci.and_then(|i| sizers[i].config_quantization()).cloned();
-            let q = quantize_stage(c, b, export, config);
+            let q = quantize_stage(m, c, b, export, config);
             let id = q.id.clone();
             quantizes.push(q);
             id
@@ -194,6 +194,7 @@ fn exporter_argv(
 }
 
 fn quantize_stage(
+    m: &ResolvedManifest,
     c: &ResolvedComponent,
     b: &BundlePlan,
     export: String,
@@ -210,9 +211,45 @@ fn quantize_stage(
             keep_dtype: c.quantization.keep_dtype,
             requantize: c.quantization.requantize,
             source_quantization,
+            method: c.quantization.method,
+            quality_floors: quality_floors(m, c, b),
         }),
         depends_on: vec![export],
     }
+}
+
+/// The `min_sqnr_db` floors of the tiers that use bundle `b`, one per manifest key that sets
+/// them (tiers in manifest order, floors in the order of their first tier).
+pub(crate) fn quality_floors(
+    m: &ResolvedManifest,
+    c: &ResolvedComponent,
+    b: &BundlePlan,
+) -> Vec<QualityFloor> {
+    let Some(index) = m.components.iter().position(|x| x.name == c.name) else {
+        return Vec::new();
+    };
+    let mut floors: Vec<QualityFloor> = Vec::new();
+    for tier in &b.used_by {
+        let tq = c.quantization.for_tier(tier);
+        let Some(db) = tq.min_sqnr_db else {
+            continue;
+        };
+        let path = if tq.min_sqnr_db_overridden {
+            format!("components[{index}].quantization.tiers.{tier}.min_sqnr_db")
+        } else {
+            format!("components[{index}].quantization.min_sqnr_db")
+        };
+        match floors.iter_mut().find(|f| f.manifest_path == path) {
+            Some(f) => f.tiers.push(tier.clone()),
+            None => floors.push(QualityFloor {
+                min_sqnr_db: db,
+                tiers: vec![tier.clone()],
+                manifest_path: path,
+                checked_at: "build".into(),
+            }),
+        }
+    }
+    floors
 }
 
 fn package_stage(

@@ -104,6 +104,8 @@ pub(crate) struct QuantizedWeights {
     pub digest: FileDigest,
     pub data_bytes: u64,
     pub parameters: u64,
+    /// The measured error of the weights against their source.
+    pub quality: omnipack_summary::Quality,
 }
 
 /// A bundle zip and its asset-pack folder in the cache.
@@ -116,6 +118,8 @@ pub(crate) struct PackagedBundle {
     pub files: Vec<FileEntry>,
     pub weights_bytes: u64,
     pub parameters: u64,
+    /// The measured quality of the weights (none for exporter outputs and files).
+    pub quality: Option<omnipack_summary::Quality>,
 }
 
 /// A finished stage: its output and whether it came from the cache.

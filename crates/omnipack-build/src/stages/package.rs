@@ -77,6 +77,8 @@ struct Contents {
     in_cache: BTreeMap<String, bool>,
     weights_bytes: u64,
     parameters: u64,
+    /// The measured quality of the quantized weights; none for exported files.
+    quality: Option<omnipack_summary::Quality>,
 }
 
 /// Runs a package stage on the output of the stage it depends on.
@@ -89,7 +91,7 @@ pub(crate) fn run(
     let mut contents = contents(ctx, stage, p, input)?;
     add_sidecars(p, &mut contents)?;
     let files = file_list(&contents.entries);
-    let bundle_json = bundle_json(p, &files);
+    let bundle_json = bundle_json(p, &files, contents.quality.clone());
     let mut files = files;
     files.push(FileEntry {
         path: BUNDLE_JSON.into(),
@@ -106,11 +108,12 @@ pub(crate) fn run(
     });
     contents.entries.push(bundle_json);
     let (weights_bytes, parameters) = (contents.weights_bytes, contents.parameters);
+    let quality = contents.quality.clone();
     let c = ctx.cached(
         CacheKind::Package,
         &material,
         |work| write_bundle(ctx, stage, p, &contents, &pack_manifest, work),
-        |entry| read_entry(entry, p, files.clone(), weights_bytes, parameters),
+        |entry| read_entry(entry, p, files.clone(), weights_bytes, parameters, quality),
     )?;
     Ok(Ran {
         output: StageOutput::Bundle(Arc::new(c.value)),
@@ -144,6 +147,7 @@ fn contents(
                 in_cache: BTreeMap::from([(WEIGHTS_FILE.to_string(), true)]),
                 weights_bytes: w.data_bytes,
                 parameters: w.parameters,
+                quality: Some(w.quality.clone()),
             })
         }
         (BundleContents::QuantizedWeights { .. }, _) => Err(wrong("quantized weights")),
@@ -162,6 +166,7 @@ fn contents(
             in_cache: BTreeMap::new(),
             weights_bytes: files.iter().map(|f| f.digest.size).sum(),
             parameters: 0,
+            quality: None,
         }),
         (BundleContents::ExportedFiles, _) => Err(wrong("exported files")),
     }
@@ -230,8 +235,13 @@ fn file_list(entries: &[Entry]) -> Vec<FileEntry> {
     files
 }
 
-/// `bundle.json`: the bundle's identity and its other files.
-fn bundle_json(p: &PackageParams, files: &[FileEntry]) -> Entry {
+/// `bundle.json`: the bundle's identity, its other files and the measured quality of its
+/// weights.
+fn bundle_json(
+    p: &PackageParams,
+    files: &[FileEntry],
+    quality: Option<omnipack_summary::Quality>,
+) -> Entry {
     let manifest = BundleManifest {
         bundle_id: p.bundle.clone(),
         component: p.component.clone(),
@@ -239,9 +249,10 @@ fn bundle_json(p: &PackageParams, files: &[FileEntry]) -> Entry {
         runtime: p.runtime.as_str().into(),
         quantization: p.quantization.clone(),
         files: files.to_vec(),
+        quality,
         generator: omnipack_summary::generator(),
     };
-    // Plain data (strings and integers) always serialises.
+    // Plain data (strings, integers, finite floats) always serialises.
     let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     bytes.push(b'\n');
     Entry::bytes(BUNDLE_JSON, bytes)
@@ -336,6 +347,7 @@ fn read_entry(
     files: Vec<FileEntry>,
     weights_bytes: u64,
     parameters: u64,
+    quality: Option<omnipack_summary::Quality>,
 ) -> Result<PackagedBundle, PackageError> {
     let z = entry
         .get(ZIP_FILE)
@@ -350,5 +362,6 @@ fn read_entry(
         files,
         weights_bytes,
         parameters,
+        quality,
     })
 }

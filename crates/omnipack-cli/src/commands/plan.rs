@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use omnipack_manifest::diagnostic::{Diagnostic, render};
 use omnipack_manifest::{format_bytes, format_mib, format_signed_bytes};
-use omnipack_plan::{Plan, PlanFailure, TierPlan};
+use omnipack_plan::{Plan, PlanFailure, StageKind, TierPlan};
 
 use super::CommandResult;
 
@@ -128,6 +128,7 @@ pub fn human(plan: &Plan) -> String {
         s.push('\n');
         tier_table(&mut s, plan, t);
     }
+    quality_floors(&mut s, plan);
     let _ = writeln!(s, "\nstages, in execution order:");
     for (i, st) in plan.stages.iter().enumerate() {
         let deps = if st.depends_on.is_empty() {
@@ -138,6 +139,36 @@ pub fn human(plan: &Plan) -> String {
         let _ = writeln!(s, "  {:>3}. {}{deps}", i + 1, st.id);
     }
     s
+}
+
+/// The `min_sqnr_db` floors: quality is measured while quantizing, so the build checks them.
+fn quality_floors(s: &mut String, plan: &Plan) {
+    let floors: Vec<(&str, &omnipack_plan::QualityFloor)> = plan
+        .stages
+        .iter()
+        .filter_map(|st| match &st.kind {
+            StageKind::Quantize(q) => Some((q.bundle.as_str(), &q.quality_floors)),
+            _ => None,
+        })
+        .flat_map(|(b, fs)| fs.iter().map(move |f| (b, f)))
+        .collect();
+    if floors.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nquality floors (min_sqnr_db), checked at build time once each variant is quantized:"
+    );
+    for (bundle, f) in floors {
+        let _ = writeln!(
+            s,
+            "  {bundle}: at least {} dB SQNR (tier{} {}; {})",
+            f.min_sqnr_db,
+            if f.tiers.len() == 1 { "" } else { "s" },
+            f.tiers.join(", "),
+            f.manifest_path
+        );
+    }
 }
 
 fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
