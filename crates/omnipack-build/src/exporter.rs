@@ -115,14 +115,20 @@ pub fn run_exporter(
         .env(TOKEN_VAR, &token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    // SAFETY: prctl and close_range are async-signal-safe. PR_SET_PDEATHSIG asks the kernel to
-    // kill the exporter when the build dies (for example by SIGKILL); close_range closes every
-    // descriptor above stdio, so the exporter inherits nothing else from omnipack (Linux only).
+        .stderr(Stdio::piped());
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    cmd.process_group(0);
+    // SAFETY: setsid, prctl and close_range are async-signal-safe. setsid puts the exporter in
+    // a session and process group of its own (its pid is both ids), away from omnipack's
+    // terminal and signals; PR_SET_PDEATHSIG asks the kernel to kill the exporter when the
+    // build dies (for example by SIGKILL); close_range closes every descriptor above stdio, so
+    // the exporter inherits nothing else from omnipack (Linux only).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     unsafe {
         cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
@@ -496,6 +502,36 @@ mod tests {
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[test]
+    fn the_exporter_runs_in_a_session_and_group_of_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("st");
+        let out = absolute(&stage.join("out"));
+        // /proc/self/stat: pid (comm) state ppid pgrp session ...
+        let argv = sh(&format!(
+            "read -r pid comm state ppid pgrp sid rest < /proc/self/stat; echo \"$pid $pgrp $sid\" > {}/ids",
+            out.display()
+        ));
+        run_exporter(
+            &argv,
+            d.path(),
+            &stage,
+            &["ids".into()],
+            Duration::from_secs(10),
+            &d.path().join("l.log"),
+        )
+        .unwrap();
+        let ids: Vec<i32> = fs::read_to_string(out.join("ids"))
+            .unwrap()
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(ids[0], ids[1], "process group");
+        assert_eq!(ids[0], ids[2], "session");
+        // SAFETY: getsid(0) only reads the calling process's session id.
+        assert_ne!(ids[2], unsafe { libc::getsid(0) });
     }
 
     #[test]
