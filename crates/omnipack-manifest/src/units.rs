@@ -258,9 +258,39 @@ impl JsonSchema for Duration {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (ANSI escapes, carriage returns, NUL,
+/// ...) and bidirectional overrides become `\u{..}` escapes, so a name read from an untrusted
+/// file cannot move the cursor, recolour the terminal or hide text.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_terminal_controls() {
+        assert_eq!(printable("model.weight"), "model.weight");
+        assert_eq!(printable("a\x1b[31mred\r"), "a\\u{1b}[31mred\\u{d}");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+    }
 
     #[test]
     fn sizes() {

@@ -10,11 +10,11 @@ use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use omnipack_fs::remove_any;
 use omnipack_quant::FileDigest;
 use omnipack_remote::{Fetched, Lookup, Record, RecordFile, RemoteCache, Unavailable};
 
 use crate::cache::{CacheEntry, CacheError, CacheKind};
-use crate::fsutil::remove_any;
 use crate::progress::Event;
 use crate::stages::BuildContext;
 

@@ -13,8 +13,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageFailure};
+use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageError, StageFailure};
 use omnipack_manifest::diagnostic::{Diagnostic, render};
+use omnipack_manifest::{LoadedManifest, Severity};
 use omnipack_manifest::{format_bytes, format_signed_bytes};
 use omnipack_plan::{Plan, PlanFailure};
 
@@ -75,7 +76,7 @@ fn cache_url(args: &BuildArgs) -> Option<String> {
 /// Runs `omnipack build`.
 pub fn run(args: BuildArgs) -> CommandResult {
     let plan = match (&args.plan, &args.manifest) {
-        (Some(file), _) => plan_from_file(file),
+        (Some(file), _) => plan_from_file(file).map(|p| (p, None)),
         (None, Some(manifest)) => plan_manifest(manifest, &args.tiers),
         // clap requires one of them.
         (None, None) => None,
@@ -92,7 +93,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
         );
         return Ok(ExitCode::from(2));
     }
-    let Some(plan) = plan else {
+    let Some((plan, loaded)) = plan else {
         return Ok(ExitCode::from(1));
     };
     let remote = match url.as_deref().map(omnipack_build::RemoteCache::connect) {
@@ -132,7 +133,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                report_failure(&e);
+                report_failure(&e, loaded.as_ref());
                 eprintln!("error: --only failed; the remote cache has what was pushed before");
                 ExitCode::from(1)
             }
@@ -165,7 +166,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
         Err(BuildError::Stages(failures)) => {
             for f in &failures {
                 if let StageFailure::Failed { stage, error } = f {
-                    eprintln!("error: stage `{stage}` failed: {error}");
+                    eprint!("{}", stage_failure(stage, error, loaded.as_ref()));
                 }
             }
             let skipped: Vec<&str> = failures
@@ -218,13 +219,13 @@ fn remote_line(r: Option<&omnipack_build::RemoteReport>) -> String {
     }
 }
 
-/// Prints why a build or an `--only` run failed.
-fn report_failure(e: &BuildError) {
+/// Prints why an `--only` run failed.
+fn report_failure(e: &BuildError, loaded: Option<&LoadedManifest>) {
     match e {
         BuildError::Stages(failures) => {
             for f in failures {
                 if let StageFailure::Failed { stage, error } = f {
-                    eprintln!("error: stage `{stage}` failed: {error}");
+                    eprint!("{}", stage_failure(stage, error, loaded));
                 }
             }
         }
@@ -232,9 +233,31 @@ fn report_failure(e: &BuildError) {
     }
 }
 
+/// A failed stage as printed: a variant below a `min_sqnr_db` floor is located at that key
+/// when the manifest is at hand (a build of a saved plan names the key's path instead).
+fn stage_failure(stage: &str, error: &StageError, loaded: Option<&LoadedManifest>) -> String {
+    let floor = match error {
+        StageError::Quantize(q) => q.quality_floor(),
+        _ => None,
+    };
+    match (floor, loaded) {
+        (Some((path, help)), Some(loaded)) => render(&[loaded.diagnostic_at(
+            path,
+            Severity::Error,
+            format!("stage `{stage}` failed: {error}"),
+            Some(help),
+        )]),
+        (Some((path, help)), None) => {
+            format!("error: stage `{stage}` failed: {path}: {error}\n  help: {help}\n")
+        }
+        (None, _) => format!("error: stage `{stage}` failed: {error}\n"),
+    }
+}
+
 /// Loads, validates and plans `manifest`, printing its diagnostics and warnings; `None` when
-/// nothing can be built.
-fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<Plan> {
+/// nothing can be built. The loaded manifest comes back with the plan, to locate the errors
+/// only the build can find.
+fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<(Plan, Option<LoadedManifest>)> {
     let loaded = match omnipack_manifest::load(manifest) {
         Ok(l) => l,
         Err(diags) => {
@@ -264,7 +287,7 @@ fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<Plan> {
         .map(|w| w.to_diagnostic(&loaded))
         .collect();
     eprint!("{}", render(&warnings));
-    Some(plan)
+    Some((plan, Some(loaded)))
 }
 
 /// Reads a plan written by `omnipack plan --format json` (`-`: stdin), printing its warnings;
@@ -274,7 +297,7 @@ fn plan_from_file(file: &Path) -> Option<Plan> {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map(|_| s)
     } else {
-        std::fs::read_to_string(file)
+        omnipack_fs::read_to_string_capped(file, omnipack_fs::MAX_DOCUMENT_BYTES)
     };
     let plan = text.map_err(|e| e.to_string()).and_then(|t| {
         serde_json::from_str::<Plan>(&t).map_err(|e| format!("not an omnipack plan: {e}"))
