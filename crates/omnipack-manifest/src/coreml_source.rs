@@ -41,7 +41,7 @@ pub(crate) fn required_context(
     let shipping = tiers.iter().filter(|(_, t)| {
         t.components
             .as_ref()
-            .is_none_or(|list| list.iter().any(|n| *n == component.name))
+            .is_none_or(|list| list.contains(&component.name))
     });
     let mut any = false;
     for (j, t) in shipping {
