@@ -7,6 +7,9 @@
 //! from the files' sizes.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use omnipack_coreml::{CompressionConfig, CompressionPlan, CoreMlModel, ModelFormat};
 
 use omnipack_manifest::lexical_path::{normalize_str, slash};
 use omnipack_manifest::{FloatDtype, Format, ResolvedComponent, ResolvedSource};
@@ -27,6 +30,9 @@ pub enum SizeSource {
     FileSizes,
     /// Nothing known before the export runs: counted as 0.
     Unknown,
+    /// A Core ML model read by omnipack: its parameters, and per variant the exact layout of
+    /// the package omnipack writes.
+    Model,
 }
 
 impl SizeSource {
@@ -38,6 +44,7 @@ impl SizeSource {
             SizeSource::ResidentMemory => "resident_memory",
             SizeSource::FileSizes => "file_sizes",
             SizeSource::Unknown => "unknown",
+            SizeSource::Model => "model",
         }
     }
 }
@@ -70,6 +77,13 @@ enum SizerKind {
     },
     /// The same size whatever the variant.
     Fixed(u64),
+    /// A Core ML ML program, sized per variant by the compression's layout function.
+    CoreMl {
+        model: Arc<CoreMlModel>,
+        keep: Vec<String>,
+    },
+    /// A single `.mlmodel` file: shipped as it is (f16 only), sized by the file.
+    CoreMlFile(u64),
 }
 
 /// Why a component could not be sized; `field` is the manifest path below the component.
@@ -245,6 +259,32 @@ impl ComponentSizer {
                     shards: None,
                 })
             }
+            ResolvedSource::Mlpackage { path } => {
+                let model = omnipack_coreml::open(&dir.join(path)).map_err(|e| SizingError {
+                    field: "source.mlpackage",
+                    message: format!("cannot read Core ML model `{path}`: {e}"),
+                    help: None,
+                })?;
+                let facts = model.facts().map_err(|e| SizingError {
+                    field: "source.mlpackage",
+                    message: format!("cannot read Core ML model `{path}`: {e}"),
+                    help: None,
+                })?;
+                let parameters = facts.weights.as_ref().map_or(0, |w| w.parameters);
+                let kind = match model.format {
+                    ModelFormat::SingleFile => SizerKind::CoreMlFile(facts.stored_bytes),
+                    ModelFormat::Package(_) => SizerKind::CoreMl {
+                        model: Arc::new(model),
+                        keep: c.quantization.keep.clone(),
+                    },
+                };
+                Ok(ComponentSizer {
+                    parameters,
+                    source: SizeSource::Model,
+                    kind,
+                    shards: None,
+                })
+            }
             ResolvedSource::Files { files } => {
                 let mut total = 0u64;
                 for f in files {
@@ -307,7 +347,7 @@ impl ComponentSizer {
     pub fn source_layout(&self) -> Option<&SourceLayout> {
         match &self.kind {
             SizerKind::Native { layout, .. } => Some(layout),
-            SizerKind::Fixed(_) => None,
+            _ => None,
         }
     }
 
@@ -319,7 +359,7 @@ impl ComponentSizer {
                 config_quantization,
                 ..
             } => config_quantization.as_ref(),
-            SizerKind::Fixed(_) => None,
+            _ => None,
         }
     }
 
@@ -365,7 +405,7 @@ impl ComponentSizer {
     pub fn source_tensors(&self) -> &[TensorInfo] {
         match &self.kind {
             SizerKind::Native { tensors, .. } => tensors,
-            SizerKind::Fixed(_) => &[],
+            _ => &[],
         }
     }
 
@@ -377,13 +417,51 @@ impl ComponentSizer {
 
     /// True when the variants are quantized natively (sizes differ per format).
     pub fn is_native(&self) -> bool {
-        matches!(self.kind, SizerKind::Native { .. })
+        matches!(
+            self.kind,
+            SizerKind::Native { .. } | SizerKind::CoreMl { .. }
+        )
+    }
+
+    /// The Core ML model a `source.mlpackage` component reads (`None` for other sources and
+    /// for a single `.mlmodel` file).
+    pub fn coreml_model(&self) -> Option<&Arc<CoreMlModel>> {
+        match &self.kind {
+            SizerKind::CoreMl { model, .. } => Some(model),
+            _ => None,
+        }
+    }
+
+    /// The layout of the Core ML package one variant writes (`None` when the component is not
+    /// a Core ML ML program).
+    pub fn coreml_plan(
+        &self,
+        format: Format,
+        group_size: u32,
+    ) -> Option<Result<CompressionPlan, SizingError>> {
+        let SizerKind::CoreMl { model, keep } = &self.kind else {
+            return None;
+        };
+        Some(coreml_plan(model, keep, format, group_size))
     }
 
     /// Tensor data bytes of one variant.
     pub fn weights_bytes(&self, format: Format, group_size: u32) -> Result<u64, SizingError> {
         match &self.kind {
             SizerKind::Fixed(b) => Ok(*b),
+            SizerKind::CoreMlFile(b) if format == Format::F16 => Ok(*b),
+            SizerKind::CoreMlFile(_) => Err(SizingError {
+                field: "quantization",
+                message: format!(
+                    "a single `.mlmodel` file (a neural network) is shipped as it is: `{format}` cannot apply"
+                ),
+                help: Some(
+                    "use `quantization.format: f16`, or give an ML program (`.mlpackage`)".into(),
+                ),
+            }),
+            SizerKind::CoreMl { model, keep } => {
+                Ok(coreml_plan(model, keep, format, group_size)?.weights_bytes)
+            }
             SizerKind::Native {
                 tensors,
                 layout,
@@ -483,4 +561,39 @@ fn recognise_source(
         None
     };
     SourceLayout::recognise(tensors, config, &read_small)
+}
+
+/// The compression of a Core ML model for a manifest format (`group_size` is int4's block).
+pub fn coreml_config(
+    format: Format,
+    group_size: u32,
+    keep: &[String],
+) -> Result<CompressionConfig, SizingError> {
+    let format =
+        omnipack_manifest::compression_format(format, group_size).ok_or_else(|| SizingError {
+            field: "quantization",
+            message: format!("a Core ML variant is `f16`, `int8` or `int4`, not `{format}`"),
+            help: Some("list `f16`, `int8` or `int4` in `quantization.format`".into()),
+        })?;
+    Ok(CompressionConfig {
+        format,
+        keep: keep.to_vec(),
+    })
+}
+
+fn coreml_plan(
+    model: &CoreMlModel,
+    keep: &[String],
+    format: Format,
+    group_size: u32,
+) -> Result<CompressionPlan, SizingError> {
+    let config = coreml_config(format, group_size, keep)?;
+    CompressionPlan::new(model, &config).map_err(|e| SizingError {
+        field: "quantization",
+        message: format!(
+            "cannot plan the Core ML variant {}: {}",
+            config.format, e.kind
+        ),
+        help: None,
+    })
 }

@@ -162,10 +162,15 @@ fn variant_options(
     let tq = c.quantization.for_tier(&tier.name);
     let mut options = Vec::new();
     for &format in &tq.formats {
+        // A Core ML model's int8 is per channel: only its int4 has blocks.
+        let grouped = match sizer.coreml_model() {
+            Some(_) => format == Format::Int4,
+            None => format.is_grouped(),
+        };
         match sizer.weights_bytes(format, tq.group_size) {
             Ok(w) => options.push(VariantOption {
                 format,
-                group_size: format.is_grouped().then_some(tq.group_size),
+                group_size: grouped.then_some(tq.group_size),
                 weights_bytes: w,
                 resident_bytes: memory::resident_weight_bytes(c, sizer.parameters, w),
             }),
