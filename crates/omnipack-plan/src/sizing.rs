@@ -4,9 +4,15 @@
 //! quantizer's own output layout ([`omnipack_quant::plan_outputs`]), so the planned
 //! `weights_bytes` equals what the quantizer writes by construction. Exporter components are
 //! sized from their declared `size` (else `resident_memory`, else unknown), file components
-//! from the files' sizes.
+//! from the files' sizes. A Core ML model (`source.mlpackage`) is sized per variant from its
+//! program's weight shapes with the compression's own layout
+//! ([`omnipack_coreml::CompressionPlan`]), so its planned `weights_bytes` equals the stored
+//! bytes of the package the quantize stage writes.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use omnipack_coreml::{CompressionConfig, CompressionFormat, CompressionPlan, CoreMlModel};
 
 use omnipack_manifest::lexical_path::{normalize_str, slash};
 use omnipack_manifest::{FloatDtype, Format, ResolvedComponent, ResolvedSource};
@@ -25,6 +31,8 @@ pub enum SizeSource {
     FileSizes,
     /// Nothing known before the export runs: counted as 0.
     Unknown,
+    /// The Core ML model's program: its weight shapes and the compression layout.
+    Model,
 }
 
 impl SizeSource {
@@ -36,6 +44,7 @@ impl SizeSource {
             SizeSource::ResidentMemory => "resident_memory",
             SizeSource::FileSizes => "file_sizes",
             SizeSource::Unknown => "unknown",
+            SizeSource::Model => "model",
         }
     }
 }
@@ -63,6 +72,11 @@ enum SizerKind {
     },
     /// The same size whatever the variant.
     Fixed(u64),
+    /// A Core ML ML program, sized per variant by the compression's layout function.
+    CoreMl {
+        model: Arc<CoreMlModel>,
+        keep: Vec<String>,
+    },
 }
 
 /// Why a component could not be sized; `field` is the manifest path below the component.
@@ -70,6 +84,9 @@ enum SizerKind {
 pub struct SizingError {
     /// For example `source.safetensors`.
     pub field: &'static str,
+    /// The format (of the variant being sized) the error is about, when it is the format
+    /// that does not fit the source: the error is then located at that format.
+    pub format: Option<Format>,
     /// What went wrong, naming the file.
     pub message: String,
     /// How to fix it.
@@ -126,6 +143,7 @@ pub fn select_tensors(
     for shard in shards {
         let path = dir.join(shard);
         let infos = omnipack_quant::read_header(&path).map_err(|e| SizingError {
+            format: None,
             field: "source.safetensors",
             message: format!("cannot read the safetensors header of `{shard}`: {e}"),
             help: None,
@@ -139,6 +157,7 @@ pub fn select_tensors(
     }
     if out.is_empty() {
         return Err(SizingError {
+            format: None,
             field: "source.prefix",
             message: format!(
                 "no tensor in {} starts with prefix `{prefix}`",
@@ -156,6 +175,7 @@ fn resolve_shard_files(dir: &Path, shards: &[String]) -> Result<Vec<String>, Siz
     let mut out = Vec::new();
     for shard in shards {
         let files = omnipack_quant::resolve_shards(dir.join(shard)).map_err(|e| SizingError {
+            format: None,
             field: "source.safetensors",
             message: format!("cannot read the shard index `{shard}`: {e}"),
             help: None,
@@ -219,6 +239,7 @@ impl ComponentSizer {
                 let mut total = 0u64;
                 for f in files {
                     let size = path_size(&dir.join(f)).map_err(|e| SizingError {
+                        format: None,
                         field: "source.files",
                         message: format!("cannot read `{f}`: {e}"),
                         help: Some("every file listed in `source.files` must exist, relative to the manifest".into()),
@@ -242,6 +263,34 @@ impl ComponentSizer {
             source,
             kind: SizerKind::Fixed(bytes),
             shards: None,
+        }
+    }
+
+    /// A sizer of a Core ML model (`source.mlpackage`): parameters from its program, every
+    /// variant's `weights_bytes` from [`CompressionPlan`] (`keep`: the component's globs).
+    pub fn core_ml(
+        model: Arc<CoreMlModel>,
+        keep: Vec<String>,
+    ) -> Result<ComponentSizer, SizingError> {
+        let facts = model.facts().map_err(|e| SizingError {
+            format: None,
+            field: "source.mlpackage",
+            message: format!("cannot read the Core ML model: {e}"),
+            help: None,
+        })?;
+        Ok(ComponentSizer {
+            parameters: facts.weights.as_ref().map_or(0, |w| w.parameters),
+            source: SizeSource::Model,
+            kind: SizerKind::CoreMl { model, keep },
+            shards: None,
+        })
+    }
+
+    /// The Core ML model of a `source.mlpackage` component.
+    pub fn core_ml_model(&self) -> Option<&Arc<CoreMlModel>> {
+        match &self.kind {
+            SizerKind::CoreMl { model, .. } => Some(model),
+            _ => None,
         }
     }
 
@@ -274,7 +323,10 @@ impl ComponentSizer {
 
     /// True when the variants are quantized natively (sizes differ per format).
     pub fn is_native(&self) -> bool {
-        matches!(self.kind, SizerKind::Native { .. })
+        matches!(
+            self.kind,
+            SizerKind::Native { .. } | SizerKind::CoreMl { .. }
+        )
     }
 
     /// Tensor data bytes of one variant.
@@ -295,12 +347,71 @@ impl ComponentSizer {
                 };
                 let outputs =
                     omnipack_quant::plan_outputs(tensors, &spec).map_err(|e| SizingError {
+                        format: None,
                         field: "quantization",
                         message: format!("cannot plan {format} with group size {group_size}: {e}"),
                         help: None,
                     })?;
                 Ok(omnipack_quant::data_bytes(&outputs))
             }
+            SizerKind::CoreMl { model, keep } => {
+                Ok(core_ml_plan(model, keep, format, group_size)?.weights_bytes)
+            }
         }
     }
+}
+
+/// The Core ML compression of a manifest format: `f16` (as it is), `int8` (per channel),
+/// `int4` (blocks of `group_size`); `None` for formats Core ML packages are not written in.
+pub fn core_ml_format(format: Format, group_size: u32) -> Option<CompressionFormat> {
+    match format {
+        Format::F16 => Some(CompressionFormat::F16),
+        Format::Int8 => Some(CompressionFormat::Int8),
+        Format::Int4 => Some(CompressionFormat::Int4 {
+            block_size: group_size,
+        }),
+        _ => None,
+    }
+}
+
+/// The compression plan of one variant of a Core ML model: what the quantize stage writes,
+/// planned without reading weights. A format the model cannot take (int4 before iOS 18, an
+/// fp32 model as `f16`, a format Core ML is not written in) is an error about that format.
+pub fn core_ml_plan(
+    model: &CoreMlModel,
+    keep: &[String],
+    format: Format,
+    group_size: u32,
+) -> Result<CompressionPlan, SizingError> {
+    let Some(compression) = core_ml_format(format, group_size) else {
+        return Err(SizingError {
+            format: Some(format),
+            field: "quantization.format",
+            message: format!(
+                "format `{format}` is not a Core ML weight format: a Core ML model is shipped as `f16` (as it is), `int8` or `int4`"
+            ),
+            help: Some("use `f16`, `int8` or `int4` (with `group_size` as the block size)".into()),
+        });
+    };
+    let config = CompressionConfig {
+        format: compression,
+        keep: keep.to_vec(),
+    };
+    CompressionPlan::new(model, &config).map_err(|e| {
+        let help = match &e.kind {
+            omnipack_coreml::ErrorKind::TargetTooOld { .. } => Some(format!(
+                "remove `{format}` for this model, or convert it for a newer deployment target (coremltools' `minimum_deployment_target`)"
+            )),
+            omnipack_coreml::ErrorKind::Fp32Weights { .. } => Some(
+                "convert the model with coremltools' `compute_precision=ct.precision.FLOAT16`, or compress it to `int8`/`int4`".into(),
+            ),
+            _ => None,
+        };
+        SizingError {
+            format: Some(format),
+            field: "quantization.format",
+            message: format!("cannot be shipped as {compression}: {e}"),
+            help,
+        }
+    })
 }
