@@ -4,7 +4,10 @@
 //! quantizer's own output layout ([`omnipack_quant::plan_outputs`]), so the planned
 //! `weights_bytes` equals what the quantizer writes by construction. Exporter components are
 //! sized from their declared `size` (else `resident_memory`, else unknown), file components
-//! from the files' sizes.
+//! from the files' sizes. A Core ML model (`source.mlpackage`) is sized per variant from its
+//! program's weight shapes with the compression's own layout
+//! ([`omnipack_coreml::CompressionPlan`]), so its planned `weights_bytes` equals the stored
+//! bytes of the package the quantize stage writes.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -91,6 +94,9 @@ enum SizerKind {
 pub struct SizingError {
     /// For example `source.safetensors`.
     pub field: &'static str,
+    /// The format (of the variant being sized) the error is about, when it is the format
+    /// that does not fit the source: the error is then located at that format.
+    pub format: Option<Format>,
     /// What went wrong, naming the file.
     pub message: String,
     /// How to fix it.
@@ -155,6 +161,7 @@ pub fn select_tensors(
     for shard in shards {
         let path = dir.join(shard);
         let infos = omnipack_quant::read_header(&path).map_err(|e| SizingError {
+            format: None,
             field: "source.safetensors",
             message: format!("cannot read the safetensors header of `{shard}`: {e}"),
             help: None,
@@ -168,6 +175,7 @@ pub fn select_tensors(
     }
     if out.is_empty() {
         return Err(SizingError {
+            format: None,
             field: "source.prefix",
             message: format!(
                 "no tensor in {} starts with prefix `{prefix}`",
@@ -185,6 +193,7 @@ fn resolve_shard_files(dir: &Path, shards: &[String]) -> Result<Vec<String>, Siz
     let mut out = Vec::new();
     for shard in shards {
         let files = omnipack_quant::resolve_shards(dir.join(shard)).map_err(|e| SizingError {
+            format: None,
             field: "source.safetensors",
             message: format!("cannot read the shard index `{shard}`: {e}"),
             help: None,
@@ -261,11 +270,13 @@ impl ComponentSizer {
             }
             ResolvedSource::Mlpackage { path } => {
                 let model = omnipack_coreml::open(&dir.join(path)).map_err(|e| SizingError {
+                    format: None,
                     field: "source.mlpackage",
                     message: format!("cannot read Core ML model `{path}`: {e}"),
                     help: None,
                 })?;
                 let facts = model.facts().map_err(|e| SizingError {
+                    format: None,
                     field: "source.mlpackage",
                     message: format!("cannot read Core ML model `{path}`: {e}"),
                     help: None,
@@ -289,6 +300,7 @@ impl ComponentSizer {
                 let mut total = 0u64;
                 for f in files {
                     let size = path_size(&dir.join(f)).map_err(|e| SizingError {
+                        format: None,
                         field: "source.files",
                         message: format!("cannot read `{f}`: {e}"),
                         help: Some("every file listed in `source.files` must exist, relative to the manifest".into()),
@@ -451,7 +463,8 @@ impl ComponentSizer {
             SizerKind::Fixed(b) => Ok(*b),
             SizerKind::CoreMlFile(b) if format == Format::F16 => Ok(*b),
             SizerKind::CoreMlFile(_) => Err(SizingError {
-                field: "quantization",
+                format: Some(format),
+                field: "quantization.format",
                 message: format!(
                     "a single `.mlmodel` file (a neural network) is shipped as it is: `{format}` cannot apply"
                 ),
@@ -480,6 +493,7 @@ impl ComponentSizer {
                 if let Err(e) = layout.check_requantize(tensors, &spec, *requantize) {
                     let source = layout.describe().unwrap_or_default();
                     return Err(SizingError {
+                        format: None,
                         field: "quantization.format",
                         message: format!("`{format}` cannot apply to its source as it is: {e}"),
                         help: Some(format!(
@@ -490,6 +504,7 @@ impl ComponentSizer {
                 let outputs = layout
                     .plan_outputs(tensors, &spec)
                     .map_err(|e| SizingError {
+                        format: None,
                         field: "quantization",
                         message: format!("cannot plan {format} with group size {group_size}: {e}"),
                         help: None,
@@ -509,6 +524,7 @@ fn source_config(
 ) -> Result<Option<serde_json::Value>, SizingError> {
     if let Some(c) = config {
         let text = std::fs::read_to_string(dir.join(c)).map_err(|e| SizingError {
+            format: None,
             field: "source.config",
             message: format!("cannot read `{c}`: {e}"),
             help: None,
@@ -516,6 +532,7 @@ fn source_config(
         return serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| SizingError {
+                format: None,
                 field: "source.config",
                 message: format!("`{c}` is not valid JSON: {e}"),
                 help: None,
@@ -571,7 +588,8 @@ pub fn coreml_config(
 ) -> Result<CompressionConfig, SizingError> {
     let format =
         omnipack_manifest::compression_format(format, group_size).ok_or_else(|| SizingError {
-            field: "quantization",
+            format: Some(format),
+            field: "quantization.format",
             message: format!("a Core ML variant is `f16`, `int8` or `int4`, not `{format}`"),
             help: Some("list `f16`, `int8` or `int4` in `quantization.format`".into()),
         })?;
@@ -588,12 +606,21 @@ fn coreml_plan(
     group_size: u32,
 ) -> Result<CompressionPlan, SizingError> {
     let config = coreml_config(format, group_size, keep)?;
-    CompressionPlan::new(model, &config).map_err(|e| SizingError {
-        field: "quantization",
-        message: format!(
-            "cannot plan the Core ML variant {}: {}",
-            config.format, e.kind
-        ),
-        help: None,
+    CompressionPlan::new(model, &config).map_err(|e| {
+        let help = match &e.kind {
+            omnipack_coreml::ErrorKind::TargetTooOld { .. } => Some(format!(
+                "remove `{format}` for this model, or convert it for a newer deployment target (coremltools' `minimum_deployment_target`)"
+            )),
+            omnipack_coreml::ErrorKind::Fp32Weights { .. } => Some(
+                "convert the model with coremltools' `compute_precision=ct.precision.FLOAT16`, or compress it to `int8`/`int4`".into(),
+            ),
+            _ => None,
+        };
+        SizingError {
+            format: Some(format),
+            field: "quantization.format",
+            message: format!("cannot be shipped as {}: {e}", config.format),
+            help,
+        }
     })
 }
