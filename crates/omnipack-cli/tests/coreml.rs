@@ -304,3 +304,71 @@ fn inspect_describes_a_core_ml_model() {
     assert!(!o.status.success());
     assert!(text(&o).contains("weight.bin"), "{}", text(&o));
 }
+
+/// The sha256 of `weight.bin` coremltools 9.0 wrote for compression `name`, as recorded by the
+/// fixture generator in `fixtures.json`.
+fn coremltools_weight_bin_sha256(name: &str) -> String {
+    let records: Value = serde_json::from_slice(&fs::read(data("fixtures.json")).unwrap()).unwrap();
+    records["compressions"][name]["weight_bin"]["sha256"]
+        .as_str()
+        .unwrap_or_else(|| panic!("fixtures.json records compression {name}"))
+        .to_string()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn the_committed_manifests_ship_core_ml_int4_on_3gb_and_f16_above_as_coremltools_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = common::repo();
+    let weight_bin = "omnicoder_decode_step.mlpackage/Data/com.apple.CoreML/weights/weight.bin";
+    for (manifest, bundle, expected) in [
+        (
+            "manifests/iphone-3gb.yaml",
+            "text_coreml-int4-g32",
+            // The example compressed by coremltools' linear_quantize_weights, int4 blocks of 32.
+            coremltools_weight_bin_sha256("omnicoder_decode_step_ios18_int4_b32"),
+        ),
+        (
+            "manifests/release.yaml",
+            "text_coreml-f16",
+            // f16: the model's own weights, untouched.
+            sha256_hex(
+                &fs::read(repo.join(
+                    "examples/omnicoder-tiny/omnicoder_decode_step_ios18.mlpackage/Data/com.apple.CoreML/weights/weight.bin",
+                ))
+                .unwrap(),
+            ),
+        ),
+    ] {
+        let out = dir.path().join(bundle);
+        let o = omnipack(&[
+            "build",
+            s(&repo.join(manifest)),
+            "--out",
+            s(&out),
+            "--cache-dir",
+            s(&dir.path().join("cache")),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let zip = out.join(format!("bundles/{bundle}.zip"));
+        let written = read_zip_entry(&zip, weight_bin, 1 << 30).unwrap();
+        assert_eq!(sha256_hex(&written), expected, "{manifest}: {bundle}");
+        let summary: Value =
+            serde_json::from_slice(&fs::read(out.join("mobile_packager_summary.json")).unwrap())
+                .unwrap();
+        let b = summary["bundles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == bundle)
+            .unwrap_or_else(|| panic!("{manifest} ships {bundle}"));
+        assert_eq!(b["quantization"]["coreml"]["deployment_target"], "iOS 18");
+    }
+}
