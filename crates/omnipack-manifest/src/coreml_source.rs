@@ -5,14 +5,12 @@
 
 use std::path::Path;
 
-use omnipack_coreml::{
-    ArrayDataType, CacheForm, DecodeStep, DecodeStepExpectation, DecodeStepNames, ModelFacts,
-};
+use omnipack_coreml::{ArrayDataType, CacheForm, DecodeStep, DecodeStepExpectation, ModelFacts};
 
 use crate::check::files::{FileProblem, missing_help};
 use crate::model::{Architecture, Component, IoDtype, Tier};
 use crate::rel_path::shown;
-use crate::resolved::{CoreMlSourceFacts, ResolvedDecodeStepNames, resolve_decode_step};
+use crate::resolved::{CoreMlSourceFacts, resolve_decode_step};
 
 /// What omnipack read from a Core ML model.
 pub(crate) struct Reading {
@@ -62,16 +60,6 @@ pub(crate) fn required_context(
     best
 }
 
-/// The library's names for the resolved ones.
-pub(crate) fn names(n: &ResolvedDecodeStepNames) -> DecodeStepNames {
-    DecodeStepNames {
-        input_ids: n.input_ids.clone(),
-        logits: n.logits.clone(),
-        cache_inputs: n.cache_inputs.clone(),
-        cache_outputs: n.cache_outputs.clone(),
-    }
-}
-
 /// The Core ML data type of a `kv_cache.io_dtype`.
 pub(crate) fn array_dtype(io: IoDtype) -> ArrayDataType {
     match io {
@@ -118,7 +106,7 @@ pub(crate) fn read(
     let decode_step = (component.role == crate::model::Role::TextDecodeStep).then(|| {
         let arch = component.architecture;
         let expect = DecodeStepExpectation {
-            names: names(&resolve_decode_step(component.decode_step.as_ref())),
+            names: resolve_decode_step(component.decode_step.as_ref()),
             layers: arch.map(|a| a.layers),
             kv_heads: arch.map(|a| a.kv_heads),
             kv_head_dim: arch.map(|a| a.kv_head_dim),

@@ -69,27 +69,9 @@ pub struct ResolvedComponent {
     pub coreml: Option<CoreMlSourceFacts>,
 }
 
-/// The feature names of a Core ML decode step; `{i}` stands for the layer index.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedDecodeStepNames {
-    pub input_ids: String,
-    pub logits: String,
-    /// Key and value cache inputs (or iOS 18 states).
-    pub cache_inputs: [String; 2],
-    /// Key and value cache outputs.
-    pub cache_outputs: [String; 2],
-}
-
-impl Default for ResolvedDecodeStepNames {
-    fn default() -> Self {
-        Self {
-            input_ids: "input_ids".into(),
-            logits: "logits".into(),
-            cache_inputs: ["k_lat_{i}".into(), "v_lat_{i}".into()],
-            cache_outputs: ["nk_lat_{i}".into(), "nv_lat_{i}".into()],
-        }
-    }
-}
+/// The feature names of a Core ML decode step (`{i}` stands for the layer index), with the
+/// defaults the app's Swift loop binds.
+pub use omnipack_coreml::DecodeStepNames as ResolvedDecodeStepNames;
 
 /// Facts of a `source.mlpackage` model, read once when the manifest is loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
