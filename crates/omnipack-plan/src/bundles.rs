@@ -216,6 +216,12 @@ pub(crate) fn bundle_plans(
                 path: Some(format!("components[{}].delivery", acc.component)),
             });
         }
+        let source_treatment = sizers[acc.component]
+            .source_treatment(
+                acc.option.format,
+                acc.option.group_size.unwrap_or(c.quantization.group_size),
+            )
+            .map(str::to_string);
         plans.push(BundlePlan {
             id: id.clone(),
             component: c.name.clone(),
@@ -229,23 +235,21 @@ pub(crate) fn bundle_plans(
                 acc.option.group_size.unwrap_or(c.quantization.group_size),
             ) {
                 Some(Ok(plan)) => coreml_quantization_info(&plan),
+                // The method is recorded where omnipack quantizes: not for exporter outputs,
+                // nor for a quantized source whose tensors pass through byte for byte.
                 _ => quantization_info(
                     acc.option.format,
                     acc.option.group_size,
-                    matches!(c.source, ResolvedSource::Safetensors { .. })
-                        .then_some(c.quantization.method),
+                    (matches!(c.source, ResolvedSource::Safetensors { .. })
+                        && source_treatment.as_deref() != Some("pass_through"))
+                    .then_some(c.quantization.method),
                 ),
             },
             parameters: sizers[acc.component].parameters,
             weights_bytes: acc.option.weights_bytes,
             resident_bytes: acc.option.resident_bytes,
             used_by: acc.used_by.clone(),
-            source_treatment: sizers[acc.component]
-                .source_treatment(
-                    acc.option.format,
-                    acc.option.group_size.unwrap_or(c.quantization.group_size),
-                )
-                .map(str::to_string),
+            source_treatment,
         });
     }
     plans
