@@ -152,6 +152,8 @@ pub fn build(
         remote_warned: AtomicBool::new(
             stages::remote_unavailable(opts.remote.as_deref()).is_some(),
         ),
+        remote_deferred: Default::default(),
+        stage_inputs: Default::default(),
     };
     let done = stages::run_all(&ctx, jobs)?;
     let summary = stages::summary::make_summary(&ctx, &done.bundles)?;
@@ -236,6 +238,8 @@ pub fn build_only(
         remote: opts.remote.as_deref(),
         require_remote: true,
         remote_warned: AtomicBool::new(false),
+        remote_deferred: Default::default(),
+        stage_inputs: Default::default(),
     };
     let done = stages::run_all(&ctx, jobs)?;
     drop(temp);

@@ -380,9 +380,67 @@ fn only_on_two_runners_then_an_assemble_job_equals_a_local_build() {
     let o = build_with(p.path(), &moto.endpoint(), &url, &out, &["--require-cache"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(stdout(&o).contains(" 0 stages ran"), "{}", stdout(&o));
+    // It downloads what assembling reads, the packaged bundles, and no intermediate object
+    // (the quantized weights and exported files stay in the store).
+    let keys = moto.keys(&bucket);
+    let package_files: usize = keys
+        .keys()
+        .filter(|k| k.contains("/records/package/"))
+        .map(|k| {
+            let rec: serde_json::Value = serde_json::from_slice(&moto.get(&bucket, k)).unwrap();
+            rec["files"].as_array().unwrap().len()
+        })
+        .sum();
+    assert!(package_files >= 3, "{keys:?}");
+    assert!(
+        stdout(&o).contains(&format!("; {package_files} files fetched,")),
+        "expected only the {package_files} files of the package entries to be fetched: {}",
+        stdout(&o)
+    );
+    let fetched = stderr(&o);
+    assert!(
+        !fetched.contains("remote: fetched quantize/")
+            && !fetched.contains("remote: fetched export/"),
+        "{fetched}"
+    );
     assert!(
         tree(&out) == local_build(p.path(), &p.path().join("local")),
         "assembled output differs from a local build"
+    );
+}
+
+#[test]
+fn a_package_that_misses_downloads_only_the_weights_it_zips() {
+    let Some(moto) = Moto::start() else { return };
+    let p = project();
+    let bucket = moto.bucket("lazy");
+    let url = format!("s3://{bucket}/l");
+    let ids = stage_ids(p.path());
+    // One runner quantizes every component; nothing is packaged yet.
+    let mut args = vec![
+        "build".to_string(),
+        "omnipack.yaml".into(),
+        "--cache-url".into(),
+        url.clone(),
+    ];
+    for id in ids.iter().filter(|i| i.starts_with("quantize:")) {
+        args.push("--only".into());
+        args.push(id.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = omnipack_s3(p.path(), &moto.endpoint(), &args, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    // The final build packages: it downloads the quantized weights its package stages zip,
+    // runs no quantization, and builds the same bytes as a local build.
+    let out = p.path().join("out");
+    let o = build_with(p.path(), &moto.endpoint(), &url, &out, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("remote: fetched quantize/").count(), 2, "{err}");
+    assert!(!err.contains("ran    quantize:"), "{err}");
+    assert!(
+        tree(&out) == local_build(p.path(), &p.path().join("local")),
+        "output differs from a local build"
     );
 }
 
@@ -436,6 +494,12 @@ fn a_tampered_object_is_rebuilt_replaced_and_never_shipped() {
     let err = stderr(&o);
     assert!(err.contains("rebuilding locally"), "{err}");
     assert!(err.contains("record refused"), "{err}");
+    // A quantize entry with a valid record but a tampered blob is found, its download deferred,
+    // refused when its package is built, and the stage runs again.
+    assert!(
+        err.contains("again: its output in the remote cache could not be used"),
+        "{err}"
+    );
     assert!(
         tree(&second) == reference,
         "a tampered object reached the output"

@@ -33,8 +33,9 @@ pub mod record;
 pub use config::{CacheUrl, ConfigError};
 pub use record::{Record, RecordFile};
 
-/// Smallest multipart part omnipack writes (S3 refuses parts under 5 MiB but the last).
-const MIN_PART: u64 = 8 << 20;
+/// Smallest multipart part omnipack writes by default (S3 refuses parts under 5 MiB but the
+/// last); [`RemoteCache::with_min_part_size`] changes it.
+pub const MIN_PART: u64 = 8 << 20;
 /// Parts of one upload in flight at once (memory is about this plus one times the part size).
 const PARTS_IN_FLIGHT: usize = 4;
 /// How long the first request may take before the store counts as unreachable.
@@ -97,6 +98,8 @@ pub struct Stats {
     pub bytes_up: u64,
     /// Records or blobs refused.
     pub rejected: u64,
+    /// Blobs (files) downloaded.
+    pub blobs_fetched: u64,
 }
 
 /// A remote cache: the store, the key prefix and what this build learnt about them.
@@ -113,6 +116,8 @@ pub struct RemoteCache {
     bytes_down: AtomicU64,
     bytes_up: AtomicU64,
     rejected: AtomicU64,
+    blobs_fetched: AtomicU64,
+    min_part: u64,
 }
 
 // The store's builder would print keys: show only the URL.
@@ -211,7 +216,18 @@ impl RemoteCache {
             bytes_down: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            blobs_fetched: AtomicU64::new(0),
+            min_part: MIN_PART,
         }
+    }
+
+    /// The same cache with another smallest multipart part: a file larger than the part
+    /// size goes up as a multipart upload of parts of at least `bytes` (more when the file
+    /// needs more than 9,000 parts), with memory bounded by a few parts. S3 itself refuses
+    /// parts under 5 MiB (but the last): smaller parts are for test servers.
+    pub fn with_min_part_size(mut self, bytes: u64) -> RemoteCache {
+        self.min_part = bytes.max(1);
+        self
     }
 
     /// The cache URL, for messages.
@@ -227,6 +243,7 @@ impl RemoteCache {
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
+            blobs_fetched: self.blobs_fetched.load(Ordering::Relaxed),
         }
     }
 
@@ -286,8 +303,12 @@ impl RemoteCache {
     }
 
     /// The record of `kind/key`, validated.
+    /// An entry this build refused (a bad record or blob) is a miss: its stage runs again.
     pub fn lookup(&self, kind: &str, key: &str) -> Result<Lookup, Unavailable> {
         self.check()?;
+        if self.is_bad_record(kind, key) {
+            return Ok(Lookup::Miss);
+        }
         let path = self.record_path(kind, key);
         let got = self.rt.block_on(async {
             let r = self.store.get(&path).await?;
@@ -374,7 +395,10 @@ impl RemoteCache {
             .rt
             .block_on(self.store.get(&self.blob_path(&file.sha256)))
         {
-            Ok(r) => r,
+            Ok(r) => {
+                self.blobs_fetched.fetch_add(1, Ordering::Relaxed);
+                r
+            }
             Err(object_store::Error::NotFound { .. }) => {
                 return reject(format!("blob {} is missing", file.sha256));
             }
@@ -521,7 +545,7 @@ impl RemoteCache {
         size: u64,
         moved: &dyn Fn(u64),
     ) -> Result<u64, String> {
-        let part = part_size(size);
+        let part = part_size(size, self.min_part);
         let mut file =
             std::fs::File::open(local).map_err(|e| format!("{}: {e}", local.display()))?;
         let read_err = |e: std::io::Error| format!("{}: {e}", local.display());
@@ -567,11 +591,15 @@ impl RemoteCache {
     }
 }
 
-/// Part size for a multipart upload of `size` bytes: at least [`MIN_PART`], and large enough
-/// to stay under S3's 10,000 parts, rounded up to a MiB.
-fn part_size(size: u64) -> u64 {
-    let need = size.div_ceil(9000).div_ceil(1 << 20) << 20;
-    need.max(MIN_PART)
+/// Part size for a multipart upload of `size` bytes: at least `min_part`, and large enough
+/// to stay under S3's 10,000 parts (rounded up to a MiB when that decides).
+fn part_size(size: u64, min_part: u64) -> u64 {
+    let need = size.div_ceil(9000);
+    if need > min_part {
+        need.div_ceil(1 << 20) << 20
+    } else {
+        min_part
+    }
 }
 
 /// One line about a store error: its class, then the store's own words (which name the
@@ -753,10 +781,11 @@ mod tests {
 
     #[test]
     fn part_sizes_stay_within_s3_limits() {
-        assert_eq!(part_size(1), MIN_PART);
-        assert_eq!(part_size(70 << 30), MIN_PART);
+        assert_eq!(part_size(1, MIN_PART), MIN_PART);
+        assert_eq!(part_size(70 << 30, MIN_PART), MIN_PART);
+        assert_eq!(part_size(1 << 20, 64 << 10), 64 << 10);
         let big = 140_000_000_000u64;
-        let p = part_size(big);
+        let p = part_size(big, MIN_PART);
         assert!(
             big.div_ceil(p) <= 10_000 && p.is_multiple_of(1 << 20),
             "{p}"

@@ -203,10 +203,12 @@ fn remote_line(r: Option<&omnipack_build::RemoteReport>) -> String {
     };
     let s = &r.stats;
     let moved = format!(
-        "{} remote hit{}, {} pushed; {} down, {} up",
+        "{} remote hit{}, {} pushed; {} file{} fetched, {} down, {} up",
         s.hits,
         if s.hits == 1 { "" } else { "s" },
         s.pushed,
+        s.blobs_fetched,
+        if s.blobs_fetched == 1 { "" } else { "s" },
         format_bytes(s.bytes_down),
         format_bytes(s.bytes_up)
     );
