@@ -143,6 +143,9 @@ pub enum BuildError {
     /// The summary could not be encoded.
     #[error("cannot encode the summary: {0}")]
     Summary(serde_json::Error),
+    /// The summary's schema has a field the Swift generator cannot express.
+    #[error("cannot generate the summary's Swift types: {0}")]
+    SwiftTypes(String),
 }
 
 /// How a stage was satisfied.

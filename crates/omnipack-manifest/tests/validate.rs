@@ -121,6 +121,22 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         "`30s`",
     ),
     (
+        "bad-asset-pack-prefix",
+        "bad-asset-pack-prefix.yaml",
+        8,
+        22,
+        "package.asset_pack_prefix",
+        "refuses `.`",
+    ),
+    (
+        "same-asset-pack-id",
+        "same-asset-pack-id.yaml",
+        13,
+        11,
+        "components[1].name",
+        "turn `_` into `-`",
+    ),
+    (
         "bad-name",
         "bad-name.yaml",
         10,

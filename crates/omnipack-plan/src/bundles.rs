@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use omnipack_manifest::{Delivery, Format, ResolvedManifest, ResolvedSource};
-use omnipack_summary::QuantizationInfo;
+use omnipack_manifest::{
+    Delivery, Format, ResolvedComponent, ResolvedManifest, ResolvedSource, Role,
+};
+use omnipack_summary::{QuantMode, QuantizationInfo};
 
 use crate::diag::PlanDiagnostic;
 use crate::model::{BundlePlan, PlanWarning};
@@ -29,17 +31,34 @@ pub fn bundle_id(
     id
 }
 
+/// The bundle id of one of `c`'s variants: [`bundle_id`], except for a `data` component
+/// (files shipped as they are, in one variant), whose id has no format: `<component>[-<tier>]`.
+pub fn component_bundle_id(
+    c: &ResolvedComponent,
+    format: Format,
+    group_size: Option<u32>,
+    tier: Option<&str>,
+) -> String {
+    if c.role != Role::Data {
+        return bundle_id(&c.name, format, group_size, tier);
+    }
+    match tier {
+        Some(t) => format!("{}-{t}", c.name),
+        None => c.name.clone(),
+    }
+}
+
 /// How a variant is written in `bundle.json` and the summary.
 pub fn quantization_info(format: Format, group_size: Option<u32>) -> QuantizationInfo {
     let (bits, mode) = match format {
-        Format::Nf4 => (Some(4), Some(Format::Nf4.as_str().to_string())),
+        Format::Nf4 => (Some(4), Some(QuantMode::Nf4)),
         f => match f.affine_bits() {
-            Some(b) => (Some(b), Some("affine".to_string())),
+            Some(b) => (Some(b), Some(QuantMode::Affine)),
             None => (None, None),
         },
     };
     QuantizationInfo {
-        format: format.as_str().to_string(),
+        format,
         group_size: if format.is_grouped() {
             group_size
         } else {
@@ -85,7 +104,7 @@ pub(crate) fn choose(
             let c = &m.components[tc.index];
             let o = &tc.options[rank];
             let per_tier = c.source.is_per_tier().then_some(tier.name.as_str());
-            let id = bundle_id(&c.name, o.format, o.group_size, per_tier);
+            let id = component_bundle_id(c, o.format, o.group_size, per_tier);
             let acc = by_id.entry(id.clone()).or_insert_with(|| ChosenBundle {
                 component: tc.index,
                 option: o.clone(),
@@ -182,7 +201,8 @@ pub(crate) fn bundle_plans(
             tier: acc.tier.clone(),
             delivery,
             residency: c.residency,
-            quantization: quantization_info(acc.option.format, acc.option.group_size),
+            quantization: (c.role != Role::Data)
+                .then(|| quantization_info(acc.option.format, acc.option.group_size)),
             parameters: sizers[acc.component].parameters,
             weights_bytes: acc.option.weights_bytes,
             resident_bytes: acc.option.resident_bytes,

@@ -155,7 +155,11 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
             "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>12}",
             c.component,
             c.bundle,
-            c.format.as_str(),
+            // A data bundle ships its files as they are: no format.
+            match b {
+                Some(b) if b.quantization.is_none() => "-",
+                _ => c.format.as_str(),
+            },
             b.map(|b| match b.residency {
                 omnipack_manifest::Residency::Always => "always",
                 omnipack_manifest::Residency::Lazy => "lazy",
@@ -195,6 +199,11 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
         ("peak_bytes", m.peak_bytes, String::new()),
         ("memory_limit_bytes", e.memory_limit_bytes, String::new()),
         ("min_headroom_bytes", m.min_headroom_bytes, String::new()),
+        (
+            "required_bytes",
+            e.required_bytes,
+            "  peak + min_headroom: what the app compares".to_string(),
+        ),
     ] {
         let _ = writeln!(s, "  {name:<26} {v:>14} {:>10}{note}", format_mib(v.into()));
     }
