@@ -184,7 +184,7 @@ fn write_zip_with(
     sort_entries(&mut entries);
     for (i, e) in entries.iter().enumerate() {
         let duplicate = entries.get(i + 1).is_some_and(|n| n.path == e.path);
-        if duplicate || !crate::fsutil::is_safe_relative(&e.path) {
+        if duplicate || !omnipack_fs::is_safe_relative(&e.path) {
             return Err(ZipError::BadPath(e.path.clone()));
         }
         if e.path.len() > MAX_NAME_BYTES {
@@ -264,7 +264,7 @@ fn copy_data(
                 path: p.clone(),
                 source,
             };
-            let mut f = File::open(p).map_err(read_err)?;
+            let mut f = omnipack_fs::open_regular(p).map_err(read_err)?;
             loop {
                 let n = match f.read(buf) {
                     Ok(0) => break,
@@ -451,11 +451,54 @@ pub struct ReadEntry {
     pub stored: bool,
 }
 
-/// Reads every entry of a zip in order, hashing its contents.
+/// Most entries a zip read by omnipack may have (a bundle holds a few files per component).
+pub const MAX_ZIP_ENTRIES: usize = 65_535;
+
+/// Reads every entry of a zip in order, hashing its contents. Entries must not overlap (each
+/// byte of the file belongs to at most one entry), so the bytes hashed never exceed the file's
+/// size: a central directory whose records all point at one entry is refused.
 pub fn read_zip_entries(path: &Path) -> Result<Vec<ReadEntry>, String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = omnipack_fs::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file_len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let mut z = zip::ZipArchive::new(io::BufReader::new(f))
         .map_err(|e| format!("{}: not a readable zip: {e}", path.display()))?;
+    if z.len() > MAX_ZIP_ENTRIES {
+        return Err(format!(
+            "{}: {} entries, more than the {MAX_ZIP_ENTRIES} omnipack reads",
+            path.display(),
+            z.len()
+        ));
+    }
+    let mut spans = Vec::with_capacity(z.len());
+    for i in 0..z.len() {
+        let e = z
+            .by_index_raw(i)
+            .map_err(|e| format!("{}: entry {i}: {e}", path.display()))?;
+        let start = e.header_start();
+        let end = e
+            .data_start()
+            .unwrap_or(start)
+            .checked_add(e.compressed_size())
+            .filter(|&end| end <= file_len)
+            .ok_or_else(|| {
+                format!(
+                    "{}: entry {i} ends past the end of the file",
+                    path.display()
+                )
+            })?;
+        spans.push((start, end.max(start + 1), i));
+    }
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        if w[1].0 < w[0].1 {
+            return Err(format!(
+                "{}: entries {} and {} overlap (one stored entry listed twice?): not a bundle zip",
+                path.display(),
+                w[0].2,
+                w[1].2
+            ));
+        }
+    }
     let mut out = Vec::with_capacity(z.len());
     let mut buf = vec![0u8; CHUNK];
     for i in 0..z.len() {
@@ -493,7 +536,7 @@ pub fn read_zip_entries(path: &Path) -> Result<Vec<ReadEntry>, String> {
 
 /// Reads one entry's bytes (for `bundle.json`), refusing entries larger than `limit`.
 pub fn read_zip_entry(path: &Path, name: &str, limit: u64) -> Result<Vec<u8>, String> {
-    let f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = omnipack_fs::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut z = zip::ZipArchive::new(io::BufReader::new(f))
         .map_err(|e| format!("{}: not a readable zip: {e}", path.display()))?;
     let e = z

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fsutil::{remove_any, write_atomic};
+use omnipack_fs::{remove_any, write_atomic};
 use omnipack_quant::{FileDigest, digest_file, sha256_bytes};
 
 use crate::digest_memo::FileStamp;
@@ -130,7 +130,7 @@ impl CacheKind {
 
 /// Version of the entry format (`entry.json`), part of every key: entries of another format
 /// are never looked up.
-const ENTRY_FORMAT: u32 = 2;
+const ENTRY_FORMAT: u32 = 3;
 
 /// An I/O error of the cache, naming the path.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +170,20 @@ impl Cache {
         }
     }
 
+    /// Makes the folders of every kind (and `tmp`) real folders: a link planted in their place
+    /// is removed, never followed, so no listing, write or deletion of the cache leaves it.
+    pub fn prepare(&self) -> Result<(), CacheError> {
+        for name in CacheKind::ALL
+            .map(CacheKind::as_str)
+            .into_iter()
+            .chain(["tmp"])
+        {
+            let d = self.root.join(name);
+            omnipack_fs::private_dir(&d).map_err(cache_err(&d))?;
+        }
+        Ok(())
+    }
+
     fn note_used(&self, kind: CacheKind, key: &str) {
         if let Ok(mut u) = self.used.lock() {
             u.insert(format!("{}/{key}", kind.as_str()));
@@ -181,10 +195,11 @@ impl Cache {
     /// Only for a cache private to one output folder: a shared cache is never pruned.
     pub fn prune(&self, keep_builds: usize) -> io::Result<usize> {
         let recent_path = self.root.join("recent.json");
-        let mut recent: Vec<Vec<String>> = fs::read(&recent_path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut recent: Vec<Vec<String>> =
+            omnipack_fs::read_capped_nofollow(&recent_path, omnipack_fs::MAX_DOCUMENT_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
         let used: Vec<String> = self
             .used
             .lock()
@@ -201,7 +216,12 @@ impl Cache {
             recent.iter().flatten().map(String::as_str).collect();
         let mut removed = 0;
         for kind in CacheKind::ALL {
-            let Ok(rd) = fs::read_dir(self.root.join(kind.as_str())) else {
+            let dir = self.root.join(kind.as_str());
+            // Never list (and delete in) what a link planted as a kind folder points to.
+            let Ok(rd) = omnipack_fs::read_dir_nofollow(&dir) else {
+                if fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+                    remove_any(&dir)?;
+                }
                 continue;
             };
             for e in rd.filter_map(|e| e.ok()) {
@@ -213,6 +233,56 @@ impl Cache {
             }
         }
         Ok(removed)
+    }
+
+    /// Records the current stamps of the files of every entry this build used, where only their
+    /// change time moved (size, mtime, device and inode unchanged). Linking a file of an entry
+    /// into the output, and removing the previous output's link, change the file's ctime; the
+    /// entries were validated when looked up and the build holds the output lock since, so
+    /// this keeps the next unchanged build from re-hashing them. A file whose bytes changed
+    /// outside the build keeps its old stamp and is re-hashed (and repaired) by the next lookup.
+    pub fn restamp_used(&self) -> io::Result<()> {
+        let used: Vec<String> = self
+            .used
+            .lock()
+            .map(|u| u.iter().cloned().collect())
+            .unwrap_or_default();
+        for name in used {
+            let dir = self.root.join(&name);
+            let rec_path = dir.join("entry.json");
+            let Ok(bytes) =
+                omnipack_fs::read_capped_nofollow(&rec_path, omnipack_fs::MAX_DOCUMENT_BYTES)
+            else {
+                continue;
+            };
+            let Ok(mut record) = serde_json::from_slice::<EntryRecord>(&bytes) else {
+                continue;
+            };
+            let mut changed = false;
+            for f in &mut record.files {
+                let p = dir.join(&f.path);
+                let Ok(m) = fs::symlink_metadata(&p) else {
+                    continue;
+                };
+                let now = FileStamp::from_metadata(&m);
+                let was = f.stamp;
+                if m.is_file()
+                    && now != was
+                    && (now.size, now.mtime_ns, now.dev, now.ino)
+                        == (was.size, was.mtime_ns, was.dev, was.ino)
+                {
+                    f.stamp = now;
+                    changed = true;
+                }
+            }
+            if changed {
+                write_atomic(
+                    &rec_path,
+                    &serde_json::to_vec_pretty(&record).map_err(io::Error::other)?,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The root folder.
@@ -228,16 +298,17 @@ impl Cache {
     pub fn lookup(&self, kind: CacheKind, key: &str) -> Lookup {
         let dir = self.entry_dir(kind, key);
         let rec_path = dir.join("entry.json");
-        let bytes = match fs::read(&rec_path) {
-            Ok(b) => b,
-            Err(_) => {
-                if dir.exists() {
-                    let _ = remove_any(&dir);
-                    return Lookup::Corrupt(format!("{}: incomplete entry", dir.display()));
+        let bytes =
+            match omnipack_fs::read_capped_nofollow(&rec_path, omnipack_fs::MAX_DOCUMENT_BYTES) {
+                Ok(b) => b,
+                Err(_) => {
+                    if dir.exists() {
+                        let _ = remove_any(&dir);
+                        return Lookup::Corrupt(format!("{}: incomplete entry", dir.display()));
+                    }
+                    return Lookup::Miss;
                 }
-                return Lookup::Miss;
-            }
-        };
+            };
         let record: EntryRecord = match serde_json::from_slice(&bytes) {
             Ok(r) => r,
             Err(e) => {
@@ -250,6 +321,15 @@ impl Cache {
         };
         for f in &record.files {
             let p = dir.join(&f.path);
+            if !omnipack_fs::is_safe_relative(&f.path)
+                || !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file())
+            {
+                let _ = remove_any(&dir);
+                return Lookup::Corrupt(format!(
+                    "{}: not a regular file of the entry",
+                    p.display()
+                ));
+            }
             match FileStamp::of(&p) {
                 Ok(s) if s == f.stamp => continue,
                 Ok(_) => match digest_file(&p) {
@@ -305,6 +385,20 @@ impl Cache {
         files: Vec<(String, Option<FileDigest>)>,
         meta: Value,
     ) -> Result<CacheEntry, CacheError> {
+        self.commit_with(kind, key, work, files, meta, false)
+    }
+
+    /// [`Cache::commit`]; with `replace` (`--no-cache`) an existing entry under the key is
+    /// replaced by the new one instead of being kept.
+    pub fn commit_with(
+        &self,
+        kind: CacheKind,
+        key: &str,
+        work: &Path,
+        files: Vec<(String, Option<FileDigest>)>,
+        meta: Value,
+        replace: bool,
+    ) -> Result<CacheEntry, CacheError> {
         let mut recs = Vec::with_capacity(files.len());
         for (rel, known) in files {
             let p = work.join(&rel);
@@ -342,6 +436,21 @@ impl Cache {
         }
         // Never delete a valid entry first: another build sharing this cache may have committed
         // the same key meanwhile and be linking its files right now.
+        if replace && fs::symlink_metadata(&dir).is_ok() {
+            // Set the old entry aside first: the rename below then puts the new one in place.
+            let old = self.root.join("tmp").join(format!(
+                "replaced-{}-{key}-{}",
+                kind.as_str(),
+                std::process::id()
+            ));
+            remove_any(&old).map_err(cache_err(&old))?;
+            if let Some(p) = old.parent() {
+                fs::create_dir_all(p).map_err(cache_err(p))?;
+            }
+            if fs::rename(&dir, &old).is_ok() {
+                let _ = remove_any(&old);
+            }
+        }
         if fs::rename(work, &dir).is_err() {
             if let Lookup::Hit(entry) = self.lookup(kind, key) {
                 let _ = remove_any(work);

@@ -12,13 +12,18 @@ use std::time::SystemTime;
 use omnipack_quant::FileDigest;
 use serde::{Deserialize, Serialize};
 
-/// What identifies a file's content without reading it: size, modification time, inode.
+/// What identifies a file's content without reading it: size, modification time, change time,
+/// device and inode. Every write to a file updates its change time (ctime), which no program
+/// can set back (`touch -r` restores the mtime, not the ctime; only changing the system clock
+/// could), so a file edited in place with its size and mtime kept still gets a new stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileStamp {
     /// Size in bytes.
     pub size: u64,
     /// Modification time, nanoseconds since the epoch.
     pub mtime_ns: i128,
+    /// Change time (of the inode: content or attributes), nanoseconds since the epoch.
+    pub ctime_ns: i128,
     /// Device id.
     pub dev: u64,
     /// Inode number.
@@ -37,6 +42,7 @@ impl FileStamp {
         FileStamp {
             size: m.size(),
             mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
             dev: m.dev(),
             ino: m.ino(),
         }
@@ -117,7 +123,7 @@ impl DigestMemo {
     /// Loads the memo stored at `path` (an unreadable or corrupt memo is simply empty); `clock`
     /// says when a file is hashed.
     pub fn load(path: PathBuf, clock: Clock) -> DigestMemo {
-        let entries = std::fs::read(&path)
+        let entries = omnipack_fs::read_capped_nofollow(&path, omnipack_fs::MAX_DOCUMENT_BYTES)
             .ok()
             .and_then(|b| serde_json::from_slice::<BTreeMap<PathBuf, MemoEntry>>(&b).ok())
             .unwrap_or_default();
@@ -183,10 +189,11 @@ impl DigestMemo {
             return Ok(());
         }
         // Merge with entries another build may have saved meanwhile (shared cache dirs).
-        let mut merged: BTreeMap<PathBuf, MemoEntry> = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut merged: BTreeMap<PathBuf, MemoEntry> =
+            omnipack_fs::read_capped_nofollow(path, omnipack_fs::MAX_DOCUMENT_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
         if let Ok(map) = self.entries.lock() {
             for (k, v) in map.iter() {
                 merged.insert(k.clone(), v.clone());
@@ -194,7 +201,7 @@ impl DigestMemo {
         }
         merged.retain(|k, _| k.exists());
         let bytes = serde_json::to_vec(&merged).map_err(io::Error::other)?;
-        crate::fsutil::write_atomic(path, &bytes)
+        omnipack_fs::write_atomic(path, &bytes)
     }
 }
 

@@ -3,7 +3,7 @@
 //! declared outputs checked to exist and to stay inside the folder.
 
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use omnipack_manifest::lexical_path::slash;
 
-use crate::fsutil::is_safe_relative;
+use omnipack_fs::is_normal_relative;
 
 /// Why an external exporter failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,9 @@ pub enum ExporterError {
     )]
     MissingOutput { output: String, dir: String },
     /// A declared output escapes the stage folder.
-    #[error("declared output `{0}` is not a relative path inside the exporter's folder")]
+    #[error(
+        "declared output `{0}` is not a relative path in normal form (`a/b`) inside the exporter's folder"
+    )]
     UnsafeOutput(String),
     /// A symlink pointing out of the stage folder.
     #[error(
@@ -92,7 +94,7 @@ pub fn run_exporter(
     };
     let (program, args) = argv.split_first().ok_or(ExporterError::Empty)?;
     for o in outputs {
-        if !is_safe_relative(o) {
+        if !is_normal_relative(o) {
             return Err(ExporterError::UnsafeOutput(o.clone()));
         }
     }
@@ -101,21 +103,34 @@ pub fn run_exporter(
     if let Some(p) = log_path.parent() {
         fs::create_dir_all(p).map_err(io_err(p))?;
     }
-    let log = fs::File::create(log_path).map_err(io_err(log_path))?;
-    let log2 = log.try_clone().map_err(io_err(log_path))?;
+    // The log is omnipack's own file: a link planted in its place is removed, never followed.
+    if fs::symlink_metadata(log_path).is_ok_and(|m| m.file_type().is_symlink()) {
+        fs::remove_file(log_path).map_err(io_err(log_path))?;
+    }
+    let log = omnipack_fs::create_regular_nofollow(log_path, true).map_err(io_err(log_path))?;
+    let token = next_token();
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(cwd)
+        .env(TOKEN_VAR, &token)
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the exporter when the
-    // build dies (for example by SIGKILL), so no exporter outlives its build (Linux only).
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    cmd.process_group(0);
+    // SAFETY: setsid, prctl and close_range are async-signal-safe. setsid puts the exporter in
+    // a session and process group of its own (its pid is both ids), away from omnipack's
+    // terminal and signals; PR_SET_PDEATHSIG asks the kernel to kill the exporter when the
+    // build dies (for example by SIGKILL); close_range closes every descriptor above stdio, so
+    // the exporter inherits nothing else from omnipack (Linux only).
     #[cfg(any(target_os = "linux", target_os = "android"))]
     unsafe {
         cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }
@@ -125,6 +140,10 @@ pub fn run_exporter(
         source,
     })?;
     let pid = child.id() as i32;
+    // From here on, every exit path kills every process the exporter started (its group, and
+    // any that left the group with `setsid` or a double fork, found by their token).
+    let _reaper = Reaper { pgid: pid, token };
+    let capture = LogCapture::start(&mut child, log);
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -133,11 +152,9 @@ pub fn run_exporter(
             Err(e) => return Err(io_err(log_path)(e)),
         }
         if start.elapsed() >= timeout {
-            // SAFETY: killpg on the process group we created for this child.
-            unsafe {
-                libc::killpg(pid, libc::SIGKILL);
-            }
+            kill_all(pid, &_reaper.token);
             let _ = child.wait();
+            capture.finish();
             return Err(ExporterError::Timeout {
                 timeout: timeout.as_secs(),
                 log: log_path.display().to_string(),
@@ -146,11 +163,9 @@ pub fn run_exporter(
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    // Children left behind in the group must not outlive the stage.
-    // SAFETY: as above; ESRCH when the group is already gone is fine.
-    unsafe {
-        libc::killpg(pid, libc::SIGKILL);
-    }
+    // Children left behind must not outlive the stage, on success too.
+    kill_all(pid, &_reaper.token);
+    capture.finish();
     if !status.success() {
         return Err(ExporterError::Failed {
             status: status.to_string(),
@@ -185,7 +200,7 @@ pub fn collect_outputs(out_dir: &Path, outputs: &[String]) -> Result<Vec<String>
     let mut files = Vec::new();
     let mut links = Vec::new();
     for o in outputs {
-        if !is_safe_relative(o) {
+        if !is_normal_relative(o) {
             return Err(ExporterError::UnsafeOutput(o.clone()));
         }
         let p = out_dir.join(o);
@@ -309,9 +324,154 @@ fn check_inside(root: &Path, p: &Path, rel: &str) -> Result<(), ExporterError> {
     }
 }
 
+/// Most bytes of an exporter's standard output and error kept in its log (the rest is read and
+/// dropped, so the exporter never blocks on a full pipe): 8 MiB.
+pub const MAX_LOG_BYTES: u64 = 8 << 20;
+
+/// The environment variable that marks every process an exporter starts (inherited through
+/// `fork`, `setsid` and `exec`), so that omnipack finds and kills them when the exporter ends.
+pub const TOKEN_VAR: &str = "OMNIPACK_EXPORTER_RUN";
+
+fn next_token() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
+/// Kills every process of an exporter run when dropped (every exit path, panics included).
+struct Reaper {
+    pgid: i32,
+    token: String,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        kill_all(self.pgid, &self.token);
+    }
+}
+
+/// Kills the exporter's process group, then every process carrying its token (those that left
+/// the group with `setsid`), until none is left (at most about a second of rounds).
+fn kill_all(pgid: i32, token: &str) {
+    // SAFETY: killpg on the process group we created for the exporter; ESRCH when it is gone.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+    let needle = format!("{TOKEN_VAR}={token}");
+    for _ in 0..200 {
+        let found = processes_with(&needle);
+        if found.is_empty() {
+            return;
+        }
+        for pid in found {
+            // SAFETY: kill of a process that carries this run's token.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Live processes (not zombies) whose initial environment holds `needle` (`NAME=value`).
+fn processes_with(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(mut f) = fs::File::open(e.path().join("environ")) else {
+            continue;
+        };
+        let mut env = Vec::new();
+        if (&mut f).take(1 << 20).read_to_end(&mut env).is_err() {
+            continue;
+        }
+        if env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Copies an exporter's standard output and error into its log, up to [`MAX_LOG_BYTES`].
+struct LogCapture {
+    done: std::sync::mpsc::Receiver<()>,
+    readers: usize,
+}
+
+impl LogCapture {
+    fn start(child: &mut std::process::Child, log: fs::File) -> LogCapture {
+        use std::sync::{Arc, Mutex};
+        let log = Arc::new(Mutex::new((log, 0u64)));
+        let (tx, done) = std::sync::mpsc::channel();
+        let mut readers = 0;
+        let pipes: Vec<Box<dyn Read + Send>> = [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        for mut pipe in pipes {
+            let (log, tx) = (log.clone(), tx.clone());
+            readers += 1;
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match pipe.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(_) => break,
+                    };
+                    if let Ok(mut g) = log.lock() {
+                        let (file, written) = &mut *g;
+                        let room = MAX_LOG_BYTES.saturating_sub(*written);
+                        let take = (n as u64).min(room) as usize;
+                        if take > 0 && file.write_all(&buf[..take]).is_ok() {
+                            *written += take as u64;
+                            if *written == MAX_LOG_BYTES {
+                                let _ = writeln!(
+                                    file,
+                                    "\n[omnipack: log cut at {MAX_LOG_BYTES} bytes; the rest was dropped]"
+                                );
+                            }
+                        }
+                    }
+                }
+                let _ = tx.send(());
+            });
+        }
+        LogCapture { done, readers }
+    }
+
+    /// Waits (briefly: every writer was killed) until the log holds everything kept.
+    fn finish(self) {
+        for _ in 0..self.readers {
+            if self.done.recv_timeout(Duration::from_secs(2)).is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// The last 40 lines (at most 8 KiB) of a log.
 pub fn log_tail(path: &Path) -> String {
-    let mut f = match fs::File::open(path) {
+    let mut f = match omnipack_fs::open_regular_nofollow(path) {
         Ok(f) => f,
         Err(_) => return String::new(),
     };
@@ -342,6 +502,36 @@ mod tests {
 
     fn sh(script: &str) -> Vec<String> {
         vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[test]
+    fn the_exporter_runs_in_a_session_and_group_of_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let stage = d.path().join("st");
+        let out = absolute(&stage.join("out"));
+        // /proc/self/stat: pid (comm) state ppid pgrp session ...
+        let argv = sh(&format!(
+            "read -r pid comm state ppid pgrp sid rest < /proc/self/stat; echo \"$pid $pgrp $sid\" > {}/ids",
+            out.display()
+        ));
+        run_exporter(
+            &argv,
+            d.path(),
+            &stage,
+            &["ids".into()],
+            Duration::from_secs(10),
+            &d.path().join("l.log"),
+        )
+        .unwrap();
+        let ids: Vec<i32> = fs::read_to_string(out.join("ids"))
+            .unwrap()
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(ids[0], ids[1], "process group");
+        assert_eq!(ids[0], ids[2], "session");
+        // SAFETY: getsid(0) only reads the calling process's session id.
+        assert_ne!(ids[2], unsafe { libc::getsid(0) });
     }
 
     #[test]

@@ -9,7 +9,6 @@ pub mod cache;
 pub mod digest_memo;
 pub mod executor;
 pub mod exporter;
-pub mod fsutil;
 pub mod output;
 pub mod pipeline;
 pub mod progress;

@@ -11,13 +11,13 @@
 //! deliverable whose inode is the recorded one is installed. The old tree is deleted only after
 //! the swap.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::fsutil::remove_any;
+use omnipack_fs::remove_any;
 
 /// The deliverables, in the order they are swapped (the summary last).
 pub const DELIVERABLES: [&str; 4] = [
@@ -66,7 +66,7 @@ pub enum OutputError {
 /// someone else's files: refuse rather than delete them.
 pub fn refuse_foreign_output(out: &Path) -> Result<(), OutputError> {
     if out.join(PRIVATE_DIR).is_dir()
-        || crate::verify::read_summary(&out.join(omnipack_summary::SUMMARY_FILE)).is_ok()
+        || omnipack_summary::read_summary(&out.join(omnipack_summary::SUMMARY_FILE)).is_ok()
     {
         return Ok(());
     }
@@ -105,15 +105,11 @@ impl OutputLock {
             });
         }
         let private = out.join(PRIVATE_DIR);
-        fs::create_dir_all(&private).map_err(io_err(&private))?;
+        // `.omnipack` is omnipack's own: a link planted there is removed, never followed.
+        omnipack_fs::private_dir(&private).map_err(io_err(&private))?;
         let path = private.join("lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        // Never through a link (the pid would overwrite the file it points to).
+        let mut file = omnipack_fs::create_regular_nofollow(&path, false).map_err(io_err(&path))?;
         // SAFETY: flock on a file descriptor we own.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if rc != 0 {
@@ -211,7 +207,7 @@ impl SwapArea {
         sync_dir(&new);
         let ready =
             serde_json::to_vec(&ids).map_err(|e| io_err(&self.ready())(io::Error::other(e)))?;
-        crate::fsutil::write_atomic(&self.ready(), &ready).map_err(io_err(&self.ready()))?;
+        omnipack_fs::write_atomic(&self.ready(), &ready).map_err(io_err(&self.ready()))?;
         sync_dir(&self.root);
         self.roll_forward()
     }
@@ -219,10 +215,11 @@ impl SwapArea {
     fn roll_forward(&self) -> Result<(), OutputError> {
         let new = self.new_tree();
         let old = self.old_tree();
-        let ids: std::collections::BTreeMap<String, (u64, u64)> = fs::read(self.ready())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let ids: std::collections::BTreeMap<String, (u64, u64)> =
+            omnipack_fs::read_capped_nofollow(&self.ready(), omnipack_fs::MAX_DOCUMENT_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
         let id_of = |p: &Path| fs::symlink_metadata(p).ok().map(|m| (m.dev(), m.ino()));
         fs::create_dir_all(&old).map_err(io_err(&old))?;
         for name in DELIVERABLES {

@@ -10,11 +10,11 @@ use omnipack_summary::Summary;
 
 use crate::cache::Cache;
 use crate::digest_memo::Clock;
-use crate::executor::GraphError;
-use crate::fsutil::{dir_identity, remove_any};
-use crate::output::{OutputError, OutputLock, PRIVATE_DIR, SwapArea, refuse_foreign_output};
+use crate::output::{OutputLock, PRIVATE_DIR, SwapArea, refuse_foreign_output};
 use crate::progress::{Event, Progress};
-use crate::stages::{self, BuildContext, StageError};
+use crate::stages::{self, BuildContext};
+pub use crate::stages::{BuildError, StageFailure, StageReport, UnbuildablePlan};
+use omnipack_fs::{dir_identity, remove_any};
 
 pub use crate::stages::install::KEEP_BUILDS;
 
@@ -44,117 +44,6 @@ impl BuildOptions {
             clock: Clock::system(),
         }
     }
-}
-
-/// A stage that failed or did not run.
-#[derive(Debug)]
-pub enum StageFailure {
-    /// The stage ran and failed.
-    Failed {
-        /// Stage id.
-        stage: String,
-        /// Why.
-        error: StageError,
-    },
-    /// The stage did not run because a stage it needs failed.
-    NotRun {
-        /// Stage id.
-        stage: String,
-        /// The failed stage it waited for.
-        failed_dependency: String,
-    },
-}
-
-impl StageFailure {
-    /// The stage's id.
-    pub fn stage(&self) -> &str {
-        match self {
-            StageFailure::Failed { stage, .. } | StageFailure::NotRun { stage, .. } => stage,
-        }
-    }
-}
-
-/// Why a plan cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum UnbuildablePlan {
-    /// The plan was written by another version of omnipack.
-    #[error(
-        "the plan has plan_version {found}; this omnipack runs plan_version {PLAN_VERSION}: plan the manifest again"
-    )]
-    Version { found: u32 },
-    /// A tier does not fit its memory limit.
-    #[error(
-        "tier `{tier}` does not fit: peak {peak} bytes + min_headroom {min_headroom} > memory_limit {limit} (run `omnipack plan` for the breakdown)"
-    )]
-    TierDoesNotFit {
-        tier: String,
-        peak: u64,
-        min_headroom: u64,
-        limit: u64,
-    },
-    /// No tier or no bundle.
-    #[error("nothing to build: the plan has no tier or no bundle")]
-    Empty,
-    /// Past one of the App Store's limits.
-    #[error("{0}")]
-    AppStore(String),
-    /// The plan's root folder is not usable.
-    #[error(
-        "the plan's root `{root}` (the manifest's folder, relative to the folder omnipack runs in) is not a folder here: {source}"
-    )]
-    Root {
-        root: String,
-        source: std::io::Error,
-    },
-}
-
-/// Why a build failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BuildError {
-    /// The plan cannot be built.
-    #[error(transparent)]
-    Plan(#[from] UnbuildablePlan),
-    /// The output folder is locked or unusable.
-    #[error(transparent)]
-    Output(#[from] OutputError),
-    /// An input file is missing or unreadable.
-    #[error("{path}: {source}")]
-    Input {
-        path: String,
-        source: std::io::Error,
-    },
-    /// I/O on a named path (the cache, the output tree).
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    /// The stage graph is unusable.
-    #[error(transparent)]
-    Graph(#[from] GraphError),
-    /// One or more stages failed.
-    #[error("{} stage(s) failed: {}", .0.iter().filter(|f| matches!(f, StageFailure::Failed { .. })).count(), .0.iter().filter(|f| matches!(f, StageFailure::Failed { .. })).map(StageFailure::stage).collect::<Vec<_>>().join(", "))]
-    Stages(Vec<StageFailure>),
-    /// A bundle of the plan has no package stage (a plan edited by hand).
-    #[error(
-        "bundle `{bundle}` is in the plan but no stage packaged it (is the plan edited by hand?)"
-    )]
-    NotPackaged { bundle: String },
-    /// The summary could not be encoded.
-    #[error("cannot encode the summary: {0}")]
-    Summary(serde_json::Error),
-    /// The summary's schema has a field the Swift generator cannot express.
-    #[error("cannot generate the summary's Swift types: {0}")]
-    SwiftTypes(String),
-}
-
-/// How a stage was satisfied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageReport {
-    /// Stage id.
-    pub stage: String,
-    /// True when its output came from the cache (or, for a selection, needed no work).
-    pub cached: bool,
 }
 
 /// A finished build.
@@ -190,7 +79,7 @@ pub fn build(
     }
     let cache = open_cache(out, opts)?;
     let logs = out.join(PRIVATE_DIR).join("logs");
-    fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+    omnipack_fs::private_dir(&logs).map_err(io_err(&logs))?;
     let skip = vec![
         dir_identity(out).map_err(io_err(out))?,
         dir_identity(cache.root()).map_err(io_err(cache.root()))?,
@@ -219,6 +108,14 @@ pub fn build(
     let summary = stages::summary::make_summary(&ctx, &done.bundles)?;
     stages::install::install(&swap, &summary, &done.bundles)?;
     let mut warnings = Vec::new();
+    if let Err(e) = ctx.cache.restamp_used() {
+        let w = format!(
+            "could not record the stamps of the cache {}: {e} (the next build re-hashes its entries)",
+            ctx.cache.root().display()
+        );
+        progress.event(Event::Warning(w.clone()));
+        warnings.push(w);
+    }
     if opts.cache_dir.is_none() {
         // Only a private cache is pruned: a shared one is the user's to clean.
         stages::install::prune(&ctx.cache, progress, &mut warnings);
@@ -290,12 +187,19 @@ fn open_cache(out: &Path, opts: &BuildOptions) -> Result<Cache, BuildError> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| out.join(PRIVATE_DIR).join("cache"));
-    fs::create_dir_all(&root).map_err(io_err(&root))?;
     if opts.cache_dir.is_none() {
+        omnipack_fs::private_dir(&root).map_err(io_err(&root))?;
         let tmp = root.join("tmp");
         remove_any(&tmp).map_err(io_err(&tmp))?;
+    } else {
+        fs::create_dir_all(&root).map_err(io_err(&root))?;
     }
-    Ok(Cache::new(root))
+    let cache = Cache::new(root);
+    cache.prepare().map_err(|e| BuildError::Io {
+        path: e.path.display().to_string(),
+        source: e.source,
+    })?;
+    Ok(cache)
 }
 
 fn jobs(opts: &BuildOptions) -> usize {

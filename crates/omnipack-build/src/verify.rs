@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
+use omnipack_manifest::printable;
 use omnipack_summary::{BundleEntry, BundleManifest, SUMMARY_FILE, Summary};
 use rayon::prelude::*;
 
 use crate::bundle_zip::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
-use crate::fsutil::{is_safe_relative, walk_files};
 use crate::output::{APP_DIR, PRIVATE_DIR};
+use omnipack_fs::{is_safe_relative, walk_files};
 use omnipack_quant::{digest_file, sha256_bytes};
 
 /// What `verify` found.
@@ -39,26 +40,71 @@ const MAX_BUNDLE_JSON: u64 = 16 << 20;
 
 /// Reads and parses a summary file.
 pub fn read_summary(path: &Path) -> Result<Summary, VerifyError> {
-    let err = |message: String| VerifyError::Summary {
+    omnipack_summary::read_summary(path).map_err(|message| VerifyError::Summary {
         path: path.display().to_string(),
         message,
-    };
-    let meta = fs::metadata(path).map_err(|e| err(format!("cannot read the summary: {e}")))?;
-    if meta.len() > 256 << 20 {
-        return Err(err("larger than 256 MiB: not a summary".into()));
+    })
+}
+
+/// Most bundles a summary may list for `verify` to check them (a package has a few per tier).
+pub const MAX_BUNDLES: usize = 10_000;
+
+/// A mismatch when a path inside the output folder, or any folder on the way to it, is a
+/// symlink: `verify` checks the output folder itself, never what a link points to.
+fn link_on_path(out: &Path, rel: &str) -> Option<String> {
+    let mut p = out.to_path_buf();
+    for part in rel.split('/') {
+        p.push(part);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let shown = p.strip_prefix(out).unwrap_or(&p).display().to_string();
+                return Some(format!(
+                    "{shown}: a symlink (to {}): refused, the output folder holds files only",
+                    fs::read_link(&p)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default()
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
     }
-    let bytes = fs::read(path).map_err(|e| err(e.to_string()))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| err(format!("not a mobile_packager_summary.json: {e}")))
+    None
+}
+
+/// A lowercase hex sha256.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Verifies the output folder `out`.
 pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
+    if let Some(m) = link_on_path(out, SUMMARY_FILE) {
+        return Err(VerifyError::Summary {
+            path: out.join(SUMMARY_FILE).display().to_string(),
+            message: m,
+        });
+    }
     let summary = read_summary(&out.join(SUMMARY_FILE))?;
     let mut report = VerifyReport {
         bundles: summary.bundles.len(),
         ..Default::default()
     };
+    if summary.bundles.len() > MAX_BUNDLES {
+        report.mismatches.push(format!(
+            "{SUMMARY_FILE}: lists {} bundles, more than the {MAX_BUNDLES} verify checks",
+            summary.bundles.len()
+        ));
+        return Ok(report);
+    }
+    for name in ["bundles", "asset-packs"] {
+        if let Some(m) = link_on_path(out, name) {
+            report.mismatches.push(m);
+            return Ok(report);
+        }
+    }
     if out.join(PRIVATE_DIR).join("swap").join("READY").exists() {
         report.mismatches.push(format!(
             "{}: a build was interrupted while installing its output; run the build again to finish it",
@@ -66,8 +112,14 @@ pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
         ));
     }
     report.mismatches.extend(check_summary(&summary));
-    let results: Vec<(usize, Vec<String>)> = summary
+    // Each zip is hashed once: a second bundle naming the same file is a mismatch, not work.
+    let mut files_seen = BTreeSet::new();
+    let distinct: Vec<&BundleEntry> = summary
         .bundles
+        .iter()
+        .filter(|b| files_seen.insert(b.file.as_str()))
+        .collect();
+    let results: Vec<(usize, Vec<String>)> = distinct
         .par_iter()
         .map(|b| verify_bundle(out, &summary, b))
         .collect();
@@ -154,10 +206,46 @@ fn check_app_folder(out: &Path, files: &mut usize) -> Vec<String> {
 /// must not verify.
 fn check_summary(summary: &Summary) -> Vec<String> {
     let mut m = Vec::new();
+    // The summary has no manifest path, so the inputs are not re-hashed here (a rebuild from
+    // the same manifest and inputs writes a byte-identical summary); their form is checked.
+    if !is_sha256(&summary.manifest_sha256) {
+        m.push(format!(
+            "{SUMMARY_FILE}: manifest_sha256 `{}` is not a lowercase hex sha256",
+            summary.manifest_sha256
+        ));
+    }
+    let mut paths = BTreeSet::new();
+    for i in &summary.inputs {
+        if i.path.is_empty() || i.path.starts_with('/') || i.path.contains('\\') {
+            m.push(format!(
+                "{SUMMARY_FILE}: input `{}` is not a `/`-separated path relative to the manifest",
+                i.path
+            ));
+        }
+        if !is_sha256(&i.sha256) {
+            m.push(format!(
+                "{SUMMARY_FILE}: input `{}`: sha256 `{}` is not a lowercase hex sha256",
+                i.path, i.sha256
+            ));
+        }
+        if !paths.insert(i.path.as_str()) {
+            m.push(format!(
+                "{SUMMARY_FILE}: input `{}` is listed twice",
+                i.path
+            ));
+        }
+    }
     let mut ids = BTreeSet::new();
+    let mut files = BTreeSet::new();
     for b in &summary.bundles {
         if !ids.insert(b.id.as_str()) {
             m.push(format!("{SUMMARY_FILE}: bundle `{}` is listed twice", b.id));
+        }
+        if !files.insert(b.file.as_str()) {
+            m.push(format!(
+                "{SUMMARY_FILE}: bundle `{}` names `{}`, the file of another bundle",
+                b.id, b.file
+            ));
         }
     }
     let mut tiers = BTreeSet::new();
@@ -228,6 +316,13 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
             b.id, b.file
         ));
         return (n, m);
+    }
+    let pack_rel = format!("asset-packs/{}", b.id);
+    for rel in [b.file.as_str(), pack_rel.as_str()] {
+        if let Some(link) = link_on_path(out, rel) {
+            m.push(link);
+            return (n, m);
+        }
     }
     let zip = out.join(&b.file);
     n += 1;
@@ -305,6 +400,7 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                         || bj.role != b.role
                         || bj.runtime != b.runtime
                         || bj.quantization != b.quantization
+                        || bj.quality != b.quality
                     {
                         m.push(format!(
                             "{}: {BUNDLE_JSON} describes another bundle than the summary",
@@ -352,7 +448,15 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
             b.id, b.asset_pack.id
         ));
     }
-    match fs::read(pack.join("Manifest.json")) {
+    let manifest_bytes = match link_on_path(out, &manifest_rel) {
+        Some(link) => Err(link),
+        None => omnipack_fs::read_capped_nofollow(
+            &pack.join("Manifest.json"),
+            omnipack_fs::MAX_DOCUMENT_BYTES,
+        )
+        .map_err(|e| e.to_string()),
+    };
+    match manifest_bytes {
         Err(e) => m.push(format!("{manifest_rel}: {e}")),
         Ok(bytes) => {
             let expected =
@@ -374,6 +478,10 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                     m.push(format!("{rel}: missing"));
                     continue;
                 }
+                if let Some(link) = link_on_path(out, &rel) {
+                    m.push(link);
+                    continue;
+                }
                 match digest_file(&files_dir.join(&f.path)) {
                     Err(e) => m.push(format!("{rel}: {e}")),
                     Ok(d) if d.sha256 != f.sha256 || d.size != f.size_bytes => m.push(format!(
@@ -384,6 +492,19 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
                 }
             }
             let listed: BTreeSet<&str> = b.files.iter().map(|f| f.path.as_str()).collect();
+            for c in listed
+                .iter()
+                .filter(|p| p.rsplit('/').next() == Some("config.json"))
+            {
+                let folder = c.rsplit_once('/').map(|(d, _)| d);
+                for w in listed.iter().filter(|p| {
+                    p.ends_with(".safetensors") && p.rsplit_once('/').map(|(d, _)| d) == folder
+                }) {
+                    if let Some(why) = config_disagrees(&files_dir.join(c), &files_dir.join(w)) {
+                        m.push(format!("asset-packs/{}/{}/{c}: {why}", b.id, b.id));
+                    }
+                }
+            }
             for f in &found {
                 if !listed.contains(f.as_str()) {
                     m.push(format!(
@@ -406,6 +527,71 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         }
     }
     (n, m)
+}
+
+/// Why the `config.json` at `config` disagrees with the weights at `weights` about their
+/// MLX affine quantization (`None` when they agree or there is nothing to compare): every
+/// `<p>.weight` stored as U32 codes with `<p>.scales` and `<p>.biases` must be what the
+/// config's `quantization` (`bits`, `group_size`) says, and a config that says nothing must
+/// come with float weights. Unreadable files are reported by the digest checks.
+fn config_disagrees(config: &Path, weights: &Path) -> Option<String> {
+    let config: serde_json::Value = serde_json::from_slice(&fs::read(config).ok()?).ok()?;
+    let tensors = omnipack_quant::read_header(weights).ok()?;
+    let names: BTreeSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let coded: Vec<&str> = tensors
+        .iter()
+        .filter(|t| {
+            t.dtype == omnipack_quant::Dtype::U32
+                && t.shape.len() == 2
+                && t.name.ends_with(".weight")
+                && names.contains(format!("{}scales", t.name.trim_end_matches("weight")).as_str())
+        })
+        .map(|t| t.name.as_str())
+        .collect();
+    let said = config
+        .get("quantization")
+        .filter(|q| q.get("bits").is_some() || q.get("group_size").is_some());
+    let weights_name = weights
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match said {
+        None => {
+            let found = omnipack_quant::SourceLayout::recognise(&tensors, None, &|_| None);
+            let first = coded.first()?;
+            Some(format!(
+                "has no `quantization`, but `{first}` in {weights_name} is stored quantized ({})",
+                found
+                    .group_of(first)
+                    .map(|g| g.format.to_string())
+                    .unwrap_or_else(|| "MLX affine codes".into())
+            ))
+        }
+        Some(q) => {
+            let wrapped = serde_json::json!({ "quantization": q });
+            let layout =
+                omnipack_quant::SourceLayout::recognise(&tensors, Some(&wrapped), &|_| None);
+            let bits = q.get("bits").map(|v| v.to_string()).unwrap_or_default();
+            let group = q
+                .get("group_size")
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            if coded.is_empty() {
+                return Some(format!(
+                    "says `quantization: {{bits: {bits}, group_size: {group}}}`, but {weights_name} has no quantized weight"
+                ));
+            }
+            let wrong = coded.iter().find(|n| layout.group_of(n).is_none())?;
+            let found = omnipack_quant::SourceLayout::recognise(&tensors, None, &|_| None);
+            Some(format!(
+                "says `quantization: {{bits: {bits}, group_size: {group}}}`, but `{wrong}` in {weights_name} is not stored so{}",
+                found
+                    .group_of(wrong)
+                    .map(|g| format!(" (its shapes read as {})", g.format))
+                    .unwrap_or_default()
+            ))
+        }
+    }
 }
 
 /// A human description of a bundle zip: its `bundle.json`, every entry with size, offset,
@@ -444,9 +630,11 @@ pub fn describe_bundle(path: &Path) -> Result<String, String> {
         let _ = writeln!(
             s,
             "  bundle_id {}  component {}  role {}{runtime}{quantization}",
-            bj.bundle_id, bj.component, bj.role,
+            printable(&bj.bundle_id),
+            printable(&bj.component),
+            bj.role,
         );
-        let _ = writeln!(s, "  generator {}", bj.generator);
+        let _ = writeln!(s, "  generator {}", printable(&bj.generator));
     } else {
         let _ = writeln!(s, "  (no readable {BUNDLE_JSON}: not an omnipack bundle)");
     }
@@ -459,7 +647,7 @@ pub fn describe_bundle(path: &Path) -> Result<String, String> {
         let _ = writeln!(
             s,
             "  {:<44} {:>14} {:>12} {:>8}  {}",
-            e.path,
+            printable(&e.path),
             e.size,
             e.data_start,
             if e.data_start % DATA_ALIGNMENT as u64 == 0 {
@@ -482,15 +670,15 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
         "{}: summary v{} of {} {} ({}), by {}",
         path.display(),
         sm.summary_version,
-        sm.package.name,
-        sm.package.version,
-        sm.package.bundle_id,
-        sm.generator
+        printable(&sm.package.name),
+        printable(&sm.package.version),
+        printable(&sm.package.bundle_id),
+        printable(&sm.generator)
     );
-    let _ = writeln!(s, "  manifest_sha256 {}", sm.manifest_sha256);
+    let _ = writeln!(s, "  manifest_sha256 {}", printable(&sm.manifest_sha256));
     let _ = writeln!(s, "  inputs:");
     for i in &sm.inputs {
-        let _ = writeln!(s, "    {}  {}", i.sha256, i.path);
+        let _ = writeln!(s, "    {}  {}", printable(&i.sha256), printable(&i.path));
     }
     let _ = writeln!(s, "  bundles:");
     let _ = writeln!(
@@ -502,7 +690,7 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
         let _ = writeln!(
             s,
             "    {:<32} {:<8} {:<10} {:<6} {:>14} {:>14} {:>14}",
-            b.id,
+            printable(&b.id),
             b.quantization.as_ref().map_or("-", |q| q.format.as_str()),
             b.delivery.as_str(),
             b.residency,
@@ -516,13 +704,70 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
         let _ = writeln!(
             s,
             "    {:<16} limit {:>12}  peak {:>12}  headroom {:>12}  fits {}  loads {}",
-            t.name,
+            printable(&t.name),
             t.memory_limit_bytes,
             t.memory.peak_bytes,
             t.memory.headroom_bytes,
             if t.fits { "yes" } else { "NO" },
-            t.bundles.join(", ")
+            printable(&t.bundles.join(", "))
         );
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omnipack_quant::{Dtype, OutputKind, OutputTensor};
+
+    /// Writes a safetensors file of zeros with these tensors.
+    fn weights(path: &Path, tensors: &[(&str, Dtype, Vec<u64>)]) {
+        let outs: Vec<OutputTensor> = tensors
+            .iter()
+            .map(|(n, d, s)| OutputTensor {
+                name: n.to_string(),
+                dtype: *d,
+                shape: s.clone(),
+                source: n.to_string(),
+                kind: OutputKind::Kept,
+            })
+            .collect();
+        let mut bytes = omnipack_quant::header_bytes(&outs, &Default::default());
+        bytes.resize(bytes.len() + omnipack_quant::data_bytes(&outs) as usize, 0);
+        fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn config_json_must_agree_with_the_weights() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c, w) = (
+            dir.path().join("config.json"),
+            dir.path().join("w.safetensors"),
+        );
+        // int4 g64 codes of a 64 x 256 weight.
+        weights(
+            &w,
+            &[
+                ("l.biases", Dtype::F16, vec![64, 4]),
+                ("l.scales", Dtype::F16, vec![64, 4]),
+                ("l.weight", Dtype::U32, vec![64, 32]),
+            ],
+        );
+        fs::write(&c, r#"{"quantization": {"group_size": 64, "bits": 4}}"#).unwrap();
+        assert_eq!(config_disagrees(&c, &w), None);
+        fs::write(&c, r#"{"quantization": {"group_size": 64, "bits": 8}}"#).unwrap();
+        let why = config_disagrees(&c, &w).unwrap();
+        assert!(
+            why.contains("bits: 8") && why.contains("`l.weight`") && why.contains("int4 g64"),
+            "{why}"
+        );
+        fs::write(&c, r#"{"torch_dtype": "float16"}"#).unwrap();
+        let why = config_disagrees(&c, &w).unwrap();
+        assert!(why.contains("has no `quantization`"), "{why}");
+        weights(&w, &[("l.weight", Dtype::F16, vec![64, 256])]);
+        assert_eq!(config_disagrees(&c, &w), None);
+        fs::write(&c, r#"{"quantization": {"group_size": 64, "bits": 4}}"#).unwrap();
+        let why = config_disagrees(&c, &w).unwrap();
+        assert!(why.contains("no quantized weight"), "{why}");
+    }
 }

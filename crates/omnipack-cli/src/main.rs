@@ -1,5 +1,6 @@
 //! `omnipack`: package on-device models for iOS apps. The only crate that prints.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -33,7 +34,34 @@ enum Command {
     Quantize(commands::quantize::QuantizeArgs),
 }
 
+/// No command ends with a panic's exit code 101. Writing to a closed standard output or error
+/// (`omnipack plan m.yaml | head -1`, a pager quit early) ends the command quietly with exit
+/// code 1: what was asked for was not all delivered. Any other panic is a bug: one line on
+/// standard error, exit code 1.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        if !msg.starts_with("failed printing to std") {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let _ = writeln!(
+                std::io::stderr(),
+                "omnipack: internal error{at}: {msg} (please report it)"
+            );
+        }
+        std::process::exit(1);
+    }));
+}
+
 fn main() -> ExitCode {
+    install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Validate(a) => commands::validate::run(a),
@@ -47,7 +75,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(report) => {
-            eprintln!("{report:?}");
+            let _ = writeln!(std::io::stderr(), "{report:?}");
             ExitCode::from(1)
         }
     }

@@ -60,7 +60,7 @@ fn build(name: &str) -> (String, String) {
 fn the_golden_manifests_are_the_ones_with_tiers() {
     assert_eq!(
         manifests_with_tiers(),
-        ["iphone-3gb", "iphone-4gb", "release"],
+        ["iphone-3gb", "iphone-4gb", "omnicoder-int4", "release"],
         "a manifest with tiers was added or removed: add a golden test for it"
     );
 }
@@ -74,6 +74,13 @@ fn golden(name: &str) {
 #[test]
 fn iphone_3gb() {
     golden("iphone-3gb");
+}
+
+/// A pre-quantized source (examples/omnicoder-tiny-int4): int4 g64 passed through byte for
+/// byte on one tier, dequantized to f16 on the other.
+#[test]
+fn omnicoder_int4() {
+    golden("omnicoder-int4");
 }
 
 #[test]

@@ -31,6 +31,12 @@ pub fn normalize_str(p: &str) -> String {
     slash(&normalize(Path::new(p)))
 }
 
+/// [`normalize_str`], with `.` for the folder itself (how plans and summaries write paths).
+pub fn normalize_or_dot(p: &str) -> String {
+    let n = normalize_str(p);
+    if n.is_empty() { ".".into() } else { n }
+}
+
 /// The `/`-separated form of a path (a leading `/` kept for an absolute path).
 pub fn slash(p: &Path) -> String {
     let mut out = String::new();

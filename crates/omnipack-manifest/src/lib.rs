@@ -40,4 +40,7 @@ pub use resolved::{
     ResolvedTier, resolve,
 };
 pub use schema::{manifest_schema, manifest_schema_json};
-pub use units::{ByteSize, Duration, format_bytes, format_mib, format_signed_bytes};
+pub use units::{
+    ByteSize, Duration, counted, counted_as, format_bytes, format_mib, format_signed_bytes,
+    printable,
+};

@@ -249,6 +249,16 @@ impl Loader {
         self.diags.push(d.with_help_opt(help));
     }
 
+    /// A base that is not a manifest: said at the `extends` key naming it, never quoting it.
+    fn not_a_manifest(&mut self, at: &Option<NamedAt>, display: &str, why: String) {
+        self.error_at(
+            at,
+            display,
+            format!("base manifest `{display}` is not a manifest: {why}"),
+            Some("`extends` names a YAML bundle manifest (a mapping starting with `omnipack: 1`); its text is not shown".into()),
+        );
+    }
+
     /// Loads one file and, recursively, its bases; returns the merged tree.
     fn load_file(
         &mut self,
@@ -291,6 +301,10 @@ impl Loader {
                 self.error_at(&named_at, display, message, help);
                 return None;
             }
+            Err(ReadError::Utf8(..)) if named_at.is_some() => {
+                self.not_a_manifest(&named_at, display, "it is not UTF-8 text".into());
+                return None;
+            }
             Err(ReadError::Utf8(text, at)) => {
                 let src = Arc::new(SourceFile::new(display, text));
                 let end = src.text[at..]
@@ -315,15 +329,35 @@ impl Loader {
         };
         let file = self.sources.len();
         let src = Arc::new(SourceFile::new(display, text));
-        self.sources.push(src.clone());
-        self.prefixes.push(prefix.clone());
         let mut tree = match node::parse(&src, file) {
             Ok(t) => t,
+            Err(d) if named_at.is_some() => {
+                // A base that is not YAML is not shown: `extends` may name any file (a key, a
+                // password file), and its text must not end up in a CI log.
+                let at = match (d.line, d.column) {
+                    (Some(l), Some(c)) => format!(" (line {l}, column {c})"),
+                    _ => String::new(),
+                };
+                self.not_a_manifest(&named_at, display, format!("it is not valid YAML{at}"));
+                return None;
+            }
             Err(d) => {
+                self.sources.push(src.clone());
+                self.prefixes.push(prefix.clone());
                 self.diags.push(*d);
                 return None;
             }
         };
+        if named_at.is_some() && !matches!(tree.value, NodeValue::Map(_)) {
+            let what = format!(
+                "its top level is {}, not a mapping of keys",
+                tree.kind_name()
+            );
+            self.not_a_manifest(&named_at, display, what);
+            return None;
+        }
+        self.sources.push(src.clone());
+        self.prefixes.push(prefix.clone());
         match &tree.value {
             NodeValue::Map(_) => {}
             NodeValue::Null => {
@@ -440,7 +474,8 @@ fn read_text(path: &Path, display: &str) -> Result<String, ReadError> {
     if meta.len() > limit {
         return Err(too_big(meta.len()));
     }
-    let file = std::fs::File::open(path).map_err(|e| ReadError::Io(io_reason(&e), None))?;
+    // A FIFO, socket or device is refused at once: opening or reading it could block forever.
+    let file = omnipack_fs::open_regular(path).map_err(|e| ReadError::Io(io_reason(&e), None))?;
     let mut bytes = Vec::new();
     file.take(limit + 1)
         .read_to_end(&mut bytes)

@@ -3,7 +3,7 @@
 //! These types are the single source of truth for the manifest format: the JSON schema in
 //! `schemas/omnipack-manifest.schema.json` is generated from them, so every doc comment here
 //! becomes the description an editor shows on hover. Optional fields stay `Option` here;
-//! defaults are applied in one place, [`crate::resolved`].
+//! defaults are applied in one place, `resolved.rs`.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::units::{ByteSize, Duration};
 
 use omnipack_summary::named_enum;
-pub use omnipack_summary::names::{Delivery, Format, KvFormat, Residency, Role, Runtime};
+pub use omnipack_summary::names::{Delivery, Format, KvFormat, Method, Residency, Role, Runtime};
 
 named_enum!(ComputeUnits { CpuOnly => "cpu_only", CpuAndGpu => "cpu_and_gpu", CpuAndNe => "cpu_and_ne", All => "all" });
 named_enum!(FloatDtype { F32 => "f32", F16 => "f16", Bf16 => "bf16" });
@@ -90,8 +90,9 @@ impl From<ManifestVersion> for u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Package {
-    /// Package name: lowercase letters, digits, `_` and `-`, starting with a letter or digit.
-    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    /// Package name: lowercase letters, digits, `_` and `-`, starting with a letter or digit;
+    /// at most 64 characters.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 64))]
     pub name: String,
     /// Package version, for example `1.0.0`.
     pub version: String,
@@ -112,8 +113,9 @@ pub struct Package {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Tier {
-    /// Tier name, used in bundle ids and overrides (for example `iphone-3gb`).
-    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    /// Tier name, used in bundle ids and overrides (for example `iphone-3gb`); at most 64
+    /// characters (bundle ids become file names).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 64))]
     pub name: String,
     /// Physical memory of the device class (for example `3GiB`).
     pub device_memory: ByteSize,
@@ -185,14 +187,15 @@ impl<T: Clone> OneOrMany<T> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Component {
-    /// Component name, used in bundle ids (for example `text`).
-    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"))]
+    /// Component name, used in bundle ids (for example `text`); at most 64 characters (bundle
+    /// ids become file names, which the file system limits to 255 bytes).
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 64))]
     pub name: String,
     /// What the component is.
     pub role: Role,
     /// Stem of the decode-step files and sidecars. Default: the component name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"), length(max = 64))]
     pub artifact: Option<String>,
     /// Runtime that loads it on device. Default `mlx`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -315,12 +318,33 @@ pub struct Quantization {
     /// Dtype of tensors left unquantized. Default: each tensor's source dtype.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_dtype: Option<FloatDtype>,
+    /// For a source that is already quantized (an MLX affine or bitsandbytes 4-bit
+    /// checkpoint): allow a variant in another quantized format, made by dequantizing the
+    /// source exactly as MLX does and quantizing it again (the error compounds; the build
+    /// reports its SQNR against the dequantized source). Without it such a variant is an
+    /// error. The source's own format always passes through byte for byte, and float formats
+    /// dequantize. Default `false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requantize: Option<bool>,
+    /// How the MLX affine formats (`int2` ... `int8`) choose each group's scale and bias:
+    /// `rtn` (the default) or `mse`. Applies to the affine formats of the preference list and
+    /// is ignored for float and NF4 variants; an error when no format of the component (tier
+    /// overrides included) is affine, or when the weights come from an exporter. One method
+    /// per component: bundle ids stay `<component>-<format>[-g<group>]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
+    /// Quality floor: the build fails when a variant of this component measures an SQNR (in
+    /// dB, over all its quantized and cast weights, element-weighted, as its consumer
+    /// dequantizes them) below this value. Known only after quantizing, so checked at build
+    /// time; overridable per tier. Only for weights omnipack writes (a `safetensors` source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sqnr_db: Option<f64>,
     /// Per-tier overrides, keyed by tier name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<BTreeMap<String, QuantizationOverride>>,
 }
 
-/// A per-tier override of `format` and `group_size`.
+/// A per-tier override of `format`, `group_size` and `min_sqnr_db`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizationOverride {
@@ -330,6 +354,9 @@ pub struct QuantizationOverride {
     /// Group size for this tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_size: Option<GroupSize>,
+    /// Quality floor for this tier's variant, in dB SQNR (checked at build time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sqnr_db: Option<f64>,
 }
 
 /// Quantization group size: 32, 64 or 128 elements.

@@ -50,7 +50,7 @@ pub enum NodeValue {
 pub struct Node {
     /// The value.
     pub value: NodeValue,
-    /// Index of the file in [`crate::load::LoadedManifest::sources`].
+    /// Index of the file in the loaded manifest's `sources`.
     pub file: usize,
     /// Byte span of the value's text (for containers: their first line's content).
     pub span: Range<usize>,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     Architecture, ComputeUnits, Delivery, FloatDtype, Format, GroupSize, IoDtype, KvFormat,
-    Manifest, Package, Paging, Residency, Role, Runtime,
+    Manifest, Method, Package, Paging, Residency, Role, Runtime,
 };
 
 /// Default exporter timeout, in seconds.
@@ -110,15 +110,31 @@ pub struct ResolvedQuantization {
     pub keep: Vec<String>,
     /// `None`: each kept tensor stays in its source dtype.
     pub keep_dtype: Option<FloatDtype>,
+    /// `requantize`: a quantized source may be quantized again to another format.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requantize: bool,
+    /// How the MLX affine variants are quantized (default `rtn`).
+    #[serde(default)]
+    pub method: Method,
+    /// The component's quality floor in dB SQNR, checked at build time.
+    #[serde(default)]
+    pub min_sqnr_db: Option<f64>,
     /// Per-tier overrides (already merged with the component-level values).
     pub tiers: BTreeMap<String, TierQuantization>,
 }
 
-/// The formats and group size a tier uses for one component.
+/// The formats, group size and quality floor a tier uses for one component.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TierQuantization {
     pub formats: Vec<Format>,
     pub group_size: u32,
+    /// The quality floor in dB SQNR for this tier (the tier's own or the component's).
+    #[serde(default)]
+    pub min_sqnr_db: Option<f64>,
+    /// True when the tier's override writes `min_sqnr_db` itself (so a failure is located at
+    /// `quantization.tiers.<tier>.min_sqnr_db`, not at the component's key).
+    #[serde(default)]
+    pub min_sqnr_db_overridden: bool,
 }
 
 impl ResolvedQuantization {
@@ -130,6 +146,8 @@ impl ResolvedQuantization {
             .unwrap_or_else(|| TierQuantization {
                 formats: self.formats.clone(),
                 group_size: self.group_size,
+                min_sqnr_db: self.min_sqnr_db,
+                min_sqnr_db_overridden: false,
             })
     }
 }
@@ -202,6 +220,7 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
         .and_then(|q| q.group_size)
         .unwrap_or(GroupSize::DEFAULT)
         .get();
+    let min_sqnr_db = q.and_then(|q| q.min_sqnr_db);
     let tiers = q
         .and_then(|q| q.tiers.as_ref())
         .map(|ov| {
@@ -214,6 +233,8 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
                             .map(|f| f.to_vec())
                             .unwrap_or_else(|| formats.clone()),
                         group_size: o.group_size.map(|g| g.get()).unwrap_or(group_size),
+                        min_sqnr_db: o.min_sqnr_db.or(min_sqnr_db),
+                        min_sqnr_db_overridden: o.min_sqnr_db.is_some(),
                     };
                     (tier.clone(), tq)
                 })
@@ -266,6 +287,9 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
             group_size,
             keep: q.and_then(|q| q.keep.clone()).unwrap_or_default(),
             keep_dtype: q.and_then(|q| q.keep_dtype),
+            requantize: q.and_then(|q| q.requantize).unwrap_or(false),
+            method: q.and_then(|q| q.method).unwrap_or_default(),
+            min_sqnr_db,
             tiers,
         },
         kv_cache: ResolvedKvCache {

@@ -116,6 +116,19 @@ pub fn format_mib(n: i128) -> String {
     format!("{:.2}", n as f64 / (1u64 << 20) as f64)
 }
 
+/// A count with its noun in the right number: `counted(1, "error")` is `1 error`,
+/// `counted(2, "error")` is `2 errors`. Nouns whose plural is not `<noun>s` go through
+/// [`counted_as`].
+pub fn counted(n: usize, noun: &str) -> String {
+    counted_as(n, noun, &format!("{noun}s"))
+}
+
+/// A count with the singular or the plural noun given: `counted_as(2, "mismatch",
+/// "mismatches")` is `2 mismatches`.
+pub fn counted_as(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Human form of a signed byte count (negative headroom).
 pub fn format_signed_bytes(n: i64) -> String {
     if n < 0 {
@@ -258,9 +271,48 @@ impl JsonSchema for Duration {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (ANSI escapes, carriage returns, NUL,
+/// ...) and bidirectional overrides become `\u{..}` escapes, so a name read from an untrusted
+/// file cannot move the cursor, recolour the terminal or hide text.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_right_number() {
+        assert_eq!(counted(0, "error"), "0 errors");
+        assert_eq!(counted(1, "error"), "1 error");
+        assert_eq!(counted(2, "file"), "2 files");
+        assert_eq!(counted_as(1, "mismatch", "mismatches"), "1 mismatch");
+        assert_eq!(counted_as(3, "mismatch", "mismatches"), "3 mismatches");
+    }
+
+    #[test]
+    fn printable_escapes_terminal_controls() {
+        assert_eq!(printable("model.weight"), "model.weight");
+        assert_eq!(printable("a\x1b[31mred\r"), "a\\u{1b}[31mred\\u{d}");
+        assert_eq!(printable("x\u{202e}y"), "x\\u{202e}y");
+    }
 
     #[test]
     fn sizes() {

@@ -74,3 +74,30 @@ proptest! {
         prop_assert_eq!(with_frac, n * unit.1 + (frac as u64 * unit.1) / 1000);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// Fuzzing: arbitrary bytes as a manifest, and as the base it `extends` (whose text is
+    /// never shown when it is not a manifest: no diagnostic locates inside it).
+    #[test]
+    fn arbitrary_bytes_and_bases_never_panic(
+        bytes in prop::collection::vec(any::<u8>(), 0..300),
+        base in prop::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.yaml");
+        std::fs::write(&path, &bytes).unwrap();
+        let _ = omnipack_manifest::load(&path);
+        std::fs::write(dir.path().join("base.bin"), &base).unwrap();
+        std::fs::write(&path, "omnipack: 1\nextends: base.bin\n").unwrap();
+        if let Err(diags) = omnipack_manifest::load(&path) {
+            for d in diags.iter() {
+                if d.message.contains("is not a manifest") {
+                    prop_assert!(d.source_file().is_none_or(|s| !s.name.ends_with("base.bin")));
+                }
+                let _ = d.render();
+            }
+        }
+    }
+}

@@ -24,14 +24,22 @@ fn from_repo_root() {
 /// the number of errors.
 fn as_printed(diags: &Diagnostics) -> String {
     format!(
-        "{}{} error(s) found\n",
+        "{}{} found\n",
         render(&diags.0),
-        diags.error_count()
+        omnipack_manifest::counted(diags.error_count(), "error")
     )
 }
 
 /// (fixture, file the error is in, line, column, manifest path, text the help must contain)
 const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
+    (
+        "method-without-affine",
+        "method-without-affine.yaml",
+        15,
+        15,
+        "components[0].quantization.method",
+        "remove `method`",
+    ),
     (
         "config-architecture-mismatch",
         "config-architecture-mismatch.yaml",
@@ -327,6 +335,46 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         28,
         "components[0].source.safetensors",
         "safetensors",
+    ),
+    (
+        "name-too-long",
+        "name-too-long.yaml",
+        10,
+        11,
+        "components[0].name",
+        "at most 64 characters",
+    ),
+    (
+        "output-not-normal",
+        "output-not-normal.yaml",
+        20,
+        19,
+        "components[1].source.command.outputs[0]",
+        "`{out}`",
+    ),
+    (
+        "output-listed-twice",
+        "output-listed-twice.yaml",
+        20,
+        24,
+        "components[1].source.command.outputs[1]",
+        "list each output once",
+    ),
+    (
+        "extends-not-a-manifest",
+        "extends-not-a-manifest.yaml",
+        4,
+        10,
+        "extends",
+        "its text is not shown",
+    ),
+    (
+        "requantize-without-permission",
+        "requantize-without-permission.yaml",
+        13,
+        36,
+        "components[0].quantization.format[1]",
+        "`quantization.requantize: true`",
     ),
     (
         "output-traversal",

@@ -1,135 +1,127 @@
-//! The best-fit search: per tier, the first combination of variant ranks that fits, in the
-//! documented order (README, "Best fit: the documented order").
+//! The best-fit step of the planner: each tier's model handed to the exact search
+//! ([`crate::search`]), which finds the first fitting combination of variant ranks in the
+//! documented order (README, "Best fit: the documented order") for any number of components.
 //!
-//! Each component a tier ships has a preference list (its `quantization.format`, or the
-//! tier's override), best quality first; rank 0 is the best. Combinations of ranks are tried
-//! ordered first by the **sum of ranks** (fewest steps down from the preferred formats), then
-//! lexicographically by the rank vector in manifest component order (on a tie, earlier
-//! components keep the better quality). If the combination of each component's smallest
-//! variant does not fit, nothing does: the tier fails with that smallest plan. The search stops
-//! after [`MAX_COMBINATIONS`] and falls back to the smallest plan.
-//!
-//! The planner calls [`best_fit`] only, so another search can replace this one behind that
-//! function.
+//! The planner calls [`best_fit`] only.
 
+use crate::search::{self, SearchComponent, SearchInput, SearchOutcome};
 use crate::tier_model::{TierModel, TierOutcome};
 
-/// Beyond this many combinations per tier the search stops at the smallest plan.
-pub const MAX_COMBINATIONS: u64 = 2_000_000;
-
-/// The variants `model`'s tier uses: the first fitting combination in the documented order,
-/// else the smallest one (not fitting, or fitting when the search budget ran out).
-pub(crate) fn best_fit(model: &TierModel) -> TierOutcome {
-    let smallest = model.smallest();
-    if !model.fits(&smallest) {
-        return TierOutcome {
-            ranks: smallest,
-            fits: false,
-            truncated: false,
-        };
-    }
-    let lens: Vec<usize> = model.comps.iter().map(|c| c.options.len()).collect();
-    match search(&lens, MAX_COMBINATIONS, &mut |r| model.fits(r)) {
-        (Some(ranks), _) => TierOutcome {
-            ranks,
-            fits: true,
-            truncated: false,
-        },
-        (None, truncated) => TierOutcome {
-            ranks: smallest,
-            fits: true,
-            truncated,
-        },
+/// The search's view of `model`: the runtime overhead and every KV cache are fixed; each
+/// variant adds its resident weight bytes plus the component's activations.
+pub(crate) fn search_input(model: &TierModel) -> SearchInput {
+    let fixed_bytes = model.comps.iter().fold(model.runtime_overhead, |acc, c| {
+        acc.saturating_add(c.kv_cache_bytes)
+    });
+    SearchInput {
+        fixed_bytes,
+        memory_limit: model.memory_limit,
+        min_headroom: model.min_headroom,
+        components: model
+            .comps
+            .iter()
+            .map(|c| SearchComponent {
+                lazy: !c.always,
+                variant_bytes: c
+                    .options
+                    .iter()
+                    .map(|o| o.resident_bytes.saturating_add(c.activation_bytes))
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
-/// Enumerates rank vectors by increasing sum, then lexicographically; returns the first that
-/// satisfies `accept`, and whether the budget of `budget` combinations ran out.
-fn search(
-    lens: &[usize],
-    budget: u64,
-    accept: &mut dyn FnMut(&[usize]) -> bool,
-) -> (Option<Vec<usize>>, bool) {
-    fn rec(
-        lens: &[usize],
-        pos: usize,
-        remaining: usize,
-        cur: &mut Vec<usize>,
-        tried: &mut u64,
-        budget: u64,
-        accept: &mut dyn FnMut(&[usize]) -> bool,
-    ) -> Option<bool> {
-        if pos == lens.len() {
-            if remaining != 0 {
-                return Some(false);
+/// The variants `model`'s tier uses: the first fitting combination in the documented order,
+/// else each component's smallest variant (the tier does not fit).
+pub(crate) fn best_fit(model: &TierModel) -> TierOutcome {
+    // Every component of a tier model has at least one variant (`tier_model` skips the
+    // others), so the search cannot refuse the input; should it, the smallest plan stands.
+    match search::best_fit(&search_input(model)) {
+        Ok(SearchOutcome::Fits(f)) => TierOutcome {
+            ranks: f.ranks,
+            fits: true,
+            rank_sum: f.rank_sum,
+            step_ups: f.step_ups,
+        },
+        Ok(SearchOutcome::NoneFits(n)) => TierOutcome {
+            rank_sum: n.ranks.iter().sum(),
+            ranks: n.ranks,
+            fits: false,
+            step_ups: Vec::new(),
+        },
+        Err(_) => {
+            let ranks = model.smallest();
+            TierOutcome {
+                rank_sum: ranks.iter().sum(),
+                fits: model.fits(&ranks),
+                ranks,
+                step_ups: Vec::new(),
             }
-            *tried += 1;
-            if *tried > budget {
-                return None;
-            }
-            return Some(accept(cur));
-        }
-        // Ranks the positions after this one can still absorb.
-        let tail: usize = lens[pos + 1..].iter().map(|l| l - 1).sum();
-        let lo = remaining.saturating_sub(tail);
-        let hi = remaining.min(lens[pos] - 1);
-        for r in lo..=hi {
-            cur.push(r);
-            match rec(lens, pos + 1, remaining - r, cur, tried, budget, accept) {
-                Some(true) => return Some(true),
-                Some(false) => {}
-                None => {
-                    cur.pop();
-                    return None;
-                }
-            }
-            cur.pop();
-        }
-        Some(false)
-    }
-    let max_sum: usize = lens.iter().map(|l| l - 1).sum();
-    let mut tried = 0u64;
-    let mut cur = Vec::with_capacity(lens.len());
-    for s in 0..=max_sum {
-        match rec(lens, 0, s, &mut cur, &mut tried, budget, accept) {
-            Some(true) => return (Some(cur), false),
-            Some(false) => {}
-            None => return (None, true),
         }
     }
-    (None, false)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tier_model::{TierComponent, VariantOption};
+    use omnipack_manifest::Format;
 
+    fn comp(index: usize, always: bool, resident: &[u64]) -> TierComponent {
+        TierComponent {
+            index,
+            always,
+            activation_bytes: 7,
+            kv_cache_bytes: 11,
+            kv_tokens: None,
+            options: resident
+                .iter()
+                .map(|&r| VariantOption {
+                    format: Format::Int8,
+                    group_size: Some(64),
+                    weights_bytes: r,
+                    resident_bytes: r,
+                })
+                .collect(),
+        }
+    }
+
+    /// The search's peak is the memory breakdown's peak, and its verdict the model's.
     #[test]
-    fn search_order_is_rank_sum_then_lexicographic() {
-        let mut seen = Vec::new();
-        let (found, truncated) = search(&[3, 2], 100, &mut |r| {
-            seen.push(r.to_vec());
-            false
-        });
-        assert!(found.is_none());
-        assert!(!truncated);
-        assert_eq!(
-            seen,
-            vec![
-                vec![0, 0],
-                vec![0, 1],
-                vec![1, 0],
-                vec![1, 1],
-                vec![2, 0],
-                vec![2, 1]
-            ]
-        );
+    fn the_search_sees_the_memory_model() {
+        let model = TierModel {
+            runtime_overhead: 1000,
+            memory_limit: 1000 + 22 + 100 + 7 + 60 + 7 + 50,
+            min_headroom: 50,
+            comps: vec![comp(0, true, &[200, 100]), comp(1, false, &[60, 30])],
+        };
+        let input = search_input(&model);
+        for ranks in [[0, 0], [0, 1], [1, 0], [1, 1]] {
+            assert_eq!(
+                input.peak_bytes(&ranks),
+                model.breakdown(&ranks).peak_bytes,
+                "{ranks:?}"
+            );
+            assert_eq!(input.fits(&ranks), model.fits(&ranks), "{ranks:?}");
+        }
+        let out = best_fit(&model);
+        assert_eq!((out.ranks, out.fits, out.rank_sum), (vec![1, 0], true, 1));
+        assert_eq!(out.step_ups.len(), 1);
+        assert_eq!(out.step_ups[0].component, 0);
+        assert_eq!(out.step_ups[0].over_bytes, 100);
     }
 
     #[test]
-    fn search_stops_at_budget() {
-        let (found, truncated) = search(&[9, 9, 9], 10, &mut |_| false);
-        assert!(found.is_none());
-        assert!(truncated);
+    fn a_tier_that_cannot_fit_gets_its_smallest_plan() {
+        let model = TierModel {
+            runtime_overhead: 1000,
+            memory_limit: 1000,
+            min_headroom: 0,
+            comps: vec![comp(0, true, &[200, 100, 150])],
+        };
+        let out = best_fit(&model);
+        assert_eq!((out.ranks, out.fits, out.rank_sum), (vec![1], false, 1));
+        assert!(out.step_ups.is_empty());
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use omnipack_manifest::{
-    Delivery, Format, ResolvedComponent, ResolvedManifest, ResolvedSource, Role,
+    Delivery, Format, Method, ResolvedComponent, ResolvedManifest, ResolvedSource, Role,
 };
 use omnipack_summary::{QuantMode, QuantizationInfo};
 
@@ -48,8 +48,14 @@ pub fn component_bundle_id(
     }
 }
 
-/// How a variant is written in `bundle.json` and the summary.
-pub fn quantization_info(format: Format, group_size: Option<u32>) -> QuantizationInfo {
+/// How a variant is written in `bundle.json` and the summary; `method` is the method
+/// omnipack quantizes with (`None` for weights it does not quantize: exporter outputs), and is
+/// written for MLX affine formats only.
+pub fn quantization_info(
+    format: Format,
+    group_size: Option<u32>,
+    method: Option<Method>,
+) -> QuantizationInfo {
     let (bits, mode) = match format {
         Format::Nf4 => (Some(4), Some(QuantMode::Nf4)),
         f => match f.affine_bits() {
@@ -66,6 +72,7 @@ pub fn quantization_info(format: Format, group_size: Option<u32>) -> Quantizatio
         },
         bits,
         mode,
+        method: method.filter(|_| format.affine_bits().is_some()),
     }
 }
 
@@ -201,12 +208,24 @@ pub(crate) fn bundle_plans(
             tier: acc.tier.clone(),
             delivery,
             residency: c.residency,
-            quantization: (c.role != Role::Data)
-                .then(|| quantization_info(acc.option.format, acc.option.group_size)),
+            quantization: (c.role != Role::Data).then(|| {
+                quantization_info(
+                    acc.option.format,
+                    acc.option.group_size,
+                    matches!(c.source, ResolvedSource::Safetensors { .. })
+                        .then_some(c.quantization.method),
+                )
+            }),
             parameters: sizers[acc.component].parameters,
             weights_bytes: acc.option.weights_bytes,
             resident_bytes: acc.option.resident_bytes,
             used_by: acc.used_by.clone(),
+            source_treatment: sizers[acc.component]
+                .source_treatment(
+                    acc.option.format,
+                    acc.option.group_size.unwrap_or(c.quantization.group_size),
+                )
+                .map(str::to_string),
         });
     }
     plans

@@ -23,14 +23,50 @@ pub(crate) fn component_plans(
         if used.contains(c.name.as_str()) {
             warnings.extend(unknown_export_size(m, i, s));
             warnings.extend(coreml_quantized_but_decompressed(m, i, s, bundles));
+            warnings.extend(requantized(m, i, s, bundles));
         }
         plans.push(ComponentPlan {
             component: c.clone(),
             parameters: s.parameters,
             size_source: s.source.as_str().to_string(),
+            source_format: s.source_layout().and_then(|l| l.describe()),
         });
     }
     plans
+}
+
+/// A quantized source quantized again to another format (allowed by
+/// `quantization.requantize`): the error compounds.
+fn requantized(
+    m: &ResolvedManifest,
+    i: usize,
+    s: &ComponentSizer,
+    bundles: &[BundlePlan],
+) -> Option<PlanWarning> {
+    let c = &m.components[i];
+    let ids: Vec<&str> = bundles
+        .iter()
+        .filter(|b| b.component == c.name && b.source_treatment.as_deref() == Some("requantize"))
+        .map(|b| b.id.as_str())
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let source = s
+        .source_layout()
+        .and_then(|l| l.describe())
+        .unwrap_or_default();
+    Some(PlanWarning {
+        message: format!(
+            "component `{}`: its source is already quantized ({source}); bundle(s) {} dequantize it and quantize it again, so the error compounds (the build reports the SQNR of each against the dequantized source)",
+            c.name,
+            ids.iter()
+                .map(|i| format!("`{i}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        path: Some(format!("components[{i}].quantization.requantize")),
+    })
 }
 
 fn unknown_export_size(m: &ResolvedManifest, i: usize, s: &ComponentSizer) -> Option<PlanWarning> {

@@ -62,6 +62,11 @@ pub struct ComponentPlan {
     /// Where sizes come from: `safetensors_headers`, `declared_size`, `resident_memory`,
     /// `file_sizes` (a `files` source) or `unknown` (an exporter that declares nothing).
     pub size_source: String,
+    /// For a source checkpoint that is already quantized: its format, for example
+    /// `int4 g64` (or `mixed (int4 g64, int8 g64)`). `parameters` counts its quantized
+    /// weights at their true shape. Absent for a float source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_format: Option<String>,
 }
 
 /// One bundle: a component in one variant (and, for `{tier}` exporters, one tier).
@@ -94,6 +99,13 @@ pub struct BundlePlan {
     pub resident_bytes: u64,
     /// Tiers that use this bundle, in manifest order.
     pub used_by: Vec<String>,
+    /// For a component whose source is already quantized: `pass_through` (the variant is the
+    /// source's format: its tensors are copied byte for byte), `dequantize` (a float variant,
+    /// or tensors kept out of quantization: dequantized exactly as MLX does) or `requantize`
+    /// (another quantized format: dequantized and quantized again, with
+    /// `quantization.requantize: true`). Absent for a float source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_treatment: Option<String>,
 }
 
 /// A tier's plan. `entry` is exactly the summary's `tiers[]` element.
@@ -106,6 +118,31 @@ pub struct TierPlan {
     pub min_headroom_bytes: u64,
     /// The variant chosen for each shipped component.
     pub choices: Vec<VariantChoice>,
+    /// The sum of the chosen `preference_rank`s: how many steps down the preference lists
+    /// the tier takes (README, "Best fit: the documented order"). For a tier that does not
+    /// fit, that of its smallest plan.
+    #[serde(default)]
+    pub rank_sum: usize,
+    /// For a tier that fits, each component that stepped down from its first preference, in
+    /// manifest order: the single step back up (every other choice unchanged) and by how much
+    /// it would break the limit. Empty when every component has its first preference.
+    #[serde(default)]
+    pub step_ups: Vec<StepUpCost>,
+}
+
+/// One step back up a component's preference list that the tier cannot afford.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepUpCost {
+    /// Component name.
+    pub component: String,
+    /// Format chosen.
+    pub format: Format,
+    /// The format one rank better, which does not fit.
+    pub step_up_format: Format,
+    /// Peak bytes with `step_up_format`, every other choice unchanged.
+    pub peak_bytes: u64,
+    /// Bytes by which `peak_bytes + min_headroom` would exceed `memory_limit` (always > 0).
+    pub over_bytes: u64,
 }
 
 impl TierPlan {

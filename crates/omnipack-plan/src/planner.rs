@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use omnipack_manifest::canonical_json::to_canonical_compact;
-use omnipack_manifest::lexical_path::{normalize_str, relative_to, slash};
+use omnipack_manifest::lexical_path::{normalize_or_dot, relative_to, slash};
 use omnipack_manifest::{LoadedManifest, ResolvedManifest, ResolvedSource};
 use omnipack_summary::{InputFile, PackageInfo};
 
@@ -277,14 +277,8 @@ fn inputs(m: &ResolvedManifest, sizers: &[ComponentSizer]) -> Vec<String> {
         }
     }
     all.into_iter()
-        .map(|p| path_or_dot(&p))
+        .map(|p| normalize_or_dot(&p))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect()
-}
-
-/// `p` normalised, `.` for the root itself.
-pub(crate) fn path_or_dot(p: &str) -> String {
-    let n = normalize_str(p);
-    if n.is_empty() { ".".into() } else { n }
 }

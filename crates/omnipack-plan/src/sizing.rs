@@ -10,7 +10,9 @@ use std::path::Path;
 
 use omnipack_manifest::lexical_path::{normalize_str, slash};
 use omnipack_manifest::{FloatDtype, Format, ResolvedComponent, ResolvedSource};
-use omnipack_quant::{Dtype, QuantSpec, TensorInfo, WeightFormat};
+use omnipack_quant::{
+    Dtype, QuantSpec, SafetensorsFile, SourceLayout, TensorInfo, Treatment, WeightFormat,
+};
 
 /// Where a component's sizes come from (the `size_source` of the plan).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +60,13 @@ enum SizerKind {
     /// Tensors of the component (prefix stripped), sized per variant by the quantizer layout.
     Native {
         tensors: Vec<TensorInfo>,
+        /// The quantized groups among `tensors` (empty for a float source).
+        layout: SourceLayout,
+        /// The `quantization` of the `config.json` the layout was recognised with.
+        config_quantization: Option<serde_json::Value>,
         keep: Vec<String>,
         keep_dtype: Option<Dtype>,
+        requantize: bool,
     },
     /// The same size whatever the variant.
     Fixed(u64),
@@ -112,6 +119,14 @@ pub fn quant_spec_parts(
         method: omnipack_quant::Method::Rtn,
         keep: keep.to_vec(),
         keep_dtype: keep_dtype.map(self::keep_dtype),
+    }
+}
+
+/// The quantizer's method for a manifest `method`.
+pub fn quant_method(method: omnipack_manifest::Method) -> omnipack_quant::Method {
+    match method {
+        omnipack_manifest::Method::Rtn => omnipack_quant::Method::Rtn,
+        omnipack_manifest::Method::Mse => omnipack_quant::Method::Mse,
     }
 }
 
@@ -185,10 +200,22 @@ impl ComponentSizer {
     /// Sizes component `c`, reading only safetensors headers and file metadata.
     pub fn new(c: &ResolvedComponent, dir: &Path) -> Result<ComponentSizer, SizingError> {
         match &c.source {
-            ResolvedSource::Safetensors { shards, prefix, .. } => {
+            ResolvedSource::Safetensors {
+                shards,
+                prefix,
+                config,
+            } => {
                 let shards = resolve_shard_files(dir, shards)?;
                 let tensors = select_tensors(dir, &shards, prefix)?;
-                let parameters = tensors
+                let config = source_config(dir, &shards, config.as_deref())?;
+                let config_quantization = config.as_ref().and_then(|c| {
+                    c.get("quantization")
+                        .or_else(|| c.get("quantization_config"))
+                        .cloned()
+                });
+                let layout = recognise_source(dir, &shards, prefix, &tensors, config.as_ref());
+                let parameters = layout
+                    .logical_tensors(&tensors)
                     .iter()
                     .fold(0u64, |a, t| a.saturating_add(t.numel()));
                 Ok(ComponentSizer {
@@ -196,8 +223,11 @@ impl ComponentSizer {
                     source: SizeSource::SafetensorsHeaders,
                     kind: SizerKind::Native {
                         tensors,
+                        layout,
+                        config_quantization,
                         keep: c.quantization.keep.clone(),
                         keep_dtype: c.quantization.keep_dtype.map(keep_dtype),
+                        requantize: c.quantization.requantize,
                     },
                     shards: Some(shards),
                 })
@@ -245,13 +275,16 @@ impl ComponentSizer {
         }
     }
 
-    /// A native sizer over already selected tensors.
+    /// A native sizer over already selected tensors (MLX affine groups recognised from
+    /// their shapes).
     pub fn native(
         tensors: Vec<TensorInfo>,
         keep: Vec<String>,
         keep_dtype: Option<FloatDtype>,
     ) -> ComponentSizer {
-        let parameters = tensors
+        let layout = SourceLayout::recognise(&tensors, None, &|_| None);
+        let parameters = layout
+            .logical_tensors(&tensors)
             .iter()
             .fold(0u64, |a, t| a.saturating_add(t.numel()));
         ComponentSizer {
@@ -259,10 +292,80 @@ impl ComponentSizer {
             source: SizeSource::SafetensorsHeaders,
             kind: SizerKind::Native {
                 tensors,
+                layout,
+                config_quantization: None,
                 keep,
                 keep_dtype: keep_dtype.map(self::keep_dtype),
+                requantize: false,
             },
             shards: None,
+        }
+    }
+
+    /// The quantized groups of a native source (`None` for other sources, empty for a float
+    /// checkpoint).
+    pub fn source_layout(&self) -> Option<&SourceLayout> {
+        match &self.kind {
+            SizerKind::Native { layout, .. } => Some(layout),
+            SizerKind::Fixed(_) => None,
+        }
+    }
+
+    /// The `quantization` of the `config.json` a native source's layout was recognised with
+    /// (`source.config`, else a `config.json` next to the first shard).
+    pub fn config_quantization(&self) -> Option<&serde_json::Value> {
+        match &self.kind {
+            SizerKind::Native {
+                config_quantization,
+                ..
+            } => config_quantization.as_ref(),
+            SizerKind::Fixed(_) => None,
+        }
+    }
+
+    /// What the variant `format` (group `group_size`) does with a quantized source:
+    /// `pass_through`, `dequantize` or `requantize` (the most lossy that applies to any of its
+    /// groups); `None` for a float source.
+    pub fn source_treatment(&self, format: Format, group_size: u32) -> Option<&'static str> {
+        let SizerKind::Native {
+            tensors,
+            layout,
+            keep,
+            keep_dtype,
+            ..
+        } = &self.kind
+        else {
+            return None;
+        };
+        if layout.is_empty() {
+            return None;
+        }
+        let spec = QuantSpec {
+            format: weight_format(format),
+            group_size,
+            method: omnipack_quant::Method::Rtn,
+            keep: keep.clone(),
+            keep_dtype: *keep_dtype,
+        };
+        let treatments: Vec<Treatment> = tensors
+            .iter()
+            .filter_map(|t| layout.group_of(&t.name).filter(|g| g.weight == t.name))
+            .map(|g| SourceLayout::treatment(g, &spec))
+            .collect();
+        Some(if treatments.contains(&Treatment::Requantize) {
+            "requantize"
+        } else if treatments.contains(&Treatment::Dequantize) {
+            "dequantize"
+        } else {
+            "pass_through"
+        })
+    }
+
+    /// The selected tensors of a native source, as the checkpoint stores them.
+    pub fn source_tensors(&self) -> &[TensorInfo] {
+        match &self.kind {
+            SizerKind::Native { tensors, .. } => tensors,
+            SizerKind::Fixed(_) => &[],
         }
     }
 
@@ -283,8 +386,11 @@ impl ComponentSizer {
             SizerKind::Fixed(b) => Ok(*b),
             SizerKind::Native {
                 tensors,
+                layout,
                 keep,
                 keep_dtype,
+                requantize,
+                ..
             } => {
                 let spec = QuantSpec {
                     format: weight_format(format),
@@ -293,8 +399,19 @@ impl ComponentSizer {
                     keep: keep.clone(),
                     keep_dtype: *keep_dtype,
                 };
-                let outputs =
-                    omnipack_quant::plan_outputs(tensors, &spec).map_err(|e| SizingError {
+                if let Err(e) = layout.check_requantize(tensors, &spec, *requantize) {
+                    let source = layout.describe().unwrap_or_default();
+                    return Err(SizingError {
+                        field: "quantization.format",
+                        message: format!("`{format}` cannot apply to its source as it is: {e}"),
+                        help: Some(format!(
+                            "request the source's format ({source}) to ship its tensors byte for byte, or set `quantization.requantize: true` to dequantize and quantize again"
+                        )),
+                    });
+                }
+                let outputs = layout
+                    .plan_outputs(tensors, &spec)
+                    .map_err(|e| SizingError {
                         field: "quantization",
                         message: format!("cannot plan {format} with group size {group_size}: {e}"),
                         help: None,
@@ -303,4 +420,67 @@ impl ComponentSizer {
             }
         }
     }
+}
+
+/// The source's `config.json`: `source.config` when given (an error when unreadable), else a
+/// `config.json` next to the first shard when there is one that parses.
+fn source_config(
+    dir: &Path,
+    shards: &[String],
+    config: Option<&str>,
+) -> Result<Option<serde_json::Value>, SizingError> {
+    if let Some(c) = config {
+        let text = std::fs::read_to_string(dir.join(c)).map_err(|e| SizingError {
+            field: "source.config",
+            message: format!("cannot read `{c}`: {e}"),
+            help: None,
+        })?;
+        return serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| SizingError {
+                field: "source.config",
+                message: format!("`{c}` is not valid JSON: {e}"),
+                help: None,
+            });
+    }
+    let Some(first) = shards.first() else {
+        return Ok(None);
+    };
+    let next_to = dir
+        .join(first)
+        .parent()
+        .map(|p| p.join("config.json"))
+        .filter(|p| p.is_file());
+    Ok(next_to
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok()))
+}
+
+/// The quantized groups among a component's `tensors` (prefix stripped); the small quant
+/// states of bitsandbytes tensors are read from the shards.
+fn recognise_source(
+    dir: &Path,
+    shards: &[String],
+    prefix: &str,
+    tensors: &[TensorInfo],
+    config: Option<&serde_json::Value>,
+) -> SourceLayout {
+    let opened: std::cell::RefCell<Vec<Option<SafetensorsFile>>> =
+        std::cell::RefCell::new(shards.iter().map(|_| None).collect());
+    let read_small = |name: &str| -> Option<Vec<u8>> {
+        let full = format!("{prefix}{name}");
+        let mut files = opened.borrow_mut();
+        for (i, shard) in shards.iter().enumerate() {
+            if files[i].is_none() {
+                files[i] = SafetensorsFile::open(dir.join(shard)).ok();
+            }
+            if let Some(f) = &files[i]
+                && let Ok(e) = f.entry(&full)
+            {
+                return (e.len <= 1 << 20).then(|| f.bytes(e).to_vec());
+            }
+        }
+        None
+    };
+    SourceLayout::recognise(tensors, config, &read_small)
 }

@@ -11,7 +11,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use omnipack_manifest::{
-    Architecture, Delivery, FloatDtype, Format, IoDtype, KvFormat, Paging, Role, Runtime,
+    Architecture, Delivery, FloatDtype, Format, IoDtype, KvFormat, Method, Paging, Role, Runtime,
 };
 use omnipack_summary::QuantizationInfo;
 
@@ -110,6 +110,38 @@ pub struct QuantizeParams {
     pub keep: Vec<String>,
     /// Dtype of the tensors left unquantized; none keeps each tensor's source dtype.
     pub keep_dtype: Option<FloatDtype>,
+    /// `quantization.requantize`: a quantized source may be quantized again to another format.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requantize: bool,
+    /// The `quantization` of the source's `config.json` (`source.config`, else one next to
+    /// the checkpoint), with which its quantized tensors are recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_quantization: Option<serde_json::Value>,
+    /// How MLX affine formats choose each group's scale and bias (`rtn` or `mse`); float and
+    /// NF4 variants are written the same way for both.
+    #[serde(default)]
+    pub method: Method,
+    /// The `min_sqnr_db` floors of the tiers that use this variant. Quality is known only
+    /// once the weights are written, so the build checks them right after this stage (the
+    /// plan cannot): a variant below a floor fails the build at that floor's manifest key.
+    #[serde(default)]
+    pub quality_floors: Vec<QualityFloor>,
+}
+
+/// A `min_sqnr_db` floor a variant must reach, checked at build time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualityFloor {
+    /// The lowest SQNR (dB, over all the variant's measured weights) the build accepts.
+    pub min_sqnr_db: f64,
+    /// The tiers this floor is for (the tiers using the variant that set or inherit it).
+    pub tiers: Vec<String>,
+    /// Manifest path of the key that sets it, such as `components[0].quantization.min_sqnr_db`
+    /// or `components[0].quantization.tiers.iphone-3gb.min_sqnr_db`: where a failure is
+    /// reported.
+    pub manifest_path: String,
+    /// When the check runs: always `build` (after quantizing, before packaging).
+    pub checked_at: String,
 }
 
 /// What a package stage writes: one bundle zip and its asset-pack folder.
@@ -269,12 +301,23 @@ mod tests {
                 group_size: Some(64),
                 keep: vec!["*norm*".into()],
                 keep_dtype: None,
+                requantize: false,
+                source_quantization: None,
+                method: Method::Mse,
+                quality_floors: vec![QualityFloor {
+                    min_sqnr_db: 20.5,
+                    tiers: vec!["a".into()],
+                    manifest_path: "components[0].quantization.min_sqnr_db".into(),
+                    checked_at: "build".into(),
+                }],
             }),
             depends_on: vec!["export:t".into()],
         };
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["kind"], "quantize");
         assert_eq!(v["params"]["format"], "int4");
+        assert_eq!(v["params"]["method"], "mse");
+        assert_eq!(v["params"]["quality_floors"][0]["checked_at"], "build");
         assert_eq!(v["depends_on"][0], "export:t");
         let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["id", "kind", "depends_on", "params"]);

@@ -5,16 +5,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use omnipack_manifest::canonical_json::canonical;
+use omnipack_manifest::lexical_path::normalize_or_dot;
 use omnipack_manifest::{Format, ResolvedComponent, ResolvedManifest, ResolvedSource, Role};
 use serde_json::{Map, Value, json};
 
 use crate::memory;
 use crate::model::BundlePlan;
-use crate::planner::path_or_dot;
 use crate::sizing::ComponentSizer;
 use crate::stage::{
     AssetPackParams, BundleContents, ConfigJson, DecodeStepSidecars, ExportParams, ExportSource,
-    PackageParams, QuantizeParams, Stage, StageKind,
+    PackageParams, QualityFloor, QuantizeParams, Stage, StageKind,
 };
 
 /// `export:<component>` or `export:<component>:<tier>`.
@@ -68,7 +68,9 @@ pub(crate) fn stages(
         };
         let export = export_stage_id(&c.name, b.tier.as_deref());
         let package_dep = if matches!(c.source, ResolvedSource::Safetensors { .. }) {
-            let q = quantize_stage(c, b, export);
+            let ci = m.components.iter().position(|x| x.name == c.name);
+            let config = ci.and_then(|i| sizers[i].config_quantization()).cloned();
+            let q = quantize_stage(m, c, b, export, config);
             let id = q.id.clone();
             quantizes.push(q);
             id
@@ -145,9 +147,9 @@ fn export_source(
             workdir,
         } => ExportSource::Command {
             argv: exporter_argv(m, c, run, bundles, tier),
-            workdir: path_or_dot(workdir),
+            workdir: normalize_or_dot(workdir),
             timeout_secs: *timeout_secs,
-            inputs: inputs.iter().map(|i| path_or_dot(i)).collect(),
+            inputs: inputs.iter().map(|i| normalize_or_dot(i)).collect(),
             outputs: outputs.clone(),
         },
         ResolvedSource::Files { files } => ExportSource::Files {
@@ -197,7 +199,13 @@ fn exporter_argv(
     fill_placeholders(run, &values)
 }
 
-fn quantize_stage(c: &ResolvedComponent, b: &BundlePlan, export: String) -> Stage {
+fn quantize_stage(
+    m: &ResolvedManifest,
+    c: &ResolvedComponent,
+    b: &BundlePlan,
+    export: String,
+    source_quantization: Option<Value>,
+) -> Stage {
     Stage {
         id: format!("quantize:{}", b.id),
         kind: StageKind::Quantize(QuantizeParams {
@@ -207,9 +215,47 @@ fn quantize_stage(c: &ResolvedComponent, b: &BundlePlan, export: String) -> Stag
             group_size: b.group_size,
             keep: c.quantization.keep.clone(),
             keep_dtype: c.quantization.keep_dtype,
+            requantize: c.quantization.requantize,
+            source_quantization,
+            method: c.quantization.method,
+            quality_floors: quality_floors(m, c, b),
         }),
         depends_on: vec![export],
     }
+}
+
+/// The `min_sqnr_db` floors of the tiers that use bundle `b`, one per manifest key that sets
+/// them (tiers in manifest order, floors in the order of their first tier).
+pub(crate) fn quality_floors(
+    m: &ResolvedManifest,
+    c: &ResolvedComponent,
+    b: &BundlePlan,
+) -> Vec<QualityFloor> {
+    let Some(index) = m.components.iter().position(|x| x.name == c.name) else {
+        return Vec::new();
+    };
+    let mut floors: Vec<QualityFloor> = Vec::new();
+    for tier in &b.used_by {
+        let tq = c.quantization.for_tier(tier);
+        let Some(db) = tq.min_sqnr_db else {
+            continue;
+        };
+        let path = if tq.min_sqnr_db_overridden {
+            format!("components[{index}].quantization.tiers.{tier}.min_sqnr_db")
+        } else {
+            format!("components[{index}].quantization.min_sqnr_db")
+        };
+        match floors.iter_mut().find(|f| f.manifest_path == path) {
+            Some(f) => f.tiers.push(tier.clone()),
+            None => floors.push(QualityFloor {
+                min_sqnr_db: db,
+                tiers: vec![tier.clone()],
+                manifest_path: path,
+                checked_at: "build".into(),
+            }),
+        }
+    }
+    floors
 }
 
 fn package_stage(

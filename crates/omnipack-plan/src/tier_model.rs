@@ -47,8 +47,10 @@ pub(crate) struct TierOutcome {
     /// One rank per component of the tier.
     pub ranks: Vec<usize>,
     pub fits: bool,
-    /// True when the search budget ran out before a better fitting combination was found.
-    pub truncated: bool,
+    /// The sum of `ranks`.
+    pub rank_sum: usize,
+    /// For a tier that fits, each component that stepped down: what one step back up costs.
+    pub step_ups: Vec<crate::search::StepUp>,
 }
 
 /// One tier's model and the search's outcome on it.

@@ -1,15 +1,14 @@
 //! The plan of each selected tier: its chosen variants, load order, KV cache and memory, and
-//! what is worth saying about it (a tier that does not fit, a search that ran out, lazy
-//! components larger than the headroom).
+//! what is worth saying about it (a tier that does not fit, lazy components larger than the
+//! headroom), and what the chosen plan trades (its rank sum, the step ups that do not fit).
 
 use omnipack_manifest::{Paging, ResolvedManifest, format_bytes};
 use omnipack_summary::{KvCacheInfo, MemoryBreakdown, PagingInfo, TierEntry};
 
-use crate::best_fit::MAX_COMBINATIONS;
 use crate::bundles::ChosenBundles;
 use crate::diag::PlanDiagnostic;
 use crate::memory;
-use crate::model::{PlanWarning, TierPlan, VariantChoice};
+use crate::model::{PlanWarning, StepUpCost, TierPlan, VariantChoice};
 use crate::sizing::ComponentSizer;
 use crate::suggestions::does_not_fit;
 use crate::tier_model::{TierModel, TierSearch};
@@ -31,15 +30,6 @@ pub(crate) fn tier_plans(
         let r = &searched[ti];
         let memory = r.model.breakdown(&r.outcome.ranks);
         let ids = &chosen.per_tier[ti];
-        if r.outcome.truncated {
-            warnings.push(PlanWarning {
-                message: format!(
-                    "tier `{}`: more than {MAX_COMBINATIONS} format combinations; the search stopped and uses each component's smallest variant",
-                    tier.name
-                ),
-                path: Some(format!("tiers[{ti}]")),
-            });
-        }
         if !r.outcome.fits {
             diagnostics.push(does_not_fit(
                 m,
@@ -65,6 +55,8 @@ pub(crate) fn tier_plans(
             },
             min_headroom_bytes: tier.min_headroom,
             choices: choices(m, r, ids),
+            rank_sum: r.outcome.rank_sum,
+            step_ups: step_ups(m, r),
         });
     }
     plans
@@ -117,6 +109,24 @@ fn choices(
             bundle: id.clone(),
             format: tc.options[*rank].format,
             preference_rank: *rank,
+        })
+        .collect()
+}
+
+/// What one step back up costs, for each component of a fitting tier that stepped down.
+fn step_ups(m: &ResolvedManifest, r: &TierSearch) -> Vec<StepUpCost> {
+    r.outcome
+        .step_ups
+        .iter()
+        .map(|u| {
+            let tc = &r.model.comps[u.component];
+            StepUpCost {
+                component: m.components[tc.index].name.clone(),
+                format: tc.options[u.rank].format,
+                step_up_format: tc.options[u.rank - 1].format,
+                peak_bytes: u.peak_bytes,
+                over_bytes: u.over_bytes,
+            }
         })
         .collect()
 }

@@ -29,14 +29,28 @@ fn weights() -> Vec<f32> {
         .collect()
 }
 
-#[divan::bench(args = [2, 3, 4, 6, 8])]
-fn affine_g64(b: Bencher, bits: u8) {
+/// An MLX affine kernel (`kernels::affine_quantize` or `kernels::affine_quantize_mse`).
+type AffineKernel = fn(
+    &[f32],
+    usize,
+    usize,
+    u8,
+    Dtype,
+    &mut [u32],
+    &mut [f32],
+    &mut [f32],
+    Option<&mut omnipack_quant::ErrorStats>,
+) -> Result<(), usize>;
+
+/// Times `quantize` at group size 64 and `bits`, measuring the error when `report`.
+fn bench_affine(b: Bencher, quantize: AffineKernel, bits: u8, report: bool) {
     let w = weights();
     let mut codes = vec![0u32; w.len() * bits as usize / 32];
     let mut s = vec![0f32; w.len() / 64];
     let mut bi = vec![0f32; w.len() / 64];
     b.counter(ItemsCount::new(w.len())).bench_local(|| {
-        kernels::affine_quantize(
+        let mut st = omnipack_quant::ErrorStats::default();
+        quantize(
             &w,
             COLS,
             64,
@@ -45,80 +59,31 @@ fn affine_g64(b: Bencher, bits: u8) {
             &mut codes,
             &mut s,
             &mut bi,
-            None,
+            report.then_some(&mut st),
         )
         .unwrap();
+        st
     });
+}
+
+#[divan::bench(args = [2, 3, 4, 6, 8])]
+fn affine_g64(b: Bencher, bits: u8) {
+    bench_affine(b, kernels::affine_quantize, bits, false);
 }
 
 #[divan::bench]
 fn affine_int4_g64_with_report(b: Bencher) {
-    let w = weights();
-    let mut codes = vec![0u32; w.len() * 4 / 32];
-    let mut s = vec![0f32; w.len() / 64];
-    let mut bi = vec![0f32; w.len() / 64];
-    b.counter(ItemsCount::new(w.len())).bench_local(|| {
-        let mut st = omnipack_quant::ErrorStats::default();
-        kernels::affine_quantize(
-            &w,
-            COLS,
-            64,
-            4,
-            Dtype::F16,
-            &mut codes,
-            &mut s,
-            &mut bi,
-            Some(&mut st),
-        )
-        .unwrap();
-        st
-    });
+    bench_affine(b, kernels::affine_quantize, 4, true);
 }
 
 #[divan::bench(args = [2, 3, 4, 6, 8])]
 fn affine_mse_g64(b: Bencher, bits: u8) {
-    let w = weights();
-    let mut codes = vec![0u32; w.len() * bits as usize / 32];
-    let mut s = vec![0f32; w.len() / 64];
-    let mut bi = vec![0f32; w.len() / 64];
-    b.counter(ItemsCount::new(w.len())).bench_local(|| {
-        kernels::affine_quantize_mse(
-            &w,
-            COLS,
-            64,
-            bits,
-            Dtype::F16,
-            &mut codes,
-            &mut s,
-            &mut bi,
-            None,
-        )
-        .unwrap();
-    });
+    bench_affine(b, kernels::affine_quantize_mse, bits, false);
 }
 
 #[divan::bench]
 fn affine_mse_int4_g64_with_report(b: Bencher) {
-    let w = weights();
-    let mut codes = vec![0u32; w.len() * 4 / 32];
-    let mut s = vec![0f32; w.len() / 64];
-    let mut bi = vec![0f32; w.len() / 64];
-    b.counter(ItemsCount::new(w.len())).bench_local(|| {
-        let mut st = omnipack_quant::ErrorStats::default();
-        kernels::affine_quantize_mse(
-            &w,
-            COLS,
-            64,
-            4,
-            Dtype::F16,
-            &mut codes,
-            &mut s,
-            &mut bi,
-            Some(&mut st),
-        )
-        .unwrap();
-        st
-    });
+    bench_affine(b, kernels::affine_quantize_mse, 4, true);
 }
 
 #[divan::bench(args = ["nf4", "fp4"])]

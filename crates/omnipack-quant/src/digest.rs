@@ -5,7 +5,6 @@
 //! bundle zip can be written in one sequential pass from digests computed when each file was
 //! produced.
 
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
@@ -96,7 +95,8 @@ impl Digester {
 /// The digest of a file, read sequentially (not memory-mapped: a file truncated by someone else
 /// while it is hashed gives a wrong digest or an error, never a crash).
 pub fn digest_file(path: &Path) -> io::Result<FileDigest> {
-    let mut f = File::open(path)?;
+    // A FIFO, socket or device is refused before a byte is read (never blocks).
+    let mut f = omnipack_fs::open_regular(path)?;
     let mut d = Digester::new();
     let mut buf = vec![0u8; HASH_CHUNK];
     loop {

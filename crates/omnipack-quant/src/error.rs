@@ -49,6 +49,19 @@ pub enum QuantError {
     /// The quantization spec or the tensor selection is invalid.
     #[error("{0}")]
     Spec(String),
+    /// A tensor of the source is already quantized in another format than the one asked
+    /// for, and quantizing it again was not allowed.
+    #[error(
+        "tensor `{tensor}` is already quantized ({source_format}): writing it as {requested} would dequantize it and quantize it again, compounding the error; request {source_format}, the source's format (its tensors pass through byte for byte), or allow requantization (`quantization.requantize: true` in a manifest, `--requantize` for `omnipack quantize`)"
+    )]
+    AlreadyQuantized {
+        /// The logical weight's name.
+        tensor: String,
+        /// The source's format, for example `int4 g64`.
+        source_format: String,
+        /// The format asked for, for example `int8 g64`.
+        requested: String,
+    },
 }
 
 impl QuantError {

@@ -7,7 +7,6 @@
 //! the offsets against the shape, each other and the data size.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
@@ -33,7 +32,8 @@ pub struct TensorEntry {
 pub struct Header {
     /// Tensors in file order (by data offset).
     pub tensors: Vec<TensorEntry>,
-    /// The `__metadata__` map (empty when absent).
+    /// The `__metadata__` map (empty when absent or `null`, as `mx.save_safetensors` writes
+    /// it without metadata).
     pub metadata: BTreeMap<String, String>,
     /// Byte offset where tensor data starts (8 + header length).
     pub data_start: u64,
@@ -61,7 +61,7 @@ pub fn read_header(path: impl AsRef<Path>) -> Result<Vec<TensorInfo>, QuantError
 /// Like [`read_header`], also returning offsets and metadata.
 pub fn read_full_header(path: impl AsRef<Path>) -> Result<Header, QuantError> {
     let path = path.as_ref();
-    let mut file = File::open(path).map_err(|e| QuantError::io(path, e))?;
+    let mut file = omnipack_fs::open_regular(path).map_err(|e| QuantError::io(path, e))?;
     let file_size = file.metadata().map_err(|e| QuantError::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
     if file_size < 8 {
@@ -157,8 +157,16 @@ pub fn parse_header(path: &Path, json: &[u8], file_size: u64) -> Result<Header, 
     let mut tensors: Vec<(u64, u64, TensorInfo)> = Vec::with_capacity(map.len());
     for (name, v) in &map {
         if name == "__metadata__" {
-            let serde_json::Value::Object(m) = v else {
-                return Err(QuantError::header(path, "`__metadata__` is not an object"));
+            // `mx.save_safetensors` without metadata writes `null`: no metadata.
+            let m = match v {
+                serde_json::Value::Object(m) => m,
+                serde_json::Value::Null => continue,
+                _ => {
+                    return Err(QuantError::header(
+                        path,
+                        "`__metadata__` is not an object (or null)",
+                    ));
+                }
             };
             for (k, v) in m {
                 let serde_json::Value::String(s) = v else {
@@ -294,7 +302,8 @@ pub fn resolve_shards(path: impl AsRef<Path>) -> Result<Vec<PathBuf>, QuantError
             format!("shard index is {size} bytes, over the {MAX_HEADER_BYTES}-byte limit"),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| QuantError::io(path, e))?;
+    let bytes =
+        omnipack_fs::read_capped(path, MAX_HEADER_BYTES).map_err(|e| QuantError::io(path, e))?;
     let v: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| QuantError::header(path, format!("shard index is not valid JSON: {e}")))?;
     let map = v
@@ -341,7 +350,8 @@ pub fn read_shard_set(path: impl AsRef<Path>) -> Result<Vec<SourceTensor>, Quant
     let tensors = read_headers(&resolve_shards(path)?)?;
     if path.extension().is_some_and(|e| e == "json") {
         // resolve_shards validated the index; read the map again to cross-check it.
-        let bytes = std::fs::read(path).map_err(|e| QuantError::io(path, e))?;
+        let bytes = omnipack_fs::read_capped(path, MAX_HEADER_BYTES)
+            .map_err(|e| QuantError::io(path, e))?;
         let v: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| QuantError::header(path, format!("shard index is not valid JSON: {e}")))?;
         let dir = path.parent().unwrap_or(Path::new(""));
@@ -403,7 +413,7 @@ impl SafetensorsFile {
     pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile, QuantError> {
         let path = path.as_ref().to_path_buf();
         let header = read_full_header(&path)?;
-        let file = File::open(&path).map_err(|e| QuantError::io(&path, e))?;
+        let file = omnipack_fs::open_regular(&path).map_err(|e| QuantError::io(&path, e))?;
         // SAFETY: the map is read-only; like every mmap-based reader we assume the file is not
         // truncated while mapped. Its size is checked against the header right after.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| QuantError::io(&path, e))?;

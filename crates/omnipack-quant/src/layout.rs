@@ -18,7 +18,8 @@ pub struct QuantizedLayout {
     pub summary: Vec<String>,
 }
 
-fn config_quant(config: Option<&serde_json::Value>) -> (Option<u64>, Option<u64>) {
+/// The group size and bits of a `config.json`'s `quantization` (or `quantization_config`).
+pub(crate) fn config_quant(config: Option<&serde_json::Value>) -> (Option<u64>, Option<u64>) {
     let q = config.and_then(|c| {
         c.get("quantization")
             .or_else(|| c.get("quantization_config"))
@@ -27,6 +28,49 @@ fn config_quant(config: Option<&serde_json::Value>) -> (Option<u64>, Option<u64>
         q.and_then(|q| q.get("group_size")).and_then(|v| v.as_u64()),
         q.and_then(|q| q.get("bits")).and_then(|v| v.as_u64()),
     )
+}
+
+/// Bits, group size and number of groups per row of `t` when it is the codes of an MLX affine
+/// tensor: `<p>.weight` U32 `[rows, words]` with `<p>.scales` `[rows, groups]` and
+/// `<p>.biases`; bits and group size from `config` when it says them, else the first of
+/// 64, 32 and 128 that gives a width MLX packs (2, 3, 4, 6 or 8 bits).
+pub(crate) fn affine_params(
+    t: &TensorInfo,
+    by_name: &BTreeMap<&str, &TensorInfo>,
+    cfg_group: Option<u64>,
+    cfg_bits: Option<u64>,
+) -> Option<(u64, u64, u64)> {
+    if t.dtype != Dtype::U32 || t.shape.len() != 2 || !t.name.ends_with("weight") {
+        return None;
+    }
+    let p = &t.name[..t.name.len() - "weight".len()];
+    if !(p.is_empty() || p.ends_with('.')) {
+        return None;
+    }
+    let st = by_name.get(format!("{p}scales").as_str())?;
+    let bt = by_name.get(format!("{p}biases").as_str())?;
+    if st.shape.len() != 2
+        || st.shape[1] == 0
+        || st.shape != bt.shape
+        || st.shape[0] != t.shape[0]
+        || st.dtype != bt.dtype
+        || !st.dtype.is_working_float()
+    {
+        return None;
+    }
+    let (words, groups) = (t.shape[1], st.shape[1]);
+    let candidates: Vec<u64> = match cfg_group {
+        Some(g) => vec![g],
+        None => vec![64, 32, 128],
+    };
+    candidates.into_iter().find_map(|g| {
+        let cols = g.checked_mul(groups)?;
+        let bits = words.checked_mul(32)?.checked_div(cols)?;
+        let ok = bits * cols == words * 32
+            && matches!(bits, 2 | 3 | 4 | 6 | 8)
+            && cfg_bits.is_none_or(|cb| cb == bits);
+        ok.then_some((bits, g, groups))
+    })
 }
 
 /// Recognises the quantized layouts among `tensors`: MLX affine (`<p>.weight` U32 codes with
@@ -45,36 +89,19 @@ pub fn recognise_layout(
     let mut affine: BTreeMap<(u64, u64), usize> = BTreeMap::new();
     let mut bnb: BTreeMap<String, usize> = BTreeMap::new();
     for t in tensors {
-        if t.dtype == Dtype::U32 && t.shape.len() == 2 && t.name.ends_with("weight") {
+        if let Some((bits, g, groups)) = affine_params(t, &by_name, cfg_group, cfg_bits) {
             let p = &t.name[..t.name.len() - "weight".len()];
-            let (s, b) = (format!("{p}scales"), format!("{p}biases"));
-            if let (Some(st), Some(_)) = (by_name.get(s.as_str()), by_name.get(b.as_str()))
-                && st.shape.len() == 2
-                && st.shape[1] > 0
-            {
-                let (words, groups) = (t.shape[1], st.shape[1]);
-                let candidates: Vec<u64> = match cfg_group {
-                    Some(g) => vec![g],
-                    None => vec![64, 32, 128],
-                };
-                let found = candidates.into_iter().find_map(|g| {
-                    let cols = g * groups;
-                    let bits = (words * 32).checked_div(cols)?;
-                    let ok = bits * cols == words * 32
-                        && matches!(bits, 2 | 3 | 4 | 6 | 8)
-                        && cfg_bits.is_none_or(|cb| cb == bits);
-                    ok.then_some((bits, g))
-                });
-                if let Some((bits, g)) = found {
-                    *affine.entry((bits, g)).or_default() += 1;
-                    layout.quantized.insert(
-                        t.name.clone(),
-                        format!("mlx affine int{bits} g{g}, {} x {}", t.shape[0], g * groups),
-                    );
-                    layout.parts.insert(s, format!("scales of {}", t.name));
-                    layout.parts.insert(b, format!("biases of {}", t.name));
-                }
-            }
+            *affine.entry((bits, g)).or_default() += 1;
+            layout.quantized.insert(
+                t.name.clone(),
+                format!("mlx affine int{bits} g{g}, {} x {}", t.shape[0], g * groups),
+            );
+            layout
+                .parts
+                .insert(format!("{p}scales"), format!("scales of {}", t.name));
+            layout
+                .parts
+                .insert(format!("{p}biases"), format!("biases of {}", t.name));
         }
         for qt in ["nf4", "fp4"] {
             let state_name = format!("{}.quant_state.bitsandbytes__{qt}", t.name);

@@ -7,6 +7,9 @@
 //! * [`kernels`]: MLX affine (`mx.quantize`, and the error-minimising `mse` method),
 //!   bitsandbytes NF4/FP4 and float casts.
 //! * [`quality`]: the error of every written tensor, measured as its consumer dequantizes it.
+//! * [`source`]: quantized sources (MLX affine, bitsandbytes 4-bit) as logical weights:
+//!   passed through, dequantized, or quantized again with permission
+//!   ([`quantize_source_to_file`]).
 //! * [`digest`]: sha256 and CRC-32 of files and bytes, the one place omnipack hashes bytes.
 
 pub mod digest;
@@ -15,8 +18,8 @@ mod error;
 mod header;
 pub mod kernels;
 mod layout;
-mod mse;
 pub mod quality;
+pub mod source;
 mod spec;
 mod writer;
 
@@ -32,8 +35,12 @@ pub use header::{
 pub use kernels::ErrorStats;
 pub use layout::{QuantizedLayout, recognise_layout};
 pub use quality::Quality;
+pub use source::{QuantizedGroup, SourceFormat, SourceLayout, Treatment};
 pub use spec::{
     Method, OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     file_bytes, glob_match, header_bytes, plan_outputs,
 };
-pub use writer::{QuantizeOutcome, SelectedTensor, TensorReport, quantize_file, quantize_to_file};
+pub use writer::{
+    QuantizeOutcome, SelectedTensor, TensorReport, quantize_file, quantize_source_to_file,
+    quantize_to_file,
+};

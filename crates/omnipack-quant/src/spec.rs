@@ -367,6 +367,18 @@ pub fn plan_outputs(
         let g = u64::from(spec.group_size);
         if spec.quantizes(t) {
             let (rows, cols) = (t.shape[0], t.shape[1]);
+            // A header may declare a 0-row tensor with any number of columns: sizes computed
+            // from them are checked, never wrapped.
+            let too_big = || {
+                QuantError::Spec(format!(
+                    "tensor `{}`: shape [{rows}, {cols}] is too large to quantize",
+                    t.name
+                ))
+            };
+            cols.checked_mul(32)
+                .and(rows.checked_mul(cols))
+                .and_then(|n| n.checked_mul(32))
+                .ok_or_else(too_big)?;
             match spec.format {
                 WeightFormat::Affine { bits } => {
                     let p = strip_weight(&t.name);

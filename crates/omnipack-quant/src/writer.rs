@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use crate::error::QuantError;
 use crate::header::{SafetensorsFile, TensorEntry};
 use crate::kernels::{self, Bnb4, ErrorStats};
 use crate::quality::{self, Quality};
+use crate::source::{QuantizedGroup, SourceFormat, SourceLayout, Treatment};
 use crate::spec::{
     Method, OutputKind, OutputTensor, QuantSpec, WeightFormat, bnb_quant_state_json, data_bytes,
     header_bytes, plan_outputs,
@@ -284,18 +286,204 @@ pub fn quantize_to_file(
     out: &Path,
     metadata: &BTreeMap<String, String>,
 ) -> Result<QuantizeOutcome, QuantError> {
-    let mut entries = Vec::with_capacity(inputs.len());
-    let mut infos = Vec::with_capacity(inputs.len());
-    for sel in inputs {
-        let entry = sel.file.entry(&sel.tensor)?;
-        entries.push(entry);
-        infos.push(TensorInfo {
-            name: sel.output_name.clone(),
-            dtype: entry.info.dtype,
-            shape: entry.info.shape.clone(),
-        });
-    }
+    let infos = output_infos(inputs)?;
     let outputs = plan_outputs(&infos, spec)?;
+    write_planned(inputs, outputs, spec, out, metadata)
+}
+
+/// The tensors of `inputs` under their output names.
+fn output_infos(inputs: &[SelectedTensor]) -> Result<Vec<TensorInfo>, QuantError> {
+    inputs
+        .iter()
+        .map(|sel| {
+            let entry = sel.file.entry(&sel.tensor)?;
+            Ok(TensorInfo {
+                name: sel.output_name.clone(),
+                dtype: entry.info.dtype,
+                shape: entry.info.shape.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Like [`quantize_to_file`], for a source whose tensors may already be quantized (`layout`,
+/// recognised on the output names; see [`crate::source`]): the groups in `spec`'s own format
+/// pass through byte for byte; the groups `spec` stores in float are dequantized exactly as
+/// their consumer does; the groups `spec` quantizes to another format are dequantized and
+/// quantized again when `requantize` allows it, else the result is
+/// [`QuantError::AlreadyQuantized`]. The reports of the tensors quantized again measure their
+/// error against the dequantized source.
+///
+/// Dequantized weights are written to a temporary file next to `out` (their float size),
+/// removed before returning.
+pub fn quantize_source_to_file(
+    inputs: &[SelectedTensor],
+    layout: &SourceLayout,
+    requantize: bool,
+    spec: &QuantSpec,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<QuantizeOutcome, QuantError> {
+    let infos = output_infos(inputs)?;
+    layout.check_requantize(&infos, spec, requantize)?;
+    let outputs = layout.plan_outputs(&infos, spec)?;
+    let dequantized: Vec<&QuantizedGroup> = infos
+        .iter()
+        .filter_map(|t| layout.group_of(&t.name).filter(|g| g.weight == t.name))
+        .filter(|g| SourceLayout::treatment(g, spec) != Treatment::PassThrough)
+        .collect();
+    if dequantized.is_empty() {
+        return write_planned(inputs, outputs, spec, out, metadata);
+    }
+    let tmp = temp_path(out).with_extension("dequantized.tmp");
+    let result = (|| {
+        let file = Arc::new(write_dequantized(inputs, &dequantized, &tmp)?);
+        let mut selected = Vec::with_capacity(inputs.len());
+        for sel in inputs {
+            match layout.group_of(&sel.output_name) {
+                Some(g) if SourceLayout::treatment(g, spec) != Treatment::PassThrough => {
+                    if g.weight == sel.output_name {
+                        selected.push(SelectedTensor::new(&file, g.weight.clone()));
+                    }
+                }
+                _ => selected.push(sel.clone()),
+            }
+        }
+        write_planned(&selected, outputs, spec, out, metadata)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+/// Writes the logical weights of `groups` (their parts among `inputs`, by output name) to a
+/// safetensors file at `path`, dequantized exactly as their consumer does, and opens it.
+fn write_dequantized(
+    inputs: &[SelectedTensor],
+    groups: &[&QuantizedGroup],
+    path: &Path,
+) -> Result<SafetensorsFile, QuantError> {
+    use std::io::Write;
+    let by_name: BTreeMap<&str, &SelectedTensor> =
+        inputs.iter().map(|s| (s.output_name.as_str(), s)).collect();
+    fn find<'a>(
+        by_name: &BTreeMap<&str, &'a SelectedTensor>,
+        name: &str,
+    ) -> Result<(&'a SafetensorsFile, &'a TensorEntry), QuantError> {
+        let sel: &'a SelectedTensor = by_name
+            .get(name)
+            .ok_or_else(|| QuantError::Spec(format!("internal error: no input `{name}`")))?;
+        let file: &'a SafetensorsFile = &sel.file;
+        Ok((file, file.entry(&sel.tensor)?))
+    }
+    let part = |name: &str| find(&by_name, name);
+    let logical: Vec<OutputTensor> = groups
+        .iter()
+        .map(|g| OutputTensor {
+            name: g.weight.clone(),
+            dtype: g.dtype,
+            shape: g.shape.clone(),
+            source: g.weight.clone(),
+            kind: OutputKind::Kept,
+        })
+        .collect();
+    let file = File::create(path).map_err(|e| QuantError::io(path, e))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    let io = |e| QuantError::io(path, e);
+    w.write_all(&header_bytes(&logical, &BTreeMap::new()))
+        .map_err(io)?;
+    for g in groups {
+        let (rows, cols) = (g.shape[0] as usize, g.shape[1] as usize);
+        let es = g.dtype.size_bytes() as usize;
+        let mut row = vec![0f32; cols];
+        let mut bytes = vec![0u8; cols * es];
+        match g.format {
+            SourceFormat::Affine { bits, group_size } => {
+                let gs = group_size as usize;
+                let (cf, ce) = part(&g.parts[0])?;
+                let (sf, se) = part(&g.parts[1])?;
+                let (bf, be) = part(&g.parts[2])?;
+                let (codes, scales, biases) = (cf.bytes(ce), sf.bytes(se), bf.bytes(be));
+                let words = cols * bits as usize / 32;
+                let sd = se.info.dtype;
+                let ses = sd.size_bytes() as usize;
+                let (mut cw, mut sc, mut bi) = (
+                    vec![0u32; words],
+                    vec![0f32; cols / gs],
+                    vec![0f32; cols / gs],
+                );
+                for r in 0..rows {
+                    for (i, w) in cw.iter_mut().enumerate() {
+                        let at = (r * words + i) * 4;
+                        *w = u32::from_le_bytes([
+                            codes[at],
+                            codes[at + 1],
+                            codes[at + 2],
+                            codes[at + 3],
+                        ]);
+                    }
+                    let srow = r * (cols / gs) * ses..(r + 1) * (cols / gs) * ses;
+                    kernels::decode_f32(&scales[srow.clone()], sd, &mut sc);
+                    kernels::decode_f32(&biases[srow], sd, &mut bi);
+                    quality::mlx_affine_dequantize(&cw, &sc, &bi, gs, bits, g.dtype, &mut row);
+                    kernels::encode_f32(&row, g.dtype, &mut bytes);
+                    w.write_all(&bytes).map_err(io)?;
+                }
+            }
+            SourceFormat::Bnb4 { fp4, blocksize } => {
+                let bs = blocksize as usize;
+                let kind = if fp4 { Bnb4::Fp4 } else { Bnb4::Nf4 };
+                let (pf, pe) = part(&g.parts[0])?;
+                let (af, ae) = part(&g.parts[1])?;
+                let packed = pf.bytes(pe);
+                let mut absmax = vec![0f32; ae.info.numel() as usize];
+                kernels::decode_f32(af.bytes(ae), Dtype::F32, &mut absmax);
+                // Whole blocks of elements at a time (an even count: two codes a byte), about
+                // two rows' worth.
+                let n = rows * cols;
+                let step = cols.div_ceil(bs).max(1) * bs * 2;
+                let mut out = vec![0f32; step];
+                bytes.resize(step * es, 0);
+                let mut start = 0;
+                while start < n {
+                    let len = step.min(n - start);
+                    let o = &mut out[..len];
+                    quality::bnb4_dequantize_as(
+                        &packed[start / 2..(start + len).div_ceil(2)],
+                        &absmax[start / bs..(start + len).div_ceil(bs)],
+                        bs,
+                        kind,
+                        g.dtype,
+                        o,
+                    );
+                    let chunk = &mut bytes[..len * es];
+                    kernels::encode_f32(o, g.dtype, chunk);
+                    w.write_all(chunk).map_err(io)?;
+                    start += len;
+                }
+            }
+        }
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| QuantError::io(path, e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    drop(file);
+    SafetensorsFile::open(path)
+}
+
+/// Writes `outputs` (planned from `inputs` under their output names) to `out`.
+fn write_planned(
+    inputs: &[SelectedTensor],
+    outputs: Vec<OutputTensor>,
+    spec: &QuantSpec,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<QuantizeOutcome, QuantError> {
+    let mut entries = Vec::with_capacity(inputs.len());
+    let infos = output_infos(inputs)?;
+    for sel in inputs {
+        entries.push(sel.file.entry(&sel.tensor)?);
+    }
     let header = header_bytes(&outputs, metadata);
     let planned = header.len() as u64 + data_bytes(&outputs);
     if usize::try_from(planned).is_err() {
@@ -304,6 +492,9 @@ pub fn quantize_to_file(
         )));
     }
 
+    // Only a regular file (or a link, which the rename replaces) is ever replaced: never a
+    // device such as `/dev/null`, a FIFO or a folder.
+    omnipack_fs::check_replaceable(out).map_err(|e| QuantError::io(out, e))?;
     let tmp = temp_path(out);
     let cleanup = |e: QuantError| {
         let _ = std::fs::remove_file(&tmp);
@@ -314,6 +505,7 @@ pub fn quantize_to_file(
         .write(true)
         .create(true)
         .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
         .map_err(|e| QuantError::io(out, e))?;
     if let Err(e) = file.set_len(planned) {
@@ -387,7 +579,7 @@ pub fn quantize_to_file(
             "internal error: the hashing thread panicked".into(),
         ));
     };
-    if let Err(e) = std::fs::rename(&tmp, out) {
+    if let Err(e) = omnipack_fs::check_replaceable(out).and_then(|()| std::fs::rename(&tmp, out)) {
         return cleanup(QuantError::io(out, e));
     }
     let quality = Quality::of(reports.iter().map(|t| (t.name.as_str(), &t.stats)));

@@ -637,3 +637,23 @@ fn quality_of_casts_nf4_and_exact_files() {
     assert_eq!(o.quality.worst_sqnr_db, Some(min));
     assert!(o.tensors.iter().any(|t| t.name == worst));
 }
+
+/// `mx.save_safetensors(path, arrays)` without metadata writes `"__metadata__": null`.
+#[test]
+fn null_metadata_is_no_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("mlx.safetensors");
+    write_raw(
+        &p,
+        br#"{"__metadata__":null,"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#.to_vec(),
+        &[0u8; 8],
+    );
+    let f = SafetensorsFile::open(&p).unwrap();
+    assert!(f.header().metadata.is_empty());
+    assert_eq!(read_header(&p).unwrap().len(), 1);
+    let m = header_err(
+        r#"{"__metadata__":[1],"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+        &[0u8; 8],
+    );
+    assert!(m.contains("`__metadata__` is not an object"), "{m}");
+}

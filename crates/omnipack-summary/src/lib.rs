@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub mod names;
 pub mod swift;
 
-pub use names::{Delivery, Format, KvFormat, QuantMode, Residency, Role, Runtime};
+pub use names::{Delivery, Format, KvFormat, Method, QuantMode, Residency, Role, Runtime};
 
 /// The pattern of every sha256 in the summary and `bundle.json`: 64 lowercase hex digits.
 pub const SHA256_PATTERN: &str = r"^[0-9a-f]{64}$";
@@ -25,6 +25,16 @@ pub const SUMMARY_VERSION: u32 = 1;
 
 /// File name of the summary inside an output folder.
 pub const SUMMARY_FILE: &str = "mobile_packager_summary.json";
+
+/// Reads and parses the summary file at `path`: a regular file of at most
+/// `omnipack_fs::MAX_DOCUMENT_BYTES`, never through a link (a link to `/dev/zero` or a FIFO is
+/// refused at once). The error is a sentence for users, without the path (the caller names
+/// the file).
+pub fn read_summary(path: &std::path::Path) -> Result<Summary, String> {
+    let bytes = omnipack_fs::read_capped_nofollow(path, omnipack_fs::MAX_DOCUMENT_BYTES)
+        .map_err(|e| format!("cannot read the summary: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("not a {SUMMARY_FILE}: {e}"))
+}
 
 /// The memory budget and contents of one omnipack build: what an app reads at run time to
 /// decide which tier it is on and what it can load.
@@ -126,6 +136,50 @@ pub struct BundleEntry {
     pub resident_bytes: u64,
     /// Every file inside the bundle, sorted by path.
     pub files: Vec<FileEntry>,
+    /// The measured error of the weights omnipack wrote, as in the bundle's `bundle.json`;
+    /// `null` for a bundle of exporter outputs or files, which omnipack packages as they are.
+    #[schemars(schema_with = "nullable_quality")]
+    pub quality: Option<Quality>,
+}
+
+/// The measured quality of a bundle's weights: every quantized or cast tensor compared with
+/// its source, on the values its consumer reconstructs (MLX affine as `mx.dequantize`
+/// computes, NF4 as bitsandbytes' `dequantize_4bit`, casts as the cast value). Tensors copied
+/// unchanged (kept in their source dtype) are exact and not measured. See docs/quantization.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quality {
+    /// Signal-to-quantization-noise ratio over all the bundle's weights, element-weighted:
+    /// `10 log10(sum w^2 / sum (w - w')^2)` in dB (higher is better). `null` when every
+    /// weight is reconstructed exactly (an infinite SQNR).
+    #[schemars(schema_with = "nullable_number")]
+    pub sqnr_db: Option<f64>,
+    /// The tensor with the lowest SQNR (the first in file order on ties); `null` when every
+    /// tensor is exact.
+    #[schemars(schema_with = "nullable_string")]
+    pub worst_tensor: Option<String>,
+    /// That tensor's SQNR in dB; `null` when every tensor is exact.
+    #[schemars(schema_with = "nullable_number")]
+    pub worst_sqnr_db: Option<f64>,
+    /// Relative RMS error over all the bundle's weights, `sqrt(sum (w - w')^2 / sum w^2)`
+    /// (`10^(-sqnr_db/20)`); 0 when exact.
+    pub rel_rms_error: f64,
+}
+
+/// A number or `null`, always present.
+fn nullable_number(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": ["number", "null"] })
+}
+
+/// A string or `null`, always present.
+fn nullable_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": ["string", "null"] })
+}
+
+/// A [`Quality`] object or `null`, always present.
+fn nullable_quality(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let quality = generator.subschema_for::<Quality>();
+    schemars::json_schema!({ "anyOf": [quality, { "type": "null" }] })
 }
 
 /// Reference to an asset pack.
@@ -156,6 +210,11 @@ pub struct QuantizationInfo {
     /// `affine` for MLX integer formats, `nf4` for NF4, absent for float formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<QuantMode>,
+    /// How omnipack chose the scales and biases of MLX affine weights it quantized: `rtn`
+    /// (bit-exact with `mx.quantize`) or `mse` (error-minimising, same layout); absent for
+    /// other formats and for exporter outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Method>,
 }
 
 /// A file inside a bundle.
@@ -264,6 +323,10 @@ pub struct BundleManifest {
     pub quantization: Option<QuantizationInfo>,
     /// Every other file of the bundle, sorted by path, with size and sha256.
     pub files: Vec<FileEntry>,
+    /// The measured error of the weights omnipack wrote; `null` for exporter outputs and
+    /// files, packaged as they are.
+    #[schemars(schema_with = "nullable_quality")]
+    pub quality: Option<Quality>,
     /// The tool that wrote it.
     pub generator: String,
 }

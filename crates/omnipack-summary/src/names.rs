@@ -38,6 +38,7 @@ named_enum!(Residency { Always => "always", Lazy => "lazy" });
 named_enum!(Format { F32 => "f32", F16 => "f16", Bf16 => "bf16", Int2 => "int2", Int3 => "int3", Int4 => "int4", Int6 => "int6", Int8 => "int8", Nf4 => "nf4" });
 named_enum!(KvFormat { F16 => "f16", U8 => "u8", Nf4 => "nf4" });
 named_enum!(QuantMode { Affine => "affine", Nf4 => "nf4" });
+named_enum!(Method { Rtn => "rtn", Mse => "mse" });
 
 /// What a component is, which decides its defaults and sidecars.
 #[derive(
@@ -174,4 +175,31 @@ pub enum QuantMode {
     Affine,
     /// bitsandbytes NF4: a 16-entry code book times the group's absmax.
     Nf4,
+}
+
+/// Quantization method of the MLX affine formats. Both write exactly the MLX layout (codes,
+/// scales, biases); only the numbers differ.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Round to nearest between each group's minimum and maximum, bit-exact with
+    /// `mx.quantize` (the default).
+    #[default]
+    Rtn,
+    /// Error-minimising: each group's scale and bias are searched for the smallest squared
+    /// error after MLX dequantization, never worse than `rtn` on any group.
+    Mse,
 }

@@ -31,14 +31,15 @@ fn summary() -> serde_json::Value {
              "delivery": "on_demand", "residency": "always", "file": "bundles/text-int4-g32.zip",
              "size_bytes": 10, "sha256": SHA,
              "asset_pack": {"id": "p-text-int4-g32", "manifest": "asset-packs/text-int4-g32/Manifest.json"},
-             "quantization": {"format": "int4", "group_size": 32, "bits": 4, "mode": "affine"},
+             "quantization": {"format": "int4", "group_size": 32, "bits": 4, "mode": "affine", "method": "mse"},
+             "quality": {"sqnr_db": 20.5, "worst_tensor": "w", "worst_sqnr_db": 18.0, "rel_rms_error": 0.09},
              "parameters": 1, "weights_bytes": 1, "resident_bytes": 1,
              "files": [{"path": "weights.safetensors", "size_bytes": 1, "sha256": SHA}]},
             {"id": "tokenizer", "component": "tokenizer", "role": "data",
              "delivery": "essential", "residency": "always", "file": "bundles/tokenizer.zip",
              "size_bytes": 10, "sha256": SHA,
              "asset_pack": {"id": "p-tokenizer", "manifest": "asset-packs/tokenizer/Manifest.json"},
-             "parameters": 0, "weights_bytes": 0, "resident_bytes": 0, "files": []}
+             "quality": null, "parameters": 0, "weights_bytes": 0, "resident_bytes": 0, "files": []}
         ],
         "tiers": [{
             "name": "t", "device_memory_bytes": 1, "memory_limit_bytes": 1, "required_bytes": 0,
@@ -87,6 +88,11 @@ fn schema_rejects_values_outside_the_closed_sets() {
         ("/bundles/0/runtime", serde_json::json!("tflite")),
         ("/bundles/0/quantization/format", serde_json::json!("int5")),
         ("/bundles/0/quantization/mode", serde_json::json!("linear")),
+        ("/bundles/0/quantization/method", serde_json::json!("gptq")),
+        (
+            "/bundles/0/quality/rel_rms_error",
+            serde_json::json!("small"),
+        ),
         ("/tiers/0/kv_cache/format", serde_json::json!("f8")),
         ("/bundles/0/sha256", serde_json::json!("xyz")),
         ("/bundles/0/sha256", serde_json::json!(SHA.to_uppercase())),
@@ -113,6 +119,7 @@ fn schema_rejects_values_outside_the_closed_sets() {
         ("/bundles/0", "delivery"),
         ("/bundles/0", "runtime"),
         ("/bundles/0", "quantization"),
+        ("/bundles/0", "quality"),
         ("", "summary_version"),
     ] {
         let mut s = summary();

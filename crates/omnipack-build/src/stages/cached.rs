@@ -6,9 +6,9 @@ use omnipack_quant::FileDigest;
 use serde_json::Value;
 
 use crate::cache::{CacheEntry, CacheError, CacheKind, Lookup, key_of};
-use crate::fsutil::remove_any;
 use crate::progress::Event;
 use crate::stages::BuildContext;
+use omnipack_fs::remove_any;
 
 /// What a stage's work left in its work folder: the files to record, each with its digest
 /// when the stage computed it while writing (else the cache computes it), and the
@@ -53,7 +53,14 @@ impl BuildContext<'_> {
         };
         let entry = self
             .cache
-            .commit(kind, &key, &work, produced.files, produced.meta)
+            .commit_with(
+                kind,
+                &key,
+                &work,
+                produced.files,
+                produced.meta,
+                self.no_cache,
+            )
             .inspect_err(|_| {
                 let _ = remove_any(&work);
             })?;

@@ -15,9 +15,9 @@ use serde_json::json;
 
 use crate::cache::{CacheError, CacheKind};
 use crate::exporter::{ExporterError, run_exporter};
-use crate::fsutil::walk_files_skipping;
 use crate::stages::cached::Produced;
 use crate::stages::{BuildContext, Ran, StageOutput, StagedFile, TensorSelection};
+use omnipack_fs::walk_files_skipping;
 
 /// Why an export stage failed.
 #[derive(Debug, thiserror::Error)]
@@ -220,7 +220,6 @@ fn run_command(
                         path: rel.to_string(),
                         abs: entry.file(&f.path),
                         digest: f.digest(),
-                        in_cache: true,
                     })
                 })
                 .collect::<Vec<_>>())
@@ -285,7 +284,6 @@ fn take_files(ctx: &BuildContext, p: &ExportParams, files: &[String]) -> Result<
             path: name,
             abs,
             digest,
-            in_cache: false,
         });
     }
     refs.sort_by(|a, b| a.path.cmp(&b.path));

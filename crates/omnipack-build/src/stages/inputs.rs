@@ -13,11 +13,11 @@ use omnipack_plan::Plan;
 use omnipack_quant::FileDigest;
 use rayon::prelude::*;
 
+use super::BuildError;
 use crate::digest_memo::{Clock, DigestMemo, MemoStats};
 use crate::executor::GraphError;
-use crate::fsutil::walk_files_skipping;
-use crate::pipeline::BuildError;
 use crate::progress::{Event, Progress};
+use omnipack_fs::walk_files_skipping;
 
 /// The digested inputs, and how many bytes were read to digest them.
 pub(crate) struct Inputs {

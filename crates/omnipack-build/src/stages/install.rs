@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use omnipack_summary::Summary;
 
+use super::BuildError;
 use crate::cache::Cache;
-use crate::fsutil::{link_or_copy, walk_files, write_atomic};
 use crate::output::{APP_DIR, SwapArea};
-use crate::pipeline::BuildError;
 use crate::progress::{Event, Progress};
 use crate::stages::PackagedBundle;
+use omnipack_fs::{link_or_copy, walk_files, write_atomic};
 
 /// A private cache keeps the entries used by this many most recent builds.
 pub const KEEP_BUILDS: usize = 3;

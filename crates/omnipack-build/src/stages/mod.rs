@@ -17,11 +17,11 @@ use omnipack_summary::FileEntry;
 
 use crate::cache::Cache;
 use crate::executor::{Panicked, StageStatus, execute};
-use crate::pipeline::{BuildError, StageFailure, StageReport};
 use crate::progress::{Event, Progress};
 
 mod cached;
 pub mod export;
+pub mod failure;
 pub(crate) mod inputs;
 pub(crate) mod install;
 pub mod package;
@@ -29,6 +29,7 @@ pub mod quantize;
 pub(crate) mod summary;
 
 pub use export::ExportError;
+pub use failure::{BuildError, StageFailure, StageReport, UnbuildablePlan};
 pub use package::PackageError;
 pub use quantize::QuantizeError;
 
@@ -94,8 +95,6 @@ pub(crate) struct StagedFile {
     pub path: String,
     pub abs: PathBuf,
     pub digest: FileDigest,
-    /// True when the file belongs to the cache (so it may be hard-linked).
-    pub in_cache: bool,
 }
 
 /// A quantized weights file in the cache.
@@ -105,6 +104,8 @@ pub(crate) struct QuantizedWeights {
     pub digest: FileDigest,
     pub data_bytes: u64,
     pub parameters: u64,
+    /// The measured error of the weights against their source.
+    pub quality: omnipack_summary::Quality,
 }
 
 /// A bundle zip and its asset-pack folder in the cache.
@@ -117,6 +118,8 @@ pub(crate) struct PackagedBundle {
     pub files: Vec<FileEntry>,
     pub weights_bytes: u64,
     pub parameters: u64,
+    /// The measured quality of the weights (none for exporter outputs and files).
+    pub quality: Option<omnipack_summary::Quality>,
 }
 
 /// A finished stage: its output and whether it came from the cache.
@@ -272,11 +275,15 @@ fn run_stage(ctx: &BuildContext, stage: &Stage, deps: Vec<Ran>) -> Result<Ran, S
 fn describe(o: &StageOutput) -> String {
     match o {
         StageOutput::Tensors(s) => {
-            format!("{} tensors, {} parameters", s.tensors.len(), s.parameters)
+            format!(
+                "{}, {} parameters",
+                omnipack_manifest::counted(s.tensors.len(), "tensor"),
+                s.parameters
+            )
         }
         StageOutput::Files(f) => format!(
-            "{} files, {} bytes",
-            f.len(),
+            "{}, {} bytes",
+            omnipack_manifest::counted(f.len(), "file"),
             f.iter().map(|x| x.digest.size).sum::<u64>()
         ),
         StageOutput::Weights(w) => format!("{} bytes of weights", w.data_bytes),

@@ -3,7 +3,6 @@
 //! decode-step sidecars, `bundle.json`, and the asset pack's `Manifest.json`.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +14,12 @@ use serde_json::{Map, Value, json};
 
 use crate::bundle_zip::{BUNDLE_JSON, Entry, EntrySource, ZipError, write_zip};
 use crate::cache::{CacheEntry, CacheError, CacheKind};
-use crate::fsutil::{link_or_copy, write_atomic};
 use crate::progress::Event;
 use crate::sidecars::{asset_pack_manifest, config_json, decode_step_sidecars};
 use crate::stages::cached::Produced;
 use crate::stages::quantize::WEIGHTS_FILE;
 use crate::stages::{BuildContext, PackagedBundle, Ran, StageError, StageOutput};
+use omnipack_fs::{copy_file, link_or_copy, write_atomic};
 
 /// Name of the zip in a package entry.
 const ZIP_FILE: &str = "bundle.zip";
@@ -78,6 +77,8 @@ struct Contents {
     in_cache: BTreeMap<String, bool>,
     weights_bytes: u64,
     parameters: u64,
+    /// The measured quality of the quantized weights; none for exported files.
+    quality: Option<omnipack_summary::Quality>,
 }
 
 /// Runs a package stage on the output of the stage it depends on.
@@ -90,7 +91,7 @@ pub(crate) fn run(
     let mut contents = contents(ctx, stage, p, input)?;
     add_sidecars(p, &mut contents)?;
     let files = file_list(&contents.entries);
-    let bundle_json = bundle_json(p, &files);
+    let bundle_json = bundle_json(p, &files, contents.quality.clone());
     let mut files = files;
     files.push(FileEntry {
         path: BUNDLE_JSON.into(),
@@ -107,11 +108,12 @@ pub(crate) fn run(
     });
     contents.entries.push(bundle_json);
     let (weights_bytes, parameters) = (contents.weights_bytes, contents.parameters);
+    let quality = contents.quality.clone();
     let c = ctx.cached(
         CacheKind::Package,
         &material,
         |work| write_bundle(ctx, stage, p, &contents, &pack_manifest, work),
-        |entry| read_entry(entry, p, files.clone(), weights_bytes, parameters),
+        |entry| read_entry(entry, p, files.clone(), weights_bytes, parameters, quality),
     )?;
     Ok(Ran {
         output: StageOutput::Bundle(Arc::new(c.value)),
@@ -145,6 +147,7 @@ fn contents(
                 in_cache: BTreeMap::from([(WEIGHTS_FILE.to_string(), true)]),
                 weights_bytes: w.data_bytes,
                 parameters: w.parameters,
+                quality: Some(w.quality.clone()),
             })
         }
         (BundleContents::QuantizedWeights { .. }, _) => Err(wrong("quantized weights")),
@@ -157,9 +160,13 @@ fn contents(
                     digest: f.digest.clone(),
                 })
                 .collect(),
-            in_cache: files.iter().map(|f| (f.path.clone(), f.in_cache)).collect(),
+            // Exported files were written by another program: they are copied into the asset
+            // pack, never hard-linked, so that nothing it left running could write to a shipped
+            // file or to its cache entry through a shared inode.
+            in_cache: BTreeMap::new(),
             weights_bytes: files.iter().map(|f| f.digest.size).sum(),
             parameters: 0,
+            quality: None,
         }),
         (BundleContents::ExportedFiles, _) => Err(wrong("exported files")),
     }
@@ -176,10 +183,13 @@ fn source_config(
         return Ok(None);
     };
     let path = ctx.path(rel);
-    let bytes = fs::read(&path).map_err(|source| PackageError::ReadInput {
-        path: path.clone(),
-        source,
-    })?;
+    let bytes =
+        omnipack_fs::read_capped(&path, omnipack_fs::MAX_DOCUMENT_BYTES).map_err(|source| {
+            PackageError::ReadInput {
+                path: path.clone(),
+                source,
+            }
+        })?;
     if ctx.input_digest(&path).map(|d| &d.sha256) != Some(&sha256_bytes(&bytes)) {
         return Err(PackageError::InputChanged { path });
     }
@@ -229,8 +239,13 @@ fn file_list(entries: &[Entry]) -> Vec<FileEntry> {
     files
 }
 
-/// `bundle.json`: the bundle's identity and its other files.
-fn bundle_json(p: &PackageParams, files: &[FileEntry]) -> Entry {
+/// `bundle.json`: the bundle's identity, its other files and the measured quality of its
+/// weights.
+fn bundle_json(
+    p: &PackageParams,
+    files: &[FileEntry],
+    quality: Option<omnipack_summary::Quality>,
+) -> Entry {
     let manifest = BundleManifest {
         bundle_id: p.bundle.clone(),
         component: p.component.clone(),
@@ -238,9 +253,10 @@ fn bundle_json(p: &PackageParams, files: &[FileEntry]) -> Entry {
         runtime: p.runtime,
         quantization: p.quantization.clone(),
         files: files.to_vec(),
+        quality,
         generator: omnipack_summary::generator(),
     };
-    // Plain data (strings and integers) always serialises.
+    // Plain data (strings, integers, finite floats) always serialises.
     let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
     bytes.push(b'\n');
     Entry::bytes(BUNDLE_JSON, bytes)
@@ -317,10 +333,7 @@ fn write_asset_pack(
             EntrySource::File(src) => if contents.in_cache.get(&e.path).copied().unwrap_or(false) {
                 link_or_copy(src, &dest)
             } else {
-                dest.parent()
-                    .map(fs::create_dir_all)
-                    .transpose()
-                    .and_then(|_| fs::copy(src, &dest).map(|_| ()))
+                copy_file(src, &dest).map(|_| ())
             }
             .map_err(io(&dest))?,
         }
@@ -338,6 +351,7 @@ fn read_entry(
     files: Vec<FileEntry>,
     weights_bytes: u64,
     parameters: u64,
+    quality: Option<omnipack_summary::Quality>,
 ) -> Result<PackagedBundle, PackageError> {
     let z = entry
         .get(ZIP_FILE)
@@ -352,5 +366,6 @@ fn read_entry(
         files,
         weights_bytes,
         parameters,
+        quality,
     })
 }

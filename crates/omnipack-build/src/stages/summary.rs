@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use omnipack_summary::{AssetPackRef, BundleEntry, InputFile, Summary};
 
-use crate::pipeline::BuildError;
+use super::BuildError;
 use crate::stages::{BuildContext, PackagedBundle};
 
 /// The summary of a build of `ctx.plan` that produced `bundles`.
@@ -69,6 +69,7 @@ pub(crate) fn make_summary(
             weights_bytes: o.weights_bytes,
             resident_bytes: b.resident_bytes,
             files: o.files.clone(),
+            quality: o.quality.clone(),
         });
     }
     entries.sort_by(|a, b| a.id.cmp(&b.id));

@@ -11,8 +11,9 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageFailure};
+use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageError, StageFailure};
 use omnipack_manifest::diagnostic::{Diagnostic, render};
+use omnipack_manifest::{LoadedManifest, Severity};
 use omnipack_manifest::{format_bytes, format_signed_bytes};
 use omnipack_plan::{Plan, PlanFailure};
 
@@ -49,12 +50,12 @@ pub struct BuildArgs {
 /// Runs `omnipack build`.
 pub fn run(args: BuildArgs) -> CommandResult {
     let plan = match (&args.plan, &args.manifest) {
-        (Some(file), _) => plan_from_file(file),
+        (Some(file), _) => plan_from_file(file).map(|p| (p, None)),
         (None, Some(manifest)) => plan_manifest(manifest, &args.tiers),
         // clap requires one of them.
         (None, None) => None,
     };
-    let Some(plan) = plan else {
+    let Some((plan, loaded)) = plan else {
         return Ok(ExitCode::from(1));
     };
     let opts = BuildOptions {
@@ -91,7 +92,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
         Err(BuildError::Stages(failures)) => {
             for f in &failures {
                 if let StageFailure::Failed { stage, error } = f {
-                    eprintln!("error: stage `{stage}` failed: {error}");
+                    eprint!("{}", stage_failure(stage, error, loaded.as_ref()));
                 }
             }
             let skipped: Vec<&str> = failures
@@ -120,9 +121,31 @@ pub fn run(args: BuildArgs) -> CommandResult {
     }
 }
 
+/// A failed stage as printed: a variant below a `min_sqnr_db` floor is located at that key
+/// when the manifest is at hand (a build of a saved plan names the key's path instead).
+fn stage_failure(stage: &str, error: &StageError, loaded: Option<&LoadedManifest>) -> String {
+    let floor = match error {
+        StageError::Quantize(q) => q.quality_floor(),
+        _ => None,
+    };
+    match (floor, loaded) {
+        (Some((path, help)), Some(loaded)) => render(&[loaded.diagnostic_at(
+            path,
+            Severity::Error,
+            format!("stage `{stage}` failed: {error}"),
+            Some(help),
+        )]),
+        (Some((path, help)), None) => {
+            format!("error: stage `{stage}` failed: {path}: {error}\n  help: {help}\n")
+        }
+        (None, _) => format!("error: stage `{stage}` failed: {error}\n"),
+    }
+}
+
 /// Loads, validates and plans `manifest`, printing its diagnostics and warnings; `None` when
-/// nothing can be built.
-fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<Plan> {
+/// nothing can be built. The loaded manifest comes back with the plan, to locate the errors
+/// only the build can find.
+fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<(Plan, Option<LoadedManifest>)> {
     let loaded = match omnipack_manifest::load(manifest) {
         Ok(l) => l,
         Err(diags) => {
@@ -152,7 +175,7 @@ fn plan_manifest(manifest: &Path, tiers: &[String]) -> Option<Plan> {
         .map(|w| w.to_diagnostic(&loaded))
         .collect();
     eprint!("{}", render(&warnings));
-    Some(plan)
+    Some((plan, Some(loaded)))
 }
 
 /// Reads a plan written by `omnipack plan --format json` (`-`: stdin), printing its warnings;
@@ -162,7 +185,7 @@ fn plan_from_file(file: &Path) -> Option<Plan> {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).map(|_| s)
     } else {
-        std::fs::read_to_string(file)
+        omnipack_fs::read_to_string_capped(file, omnipack_fs::MAX_DOCUMENT_BYTES)
     };
     let plan = text.map_err(|e| e.to_string()).and_then(|t| {
         serde_json::from_str::<Plan>(&t).map_err(|e| format!("not an omnipack plan: {e}"))

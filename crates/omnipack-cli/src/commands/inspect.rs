@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use omnipack_manifest::format_bytes;
-use omnipack_quant::{QuantizedLayout, SafetensorsFile, TensorInfo, recognise_layout};
+use omnipack_manifest::{format_bytes, printable};
+use omnipack_quant::{
+    QuantizedLayout, SafetensorsFile, SourceLayout, TensorInfo, recognise_layout,
+};
 
 use super::CommandResult;
 
@@ -57,7 +59,9 @@ pub fn detect(path: &Path) -> Result<FileKind, String> {
     let mut magic = [0u8; 4];
     {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // A FIFO, socket or device is refused at once (reading it could block forever).
+        let mut f =
+            omnipack_fs::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let n = f
             .read(&mut magic)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -75,12 +79,19 @@ pub fn run(args: InspectArgs) -> CommandResult {
         FileKind::Safetensors => inspect_safetensors(&args.path),
         FileKind::ShardIndex => inspect_shard_index(&args.path),
         FileKind::BundleZip => omnipack_build::verify::describe_bundle(&args.path),
+        // An output folder: its summary.
+        FileKind::Summary if args.path.is_dir() => omnipack_build::verify::describe_summary(
+            &args.path.join(omnipack_summary::SUMMARY_FILE),
+        ),
         FileKind::Summary => omnipack_build::verify::describe_summary(&args.path),
     }
     .map_err(|e| miette::miette!("{e}"))?;
     print!("{text}");
     Ok(ExitCode::SUCCESS)
 }
+
+/// Widest column of the tensor table.
+const MAX_COLUMN: usize = 80;
 
 fn shape_str(shape: &[u64]) -> String {
     let s: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
@@ -92,7 +103,8 @@ fn read_config(dir: &Path) -> Result<Option<(PathBuf, serde_json::Value)>, Strin
     if !p.is_file() {
         return Ok(None);
     }
-    let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+    let bytes = omnipack_fs::read_capped(&p, omnipack_fs::MAX_DOCUMENT_BYTES)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
     let v = serde_json::from_slice(&bytes)
         .map_err(|e| format!("{}: not valid JSON: {e}", p.display()))?;
     Ok(Some((p, v)))
@@ -116,10 +128,26 @@ fn config_lines(out: &mut String, config: &Option<(PathBuf, serde_json::Value)>)
             } else {
                 s
             };
-            out.push_str(&format!("  {k}: {s}\n"));
+            out.push_str(&format!("  {}: {}\n", printable(k), printable(&s)));
         }
     } else {
-        out.push_str(&format!("  {v}\n"));
+        out.push_str(&format!("  {}\n", printable(&v.to_string())));
+    }
+}
+
+/// `parameters: N`, the quantized tensors counted at their true shape (as `omnipack plan`
+/// counts them).
+fn parameters_line(tensors: &[TensorInfo], source: &SourceLayout) -> String {
+    let n: u64 = source
+        .logical_tensors(tensors)
+        .iter()
+        .fold(0u64, |a, t| a.saturating_add(t.numel()));
+    match source.describe() {
+        Some(f) => format!(
+            "parameters: {n} ({f} weights counted at their true shape, {} quantized)\n",
+            source.groups().count()
+        ),
+        None => format!("parameters: {n}\n"),
     }
 }
 
@@ -128,18 +156,20 @@ fn tensor_table(
     tensors: &[(TensorInfo, Option<String>)],
     layout: &QuantizedLayout,
 ) {
+    // Column widths come from untrusted names and shapes: capped (a longer cell just pushes
+    // the rest of its row right), so no width passes what `format!` accepts.
     let w_name = tensors
         .iter()
-        .map(|(t, _)| t.name.len())
+        .map(|(t, _)| printable(&t.name).chars().count())
         .max()
         .unwrap_or(4)
-        .max(6);
+        .clamp(6, MAX_COLUMN);
     let w_shape = tensors
         .iter()
         .map(|(t, _)| shape_str(&t.shape).len())
         .max()
         .unwrap_or(5)
-        .max(5);
+        .clamp(5, MAX_COLUMN);
     out.push_str(&format!(
         "{:<w_name$}  {:<7}  {:<w_shape$}  {:>12}  {}\n",
         "tensor", "dtype", "shape", "bytes", "layout"
@@ -157,10 +187,11 @@ fn tensor_table(
             }
             note.push_str(s);
         }
+        let note = printable(&note);
         out.push_str(
             format!(
                 "{:<w_name$}  {:<7}  {:<w_shape$}  {:>12}  {}",
-                t.name,
+                printable(&t.name),
                 t.dtype.to_string(),
                 shape_str(&t.shape),
                 t.data_bytes(),
@@ -184,6 +215,7 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
         (e.len <= 1 << 20).then(|| file.bytes(e).to_vec())
     };
     let layout = recognise_layout(&tensors, config.as_ref().map(|c| &c.1), &read_small);
+    let source = SourceLayout::recognise(&tensors, config.as_ref().map(|c| &c.1), &read_small);
     let data: u64 = tensors.iter().map(|t| t.data_bytes()).sum();
     let name = path
         .file_name()
@@ -200,16 +232,17 @@ fn inspect_safetensors(path: &Path) -> Result<String, String> {
     ));
     let sha = omnipack_quant::sha256_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
     out.push_str(&format!("sha256: {sha}\n"));
+    out.push_str(&parameters_line(&tensors, &source));
     if !header.metadata.is_empty() {
         let m: Vec<String> = header
             .metadata
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| format!("{}={}", printable(k), printable(v)))
             .collect();
         out.push_str(&format!("metadata: {}\n", m.join(", ")));
     }
     for line in &layout.summary {
-        out.push_str(&format!("layout: {line}\n"));
+        out.push_str(&format!("layout: {}\n", printable(line)));
     }
     config_lines(&mut out, &config);
     let rows: Vec<(TensorInfo, Option<String>)> = tensors.into_iter().map(|t| (t, None)).collect();
@@ -236,6 +269,7 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
     rows.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     let infos: Vec<TensorInfo> = rows.iter().map(|r| r.0.clone()).collect();
     let layout = recognise_layout(&infos, config.as_ref().map(|c| &c.1), &|_| None);
+    let source = SourceLayout::recognise(&infos, config.as_ref().map(|c| &c.1), &|_| None);
     let data: u64 = infos.iter().map(|t| t.data_bytes()).sum();
     let name = path
         .file_name()
@@ -248,8 +282,9 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
         data,
         format_bytes(data)
     );
+    out.push_str(&parameters_line(&infos, &source));
     for line in &layout.summary {
-        out.push_str(&format!("layout: {line}\n"));
+        out.push_str(&format!("layout: {}\n", printable(line)));
     }
     config_lines(&mut out, &config);
     tensor_table(&mut out, &rows, &layout);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use omnipack_manifest::diagnostic::{Diagnostic, render};
 use omnipack_manifest::{format_bytes, format_mib, format_signed_bytes};
-use omnipack_plan::{Plan, PlanFailure, TierPlan};
+use omnipack_plan::{Plan, PlanFailure, StageKind, TierPlan};
 
 use super::CommandResult;
 
@@ -97,9 +97,14 @@ pub fn human(plan: &Plan) -> String {
         .components
         .iter()
         .map(|c| {
+            let source = c
+                .source_format
+                .as_ref()
+                .map(|f| format!(", source quantized {f}"))
+                .unwrap_or_default();
             if c.parameters > 0 {
                 format!(
-                    "{} ({}, {} parameters)",
+                    "{} ({}, {} parameters{source})",
                     c.component.name, c.size_source, c.parameters
                 )
             } else {
@@ -108,10 +113,22 @@ pub fn human(plan: &Plan) -> String {
         })
         .collect();
     let _ = writeln!(s, "sizes from: {}", sizes.join(", "));
+    for b in &plan.bundles {
+        let what = match b.source_treatment.as_deref() {
+            Some("pass_through") => "the source's format: its tensors pass through byte for byte",
+            Some("dequantize") => "dequantizes the source exactly as MLX does",
+            Some("requantize") => {
+                "dequantizes the source and quantizes it again (the error compounds)"
+            }
+            _ => continue,
+        };
+        let _ = writeln!(s, "  {}: {what}", b.id);
+    }
     for t in &plan.tiers {
         s.push('\n');
         tier_table(&mut s, plan, t);
     }
+    quality_floors(&mut s, plan);
     let _ = writeln!(s, "\nstages, in execution order:");
     for (i, st) in plan.stages.iter().enumerate() {
         let deps = if st.depends_on.is_empty() {
@@ -122,6 +139,36 @@ pub fn human(plan: &Plan) -> String {
         let _ = writeln!(s, "  {:>3}. {}{deps}", i + 1, st.id);
     }
     s
+}
+
+/// The `min_sqnr_db` floors: quality is measured while quantizing, so the build checks them.
+fn quality_floors(s: &mut String, plan: &Plan) {
+    let floors: Vec<(&str, &omnipack_plan::QualityFloor)> = plan
+        .stages
+        .iter()
+        .filter_map(|st| match &st.kind {
+            StageKind::Quantize(q) => Some((q.bundle.as_str(), &q.quality_floors)),
+            _ => None,
+        })
+        .flat_map(|(b, fs)| fs.iter().map(move |f| (b, f)))
+        .collect();
+    if floors.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "\nquality floors (min_sqnr_db), checked at build time once each variant is quantized:"
+    );
+    for (bundle, f) in floors {
+        let _ = writeln!(
+            s,
+            "  {bundle}: at least {} dB SQNR (tier{} {}; {})",
+            f.min_sqnr_db,
+            if f.tiers.len() == 1 { "" } else { "s" },
+            f.tiers.join(", "),
+            f.manifest_path
+        );
+    }
 }
 
 fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
@@ -225,5 +272,28 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
             String::new()
         }
     );
+    if e.fits {
+        let _ = writeln!(
+            s,
+            "  rank sum: {} ({})",
+            t.rank_sum,
+            if t.rank_sum == 0 {
+                "every component at its first preference"
+            } else {
+                "steps down the preference lists"
+            }
+        );
+        for u in &t.step_ups {
+            let _ = writeln!(
+                s,
+                "  step up `{}` {} -> {}: exceeds the limit by {} ({} bytes)",
+                u.component,
+                u.format.as_str(),
+                u.step_up_format.as_str(),
+                format_bytes(u.over_bytes),
+                u.over_bytes
+            );
+        }
+    }
     let _ = writeln!(s, "  load order: {}", e.bundles.join(", "));
 }

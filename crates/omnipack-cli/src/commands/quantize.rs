@@ -1,11 +1,17 @@
 //! `omnipack quantize`: one safetensors file (or shard set) to one quantized file, with the
 //! same layout as in bundles.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
-use omnipack_quant::{Dtype, Method, QuantSpec, WeightFormat};
+use omnipack_quant::{
+    Dtype, Method, QuantSpec, SafetensorsFile, SelectedTensor, SourceLayout, TensorInfo, Treatment,
+    WeightFormat,
+};
+
+use omnipack_manifest::counted;
 
 use super::CommandResult;
 
@@ -37,6 +43,40 @@ pub struct QuantizeArgs {
     /// source, as the consumer dequantizes it.
     #[arg(long)]
     pub report: bool,
+    /// For an input that is already quantized (MLX affine, or bitsandbytes 4-bit as omnipack
+    /// writes it) in another format than `--format`: dequantize it exactly as MLX does and
+    /// quantize it again (the error compounds). Without it that is an error; the input's own
+    /// format passes its tensors through byte for byte, and float formats dequantize.
+    #[arg(long)]
+    pub requantize: bool,
+}
+
+/// Every tensor of `input` (a file or a shard index), sorted by name, and its quantized
+/// groups, recognised with the `config.json` next to it when there is one.
+fn source(input: &Path) -> Result<(Vec<SelectedTensor>, SourceLayout), miette::Report> {
+    let mut selected = Vec::new();
+    let shards = omnipack_quant::resolve_shards(input).map_err(|e| miette::miette!("{e}"))?;
+    for shard in shards {
+        let file = Arc::new(SafetensorsFile::open(&shard).map_err(|e| miette::miette!("{e}"))?);
+        selected.extend(SelectedTensor::with_prefix(&file, ""));
+    }
+    selected.sort_by(|a, b| a.output_name.cmp(&b.output_name));
+    let config = input
+        .parent()
+        .map(|d| d.join("config.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let infos: Vec<TensorInfo> = selected
+        .iter()
+        .filter_map(|s| s.file.entry(&s.tensor).ok().map(|e| e.info.clone()))
+        .collect();
+    let read_small = |name: &str| -> Option<Vec<u8>> {
+        let s = selected.iter().find(|s| s.output_name == name)?;
+        let e = s.file.entry(&s.tensor).ok()?;
+        (e.len <= 1 << 20).then(|| s.file.bytes(e).to_vec())
+    };
+    let layout = SourceLayout::recognise(&infos, config.as_ref(), &read_small);
+    Ok((selected, layout))
 }
 
 fn parse_group_size(s: &str) -> Result<u32, String> {
@@ -67,8 +107,44 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         );
     }
     let start = Instant::now();
-    let outcome = omnipack_quant::quantize_file(&args.input, &args.output, &spec)
-        .map_err(|e| miette::miette!("{e}"))?;
+    let (selected, layout) = source(&args.input)?;
+    let outcome = omnipack_quant::quantize_source_to_file(
+        &selected,
+        &layout,
+        args.requantize,
+        &spec,
+        &args.output,
+        &spec.format.metadata(),
+    )
+    .map_err(|e| match e {
+        // The other errors name their file already.
+        omnipack_quant::QuantError::AlreadyQuantized { .. } => {
+            miette::miette!("{}: {e}", args.input.display())
+        }
+        e => miette::miette!("{e}"),
+    })?;
+    if let Some(source) = layout.describe() {
+        let count = |t: Treatment| {
+            layout
+                .groups()
+                .filter(|g| SourceLayout::treatment(g, &spec) == t)
+                .count()
+        };
+        let (again, passed) = (count(Treatment::Requantize), count(Treatment::PassThrough));
+        if again > 0 {
+            eprintln!(
+                "warning: the input is already quantized ({source}): {} dequantized and quantized again, so the error compounds; the quality below is measured against the dequantized input",
+                counted(again, "tensor")
+            );
+        } else if passed > 0 {
+            eprintln!(
+                "note: the input is already quantized ({source}): {} passed through byte for byte",
+                counted(passed, "quantized tensor")
+            );
+        } else {
+            eprintln!("note: the input is already quantized ({source}): dequantized as MLX does");
+        }
+    }
     let secs = start.elapsed().as_secs_f64();
     if args.report {
         let name_w = outcome
@@ -108,7 +184,7 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         );
     }
     eprintln!(
-        "wrote {} ({} {}): {} tensors, {} parameters, {} bytes ({} of tensor data), sha256 {} in {:.2}s",
+        "wrote {} ({} {}): {}, {} parameters, {} bytes ({} of tensor data), sha256 {} in {:.2}s",
         args.output.display(),
         format,
         if format.uses_groups() {
@@ -116,7 +192,7 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         } else {
             String::from("cast")
         },
-        outcome.outputs.len(),
+        counted(outcome.outputs.len(), "tensor"),
         outcome.parameters,
         outcome.file_bytes,
         outcome.data_bytes,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omnipack_manifest::{Diagnostic, load, render};
+use omnipack_manifest::{Diagnostic, counted, load, render};
 
 use super::CommandResult;
 
@@ -62,8 +62,7 @@ pub fn run(args: ValidateArgs) -> CommandResult {
                 };
                 let warn = match m.warnings.len() + budget.len() {
                     0 => String::new(),
-                    1 => ", 1 warning".to_string(),
-                    n => format!(", {n} warnings"),
+                    n => format!(", {}", counted(n, "warning")),
                 };
                 ok_lines.push(format!("{}: valid{what}{warn}", path.display()));
                 all.extend(m.warnings);
@@ -91,7 +90,7 @@ pub fn run(args: ValidateArgs) -> CommandResult {
             }
             if failed {
                 let errors = all.iter().filter(|d| d.is_error()).count();
-                let _ = writeln!(err, "{errors} error(s) found");
+                let _ = writeln!(err, "{} found", counted(errors, "error"));
             }
         }
     }

@@ -63,8 +63,38 @@ pub(crate) fn check(
                     .with_label("outside the stage folder")
                     .with_help("outputs are paths relative to the exporter's `{out}` folder, such as `model.mlpackage` or `tokenizer/tokenizer.json`"),
             );
+        } else if let Some(problem) = output_overlap(output, &command.outputs[..j]) {
+            out.push(
+                locator
+                    .at(
+                        &at.key("outputs").index(j),
+                        Severity::Error,
+                        format!("component `{name}`: exporter output `{output}` {problem}"),
+                    )
+                    .with_label("listed twice")
+                    .with_help("list each output once: a folder brings every file under it"),
+            );
         }
     }
+}
+
+/// Whether `o` (already in normal form) is listed among `earlier`, or one of them holds the
+/// other: each file must be packaged once, under one name.
+fn output_overlap(o: &str, earlier: &[String]) -> Option<String> {
+    earlier
+        .iter()
+        .filter(|e| output_problem(e).is_none())
+        .find_map(|e| {
+            if e == o {
+                Some("is listed twice".to_string())
+            } else if o.starts_with(&format!("{e}/")) {
+                Some(format!("is inside output `{e}`, listed before it"))
+            } else if e.starts_with(&format!("{o}/")) {
+                Some(format!("holds output `{e}`, listed before it"))
+            } else {
+                None
+            }
+        })
 }
 
 /// `run`: a program first, and only known placeholders.
@@ -151,6 +181,13 @@ fn output_problem(o: &str) -> Option<&'static str> {
     if normalize(o).is_empty() {
         return Some("is the stage folder itself");
     }
+    // One spelling per file: `./t.json`, `a//b` or `d/` would name a file also reachable as
+    // `t.json`, `a/b` or `d`, and become a zip entry of that odd name.
+    if o.contains('\\') || o.split('/').any(|part| part.is_empty() || part == ".") {
+        return Some(
+            "is not in normal form (no `.` or empty parts, no trailing or doubled `/`, no `\\`): write it as `a/b`",
+        );
+    }
     None
 }
 
@@ -174,5 +211,17 @@ mod tests {
         assert!(output_problem(".").is_some());
         assert!(output_problem("model.mlpackage").is_none());
         assert!(output_problem("tok/tokenizer.json").is_none());
+    }
+
+    #[test]
+    fn outputs_have_one_spelling_and_are_listed_once() {
+        for odd in ["./t.json", "d/./a", "d//a", "d/", "a\\b"] {
+            assert!(output_problem(odd).is_some(), "{odd}");
+        }
+        let earlier = ["t.json".to_string(), "d".to_string()];
+        assert!(output_overlap("t.json", &earlier).is_some());
+        assert!(output_overlap("d/a", &earlier).is_some());
+        assert!(output_overlap("x", &["x/y".to_string()]).is_some());
+        assert!(output_overlap("dd", &earlier).is_none());
     }
 }

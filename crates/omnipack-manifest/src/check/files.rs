@@ -74,7 +74,7 @@ pub(crate) fn config_json(
             help,
         ));
     }
-    let text = std::fs::read(&full).map_err(|err| {
+    let text = omnipack_fs::read_capped(&full, MAX_CONFIG_JSON_BYTES).map_err(|err| {
         FileProblem::new(
             format!("cannot read `{shown}`: {err}"),
             "check the file's permissions",

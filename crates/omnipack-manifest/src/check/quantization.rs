@@ -28,8 +28,132 @@ pub(crate) fn check(
             format_lists.push((tier_at.key("format"), formats));
         }
     }
+    let all_formats: Vec<Format> = format_lists.iter().flat_map(|(_, f)| f.to_vec()).collect();
     for (list_at, formats) in format_lists {
         format_list(component, formats, &list_at, locator, out);
+    }
+    method(component, &all_formats, &at, locator, out);
+    let mut floors = vec![(at.key("min_sqnr_db"), q.min_sqnr_db)];
+    for (tier, over) in q.tiers.iter().flatten() {
+        floors.push((
+            at.key("tiers").key(tier).key("min_sqnr_db"),
+            over.min_sqnr_db,
+        ));
+    }
+    for (floor_at, floor) in floors {
+        if let Some(db) = floor {
+            min_sqnr_db(component, db, &floor_at, locator, out);
+        }
+    }
+}
+
+/// Where a component's weights come from when omnipack does not write them itself: the
+/// source key (`command` or `files`), `None` for a `safetensors` source.
+fn not_quantized_by_omnipack(component: &TypedComponent) -> Option<&'static str> {
+    let source = &component.written.source;
+    if source.safetensors.is_some() {
+        None
+    } else if source.command.is_some() {
+        Some("command")
+    } else {
+        Some("files")
+    }
+}
+
+/// `method`, when written: the component has an MLX affine format omnipack quantizes.
+fn method(
+    component: &TypedComponent,
+    formats: &[Format],
+    at: &ManifestPath,
+    locator: &Locator<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let Some(method) = component
+        .written
+        .quantization
+        .as_ref()
+        .and_then(|q| q.method)
+    else {
+        return;
+    };
+    let name = &component.written.name;
+    let at = at.key("method");
+    if let Some(source) = not_quantized_by_omnipack(component) {
+        out.push(
+            locator
+                .at(
+                    &at,
+                    Severity::Error,
+                    format!(
+                        "component `{name}`: `method: {method}` needs weights omnipack quantizes, not a `source.{source}`"
+                    ),
+                )
+                .with_label("nothing to quantize")
+                .with_help(
+                    "remove `method`: an exporter's or a file's weights are packaged as they are",
+                ),
+        );
+        return;
+    }
+    if formats.iter().any(|f| f.affine_bits().is_some()) {
+        return;
+    }
+    let mut written: Vec<&str> = Vec::new();
+    for f in formats {
+        if !written.contains(&f.as_str()) {
+            written.push(f.as_str());
+        }
+    }
+    out.push(
+        locator
+            .at(
+                &at,
+                Severity::Error,
+                format!(
+                    "component `{name}`: `method: {method}` applies to the MLX affine formats (`int2` ... `int8`), and this component has none ({})",
+                    backticked(&written)
+                ),
+            )
+            .with_label("no affine format")
+            .with_help(
+                "remove `method`, or list an affine format such as `int4`: float casts and `nf4` have no scale and bias to choose",
+            ),
+    );
+}
+
+/// A `min_sqnr_db` floor: finite, and on weights omnipack writes (and so measures).
+fn min_sqnr_db(
+    component: &TypedComponent,
+    db: f64,
+    at: &ManifestPath,
+    locator: &Locator<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let name = &component.written.name;
+    if !db.is_finite() {
+        out.push(
+            locator
+                .at(
+                    at,
+                    Severity::Error,
+                    format!("component `{name}`: `min_sqnr_db` must be a finite number of dB"),
+                )
+                .with_label("not finite")
+                .with_help("write a number such as `20` (dB)"),
+        );
+    } else if let Some(source) = not_quantized_by_omnipack(component) {
+        out.push(
+            locator
+                .at(
+                    at,
+                    Severity::Error,
+                    format!(
+                        "component `{name}`: `min_sqnr_db` needs weights omnipack quantizes and measures, not a `source.{source}`"
+                    ),
+                )
+                .with_label("not measured")
+                .with_help("remove `min_sqnr_db`: only weights omnipack writes have a measured quality"),
+        );
     }
 }
 

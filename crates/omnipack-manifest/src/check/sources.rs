@@ -39,6 +39,7 @@ pub(crate) fn check(
                 .with_help("remove `prefix`, or take the weights from a safetensors checkpoint"),
         );
     }
+    let mut config_read = None;
     if let Some(config) = &source.config {
         let config_at = at.key("config");
         if source.safetensors.is_none() {
@@ -58,16 +59,25 @@ pub(crate) fn check(
             match files::config_json(dir, config) {
                 Err(problem) => out.push(file_problem(name, problem, &config_at, locator)),
                 Ok(json) => {
-                    config_agrees(component, &json, config, dir, component_at, locator, out)
+                    config_agrees(component, &json, config, dir, component_at, locator, out);
+                    config_read = Some(Value::Object(json));
                 }
             }
         }
     }
+    let mut readable = true;
     for (j, shard) in shard_paths(source) {
         if let Some(problem) = shards.check(dir, shard) {
             let shard_at = at.key("safetensors").maybe_index(j);
             out.push(file_problem(name, problem, &shard_at, locator));
+            readable = false;
         }
+    }
+    if readable
+        && source.safetensors.is_some()
+        && (source.config.is_none() || config_read.is_some())
+    {
+        quantized_source(component, component_at, dir, config_read, locator, out);
     }
     if let Some(list) = &source.files {
         copied_files(name, list, &at.key("files"), dir, locator, out);
@@ -246,6 +256,135 @@ fn copied_files(
                     .with_label("file not found")
                     .with_help("paths are relative to the manifest that names them"),
             ),
+        }
+    }
+}
+
+/// The tensors a safetensors source selects (prefix stripped) and their quantized groups,
+/// recognised with `config` (`source.config`), else a `config.json` next to the first shard.
+/// `None` when a shard cannot be read (reported by the shard checks).
+fn source_layout(
+    source: &Source,
+    dir: &Path,
+    config: Option<Value>,
+) -> Option<(
+    Vec<omnipack_quant::TensorInfo>,
+    omnipack_quant::SourceLayout,
+)> {
+    let prefix = source.prefix.as_deref().unwrap_or("");
+    let mut files = Vec::new();
+    for (_, shard) in shard_paths(source) {
+        for f in omnipack_quant::resolve_shards(dir.join(shard)).ok()? {
+            files.push(omnipack_quant::SafetensorsFile::open(f).ok()?);
+        }
+    }
+    let mut tensors = Vec::new();
+    for f in &files {
+        for t in f.tensors() {
+            if let Some(rest) = t.name.strip_prefix(prefix) {
+                let mut t = t.clone();
+                t.name = rest.to_string();
+                tensors.push(t);
+            }
+        }
+    }
+    let config = config.or_else(|| {
+        let (_, first) = *shard_paths(source).first()?;
+        let next_to = dir.join(first).parent()?.join("config.json");
+        serde_json::from_slice(&std::fs::read(next_to).ok()?).ok()
+    });
+    let read_small = |name: &str| -> Option<Vec<u8>> {
+        let full = format!("{prefix}{name}");
+        files.iter().find_map(|f| {
+            let e = f.entry(&full).ok()?;
+            (e.len <= 1 << 20).then(|| f.bytes(e).to_vec())
+        })
+    };
+    let layout = omnipack_quant::SourceLayout::recognise(&tensors, config.as_ref(), &read_small);
+    Some((tensors, layout))
+}
+
+/// A source that is already quantized (MLX affine, bitsandbytes 4-bit) cannot be quantized
+/// again to another format without `quantization.requantize: true`: each such format of a
+/// preference list is an error at that format, naming the source's format and both ways out.
+fn quantized_source(
+    component: &TypedComponent,
+    at: &ManifestPath,
+    dir: &Path,
+    config: Option<Value>,
+    locator: &Locator<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let Some(written) = &component.written.quantization else {
+        return;
+    };
+    let q = &component.resolved.quantization;
+    if q.requantize {
+        return;
+    }
+    let Some((tensors, layout)) = source_layout(&component.written.source, dir, config) else {
+        return;
+    };
+    let Some(source_format) = layout.describe() else {
+        return;
+    };
+    let q_at = at.key("quantization");
+    // (where the list is written, whether it is a list, formats, group size)
+    let mut lists = vec![(
+        q_at.key("format"),
+        matches!(written.format, OneOrMany::Many(_)),
+        q.formats.clone(),
+        q.group_size,
+    )];
+    for (tier, over) in written.tiers.iter().flatten() {
+        let Some(tq) = q.tiers.get(tier) else {
+            continue;
+        };
+        let tier_at = q_at.key("tiers").key(tier);
+        let (list_at, many) = match &over.format {
+            Some(f) => (tier_at.key("format"), matches!(f, OneOrMany::Many(_))),
+            None => (tier_at.key("group_size"), false),
+        };
+        lists.push((list_at, many, tq.formats.clone(), tq.group_size));
+    }
+    let name = &component.written.name;
+    for (list_at, many, formats, group_size) in lists {
+        for (j, format) in formats.iter().enumerate() {
+            let Some(weight_format) = omnipack_quant::WeightFormat::parse(format.as_str()) else {
+                continue;
+            };
+            let spec = omnipack_quant::QuantSpec {
+                format: weight_format,
+                group_size,
+                method: omnipack_quant::Method::Rtn,
+                keep: q.keep.clone(),
+                keep_dtype: q.keep_dtype.map(|d| match d {
+                    crate::FloatDtype::F32 => omnipack_quant::Dtype::F32,
+                    crate::FloatDtype::F16 => omnipack_quant::Dtype::F16,
+                    crate::FloatDtype::Bf16 => omnipack_quant::Dtype::BF16,
+                }),
+            };
+            let Some(group) = layout.requantized(&tensors, &spec).first().copied() else {
+                continue;
+            };
+            let own = group.format;
+            out.push(
+                locator
+                    .at(
+                        &list_at.maybe_index(many.then_some(j)),
+                        Severity::Error,
+                        format!(
+                            "component `{name}`: its source is already quantized ({source_format}): `{format}` with group size {group_size} would dequantize `{}` and quantize it again, compounding the error",
+                            group.weight
+                        ),
+                    )
+                    .with_label(format!("the source is {own}"))
+                    .with_help(format!(
+                        "request `{}` with `group_size: {}`, the source's format (its tensors pass through byte for byte), or set `quantization.requantize: true` to dequantize and quantize again",
+                        own.weight_format(),
+                        own.group_size()
+                    )),
+            );
         }
     }
 }

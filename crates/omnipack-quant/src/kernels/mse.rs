@@ -15,7 +15,7 @@
 //! 4. The scale is rounded to the stored dtype, and the bias refitted for that scale (same
 //!    codes) and rounded too.
 //! 5. The codes for the stored scale and bias are computed and the group's error measured as
-//!    `mx.dequantize` reconstructs it (in the stored dtype, see [`crate::quality`]), like the
+//!    `mx.dequantize` reconstructs it (in the stored dtype, see the `quality` module), like the
 //!    `rtn` candidate's. The result replaces the `rtn` group only when its squared error is
 //!    smaller by more than a relative `1e-5` (a margin far above the f32 summation error), so
 //!    `mse` is never worse than `rtn` on any group.
@@ -26,14 +26,14 @@
 //! order of operations with no fused multiply-add, so the output is the same for any thread
 //! count and for both kernel builds (portable and AVX2).
 
-use crate::dtype::Dtype;
 #[cfg(target_arch = "x86_64")]
-use crate::kernels::has_avx2;
-use crate::kernels::{
+use super::has_avx2;
+use super::lanes::{LaneErrors, affine_error32, round_one};
+use super::{
     ErrorStats, MAGIC, affine_codes32, affine_params_of_range, affine_range, decode_impl, dispatch,
     encode_impl, first_non_finite, pack32,
 };
-use crate::quality::{LaneErrors, affine_error32, round_one};
+use crate::dtype::Dtype;
 
 /// Widths of the starting grids, as fractions of the group's `max - min` (centred).
 const STARTS: [f32; 3] = [1.0, 0.9, 0.8];

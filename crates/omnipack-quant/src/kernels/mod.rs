@@ -8,7 +8,11 @@
 //! bit-identical results.
 
 use crate::dtype::Dtype;
-pub use crate::mse::{affine_quantize_mse, affine_quantize_mse_bytes};
+pub(crate) mod lanes;
+mod mse;
+
+pub(crate) use lanes::{LaneErrors, affine_error32, bnb4_error, round_lanes, round_one};
+pub use mse::{affine_quantize_mse, affine_quantize_mse_bytes};
 
 /// 1.5 * 2^23: adding and subtracting it rounds an f32 of magnitude < 2^22 to the nearest
 /// integer, ties to even (the default rounding mode), exactly like `rint`.
@@ -518,7 +522,7 @@ pub(crate) fn affine_codes32<const BITS: u32>(
 
 /// Codes of one group for a given f32 scale and bias, packed into `codes`. When `stats` is
 /// given, also accumulates the error of the reconstruction as `mx.dequantize` computes it
-/// from the stored scale and bias (see [`crate::quality::mlx_affine_dequantize`]).
+/// from the stored scale and bias (the reconstruction the `quality` module defines).
 #[inline(always)]
 fn affine_codes<const AVX: bool, const BITS: u32>(
     w: &[f32],
@@ -530,7 +534,7 @@ fn affine_codes<const AVX: bool, const BITS: u32>(
     stats: Option<&mut ErrorStats>,
 ) {
     let (sr, br) = stored;
-    let mut acc = crate::quality::LaneErrors::default();
+    let mut acc = LaneErrors::default();
     let want = stats.is_some();
     for (chunk, out) in w
         .chunks_exact(32)
@@ -539,7 +543,7 @@ fn affine_codes<const AVX: bool, const BITS: u32>(
         let mut q = [0u32; 32];
         affine_codes32::<BITS>(chunk, scale, bias, &mut q);
         if want {
-            crate::quality::affine_error32::<AVX>(chunk, &q, sr, br, store, &mut acc);
+            affine_error32::<AVX>(chunk, &q, sr, br, store, &mut acc);
         }
         pack32::<BITS>(&q, out);
     }
@@ -571,8 +575,8 @@ fn affine_rows_bits<const AVX: bool, const BITS: u32>(
             let at = first_non_finite(wg).unwrap_or(0);
             return Err(gi * group + at);
         };
-        *s = crate::quality::round_one::<AVX>(scale, store);
-        *b = crate::quality::round_one::<AVX>(bias, store);
+        *s = round_one::<AVX>(scale, store);
+        *b = round_one::<AVX>(bias, store);
         affine_codes::<AVX, BITS>(wg, scale, bias, (*s, *b), store, cg, stats.as_deref_mut());
     }
     let _ = cols;
@@ -646,8 +650,8 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
                 return Err(r * cols + g * group + first_non_finite(wg).unwrap_or(0));
             };
             let (s, b) = (
-                crate::quality::round_one::<AVX>(scale, dtype),
-                crate::quality::round_one::<AVX>(bias, dtype),
+                round_one::<AVX>(scale, dtype),
+                round_one::<AVX>(bias, dtype),
             );
             affine_codes::<AVX, BITS>(
                 wg,
@@ -870,8 +874,8 @@ fn bnb4_impl<const AVX: bool>(
         };
         *am = a;
         if let Some(st) = stats.as_deref_mut() {
-            let mut acc = crate::quality::LaneErrors::default();
-            crate::quality::bnb4_error::<AVX>(wb, pb, code, a, Dtype::F32, &mut acc);
+            let mut acc = LaneErrors::default();
+            bnb4_error::<AVX>(wb, pb, code, a, Dtype::F32, &mut acc);
             acc.add_to(st, wb.len());
         }
     }
@@ -919,8 +923,8 @@ fn bnb4_bytes_impl<const AVX: bool>(
             ab.copy_from_slice(&a.to_le_bytes());
             if let Some(st) = stats.as_deref_mut() {
                 // bitsandbytes dequantizes to the source dtype: `code * absmax` in f32, rounded.
-                let mut acc = crate::quality::LaneErrors::default();
-                crate::quality::bnb4_error::<AVX>(wb, pb, code, a, dtype, &mut acc);
+                let mut acc = LaneErrors::default();
+                bnb4_error::<AVX>(wb, pb, code, a, dtype, &mut acc);
                 acc.add_to(st, wb.len());
             }
         }
