@@ -46,7 +46,9 @@ named_enum!(Method { Rtn => "rtn", Mse => "mse" });
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// The text model's decode step; gets the `.io.json`, `.kvq.json` and `.kv_paging.json` sidecars.
+    /// The text model's decode step, loaded at launch by default; its bundle gets the
+    /// `.kvq.json` and `.kv_paging.json` sidecars (the KV cache's format and paging), plus the
+    /// `.io.json` of its cache inputs when the runtime is Core ML.
     TextDecodeStep,
     /// An image decoder, loaded on demand.
     ImageDecoder,

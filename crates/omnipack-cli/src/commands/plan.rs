@@ -14,8 +14,9 @@ use super::CommandResult;
 /// Output format of `omnipack plan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlanFormat {
-    /// Tables for people.
-    Human,
+    /// Tables for people (`human`, its earlier name, is accepted too).
+    #[value(alias = "human")]
+    Text,
     /// The Plan as JSON on stdout (tiers[] with the summary's field names).
     Json,
 }
@@ -28,8 +29,9 @@ pub struct PlanArgs {
     /// Plan only this tier (repeatable). Default: every tier.
     #[arg(long = "tier", value_name = "NAME")]
     pub tiers: Vec<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
+    /// `text` (tables for people) or `json` (the plan, the input of `omnipack build --plan`),
+    /// the same words as `omnipack validate --format`.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
 }
 
@@ -63,7 +65,7 @@ pub fn run(args: PlanArgs) -> CommandResult {
                     .map_err(|e| miette::miette!("cannot serialize the plan: {e}"))?;
                 println!("{json}");
             }
-            PlanFormat::Human => print!("{}", human(plan)),
+            PlanFormat::Text => print!("{}", human(plan)),
         }
     }
     if let Some(errors) = &failure {

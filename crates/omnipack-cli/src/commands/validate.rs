@@ -12,7 +12,8 @@ use super::CommandResult;
 /// Output format of `omnipack validate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Human-readable diagnostics on stderr.
+    /// Human-readable diagnostics on stderr (`human`, as `plan` once called it, is accepted too).
+    #[value(alias = "human")]
     Text,
     /// A JSON array of diagnostics on stdout.
     Json,
@@ -25,7 +26,8 @@ pub struct ValidateArgs {
     #[arg(required = true, value_name = "MANIFEST")]
     pub manifests: Vec<PathBuf>,
     /// `text` (diagnostics on stderr) or `json` (an array of `{severity, message, file,
-    /// line, column, path, help}` on stdout).
+    /// line, column, path, help}` on stdout;
+    /// `help`, the suggested fix, only when there is one).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
