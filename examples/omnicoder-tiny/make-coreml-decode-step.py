@@ -401,13 +401,21 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=HERE, help="folder to write into (default: next to this script)")
     ap.add_argument("--checkpoint", default=os.path.join(HERE, "model.safetensors"))
+    ap.add_argument(
+        "--target",
+        type=int,
+        choices=[16, 17, 18],
+        default=16,
+        help="iOS deployment target (default 16); other than 16, the files are named *_ios<target>",
+    )
     args = ap.parse_args()
     import coremltools as ct
 
-    cfg = DecodeStep()
+    cfg = replace(DecodeStep(), target=args.target)
     model = build(cfg, example_weights(cfg, args.checkpoint))
     os.makedirs(args.out, exist_ok=True)
-    pkg = os.path.join(args.out, "omnicoder_decode_step.mlpackage")
+    stem = "omnicoder_decode_step" if args.target == 16 else f"omnicoder_decode_step_ios{args.target}"
+    pkg = os.path.join(args.out, f"{stem}.mlpackage")
     if os.path.exists(pkg):
         import shutil
 
@@ -415,7 +423,7 @@ def main():
     model.save(pkg)
     numbers = {"generator": f"coremltools {ct.__version__}", "architecture": {"layers": cfg.layers, "kv_heads": cfg.kv_heads, "kv_head_dim": cfg.kv_head_dim, "hidden_size": cfg.hidden, "vocab_size": cfg.vocab}, "max_seq_len": cfg.seq_upper}
     numbers.update(report(pkg))
-    with open(os.path.join(args.out, "omnicoder_decode_step.coreml.json"), "w") as f:
+    with open(os.path.join(args.out, f"{stem}.coreml.json"), "w") as f:
         json.dump(numbers, f, indent=2)
         f.write("\n")
     print(f"wrote {pkg}: {numbers['parameters']} parameters, weight.bin {numbers['weight_bin_bytes']} bytes, {numbers['blob_count']} blobs")

@@ -12,10 +12,11 @@
 //! the swap.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use omnipack_fs::remove_any;
 
@@ -90,6 +91,9 @@ fn io_err(p: &Path) -> impl FnOnce(io::Error) -> OutputError + '_ {
     }
 }
 
+/// How long a lock recorded by this process is waited for (see [`OutputLock::acquire`]).
+const OWN_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// An exclusive lock on an output folder, released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct OutputLock {
@@ -97,7 +101,7 @@ pub struct OutputLock {
 }
 
 impl OutputLock {
-    /// Takes the lock `OUT/.omnipack/lock` without waiting.
+    /// Takes the lock `OUT/.omnipack/lock` without waiting for another build.
     pub fn acquire(out: &Path) -> Result<OutputLock, OutputError> {
         if fs::metadata(out).is_ok_and(|m| !m.is_dir()) {
             return Err(OutputError::NotAFolder {
@@ -110,25 +114,39 @@ impl OutputLock {
         let path = private.join("lock");
         // Never through a link (the pid would overwrite the file it points to).
         let mut file = omnipack_fs::create_regular_nofollow(&path, false).map_err(io_err(&path))?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(OutputError::Locked {
-                    out: out.display().to_string(),
-                    lock: path.display().to_string(),
-                    holder: if holder.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" (pid {holder})")
-                    },
-                });
+        let mut waited = Duration::ZERO;
+        loop {
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
             }
-            return Err(io_err(&path)(err));
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err(&path)(err));
+            }
+            let mut holder = String::new();
+            let _ = file
+                .seek(SeekFrom::Start(0))
+                .and_then(|_| file.read_to_string(&mut holder));
+            let holder = holder.trim();
+            // Recorded by this very process: a lock it has released can stay held for a moment
+            // by a child forked (in another thread) between its fork and its exec, which closes
+            // the descriptor. Wait for that, briefly; any other holder is a concurrent build.
+            if holder == std::process::id().to_string() && waited < OWN_LOCK_WAIT {
+                std::thread::sleep(Duration::from_millis(20));
+                waited += Duration::from_millis(20);
+                continue;
+            }
+            return Err(OutputError::Locked {
+                out: out.display().to_string(),
+                lock: path.display().to_string(),
+                holder: if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                },
+            });
         }
         file.set_len(0).map_err(io_err(&path))?;
         let _ = write!(file, "{}", std::process::id());

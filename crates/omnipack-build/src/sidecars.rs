@@ -53,7 +53,19 @@ pub fn decode_step_sidecars(
                 );
             }
         }
-        let io_json = json!({
+        // A Core ML decode step omnipack read: every feature as the model declares it.
+        let mut states = None;
+        if let Some(io) = &s.coreml_io {
+            let list = |f: &[omnipack_plan::CoreMlFeature]| {
+                f.iter()
+                    .map(|x| serde_json::to_value(x).unwrap_or(Value::Null))
+                    .collect::<Vec<_>>()
+            };
+            inputs = list(&io.inputs);
+            outputs = list(&io.outputs);
+            states = Some(list(&io.states));
+        }
+        let mut io_json = json!({
             "artifact": s.artifact,
             "io_version": 1,
             "layers": a.layers,
@@ -67,6 +79,10 @@ pub fn decode_step_sidecars(
             "inputs": inputs,
             "outputs": outputs,
         });
+        if let (Some(states), Value::Object(m)) = (states, &mut io_json) {
+            m.insert("states".into(), Value::Array(states));
+            m.insert("source".into(), json!("model"));
+        }
         out.push((
             format!("{}.io.json", s.artifact),
             to_canonical_pretty(&io_json),

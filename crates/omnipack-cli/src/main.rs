@@ -30,7 +30,8 @@ enum Command {
     Verify(commands::verify::VerifyArgs),
     /// Describe a safetensors file, a bundle zip or a summary.
     Inspect(commands::inspect::InspectArgs),
-    /// Quantize one safetensors file, with the same layout as in bundles.
+    /// Quantize one safetensors file, with the same layout as in bundles, or compress one Core ML
+    /// `.mlpackage` (int8 / int4, bit-exact with coremltools 9.0).
     Quantize(commands::quantize::QuantizeArgs),
 }
 

@@ -193,6 +193,13 @@ fn an_int4_source_counts_its_true_parameters() {
     assert_eq!(plan["components"][0]["source_format"], "int4 g64");
     assert_eq!(plan["bundles"][0]["parameters"], want);
     assert_eq!(plan["bundles"][0]["source_treatment"], "pass_through");
+    // omnipack does not quantize tensors it passes through: no method is recorded.
+    assert_eq!(plan["bundles"][0]["quantization"]["format"], "int4");
+    assert!(
+        plan["bundles"][0]["quantization"].get("method").is_none(),
+        "{}",
+        plan["bundles"][0]["quantization"]
+    );
     let o = omnipack_in(dir.path(), &["plan", &m]);
     let human = stdout(&o);
     assert!(

@@ -440,24 +440,29 @@ fn inspect_never_panics_and_escapes_names() {
 
 #[test]
 fn a_closed_stderr_or_stdout_ends_with_1_not_101() {
+    // Pipes whose read end is closed before the child starts: its first write fails (EPIPE)
+    // whatever the timing, however little it prints.
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Stdio::from(writer)
+    };
     let bad = repo().join("manifests/errors/bad-size.yaml");
-    let mut child = Command::new(bin())
+    let status = Command::new(bin())
         .args(["plan", s(&bad)])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(closed_pipe())
+        .status()
         .unwrap();
-    drop(child.stderr.take());
-    assert_eq!(child.wait().unwrap().code(), Some(1));
-    let mut child = Command::new(bin())
+    assert_eq!(status.code(), Some(1));
+    let status = Command::new(bin())
         .args(["schema"])
         .current_dir(repo())
-        .stdout(Stdio::piped())
+        .stdout(closed_pipe())
         .stderr(Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
-    drop(child.stdout.take());
-    assert_eq!(child.wait().unwrap().code(), Some(1));
+    assert_eq!(status.code(), Some(1));
 }
 
 /// A stored zip whose central directory lists `records` entries of distinct names, all

@@ -32,6 +32,34 @@ fn worked_example_matches_the_planner() {
 }
 
 #[test]
+fn core_ml_plan_matches_the_planner() {
+    let readme = readme();
+    let start = readme
+        .find("  ```\n  plan for omnicoder 1.0.0")
+        .expect("README's Core ML section shows the plan of manifests/iphone-3gb.yaml");
+    let block_start = start + "  ```\n".len();
+    let len = readme[block_start..]
+        .find("  ```")
+        .expect("the Core ML plan's code block is closed");
+    // The block is indented by two spaces inside a list item.
+    let block: String = readme[block_start..block_start + len]
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+
+    let out = omnipack_in(&root(), &["plan", "manifests/iphone-3gb.yaml"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = stdout(&out);
+    assert!(
+        stdout.contains(&block),
+        "README's Core ML plan no longer matches `omnipack plan manifests/iphone-3gb.yaml`; \
+         update the README.\n--- README ---\n{block}\n--- plan ---\n{stdout}"
+    );
+    assert!(block.contains("text_coreml-int4-g32"), "{block}");
+}
+
+#[test]
 fn quick_start_commands_are_documented_and_run_by_ci() {
     let readme = readme();
     assert!(readme.contains("cargo run --release -- build manifests/iphone-3gb.yaml"));

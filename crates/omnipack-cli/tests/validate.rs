@@ -119,7 +119,7 @@ fn committed_manifests_are_valid() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("manifests/release.yaml: valid (4 tiers, 4 components)"),
+        stdout.contains("manifests/release.yaml: valid (4 tiers, 5 components)"),
         "{stdout}"
     );
     assert!(

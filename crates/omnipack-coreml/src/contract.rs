@@ -14,13 +14,13 @@
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::facts::{ArrayFeature, Axis, Feature, FeatureKind, ModelFacts};
 use crate::types::ArrayDataType;
 
 /// The names a decode step's features have; `{i}` stands for the layer index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecodeStepNames {
     pub input_ids: String,
     pub logits: String,

@@ -20,6 +20,7 @@
 
 pub mod canonical_json;
 mod check;
+mod coreml_source;
 pub mod diagnostic;
 mod did_you_mean;
 pub mod lexical_path;
@@ -32,12 +33,13 @@ pub mod resolved;
 pub mod schema;
 pub mod units;
 
+pub use check::compression_format;
 pub use diagnostic::{Diagnostic, Diagnostics, Severity, SourceFile, render};
 pub use load::{LoadedManifest, load};
 pub use model::*;
 pub use resolved::{
-    ResolvedComponent, ResolvedKvCache, ResolvedManifest, ResolvedQuantization, ResolvedSource,
-    ResolvedTier, resolve,
+    CoreMlSourceFacts, ResolvedComponent, ResolvedDecodeStepNames, ResolvedKvCache,
+    ResolvedManifest, ResolvedQuantization, ResolvedSource, ResolvedTier, resolve,
 };
 pub use schema::{manifest_schema, manifest_schema_json};
 pub use units::{

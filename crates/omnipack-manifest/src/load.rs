@@ -137,6 +137,10 @@ pub fn load(path: &Path) -> Result<LoadedManifest, Diagnostics> {
     };
     let mut resolved = resolve(&manifest);
     set_command_workdirs(&mut resolved, &tree, &loader.prefixes);
+    if let Err(d) = read_coreml_models(&manifest, &mut resolved, &dir, &locator) {
+        diags.push(*d);
+        return Err(Diagnostics(diags));
+    }
     Ok(LoadedManifest {
         path: path.to_path_buf(),
         dir,
@@ -564,6 +568,9 @@ fn rebase_paths(tree: &mut Node, prefixes: &[String]) {
         if let Some(cfg) = tree_get_mut(source, "config") {
             rebase(cfg);
         }
+        if let Some(model) = tree_get_mut(source, "mlpackage") {
+            rebase(model);
+        }
         if let Some(NodeValue::Seq(items)) = tree_get_mut(source, "files").map(|n| &mut n.value) {
             items.iter_mut().for_each(rebase);
         }
@@ -606,4 +613,67 @@ fn tree_get_mut<'a>(n: &'a mut Node, key: &str) -> Option<&'a mut Node> {
         NodeValue::Map(m) => m.iter_mut().find(|e| e.key == key).map(|e| &mut e.value),
         _ => None,
     }
+}
+
+/// Fills what the manifest leaves to a `source.mlpackage` model: its facts, and for a decode
+/// step `architecture`, `kv_cache.io_dtype` (and the KV group size that defaults from the
+/// architecture) when not written. Validation has read and checked the same model.
+fn read_coreml_models(
+    manifest: &Manifest,
+    resolved: &mut crate::resolved::ResolvedManifest,
+    dir: &Path,
+    locator: &Locator<'_>,
+) -> Result<(), Box<Diagnostic>> {
+    let tiers: Vec<(usize, &crate::model::Tier)> =
+        manifest.tiers.iter().flatten().enumerate().collect();
+    for (i, (written, comp)) in manifest
+        .components
+        .iter()
+        .flatten()
+        .zip(resolved.components.iter_mut())
+        .enumerate()
+    {
+        let crate::resolved::ResolvedSource::Mlpackage { path } = &comp.source else {
+            continue;
+        };
+        let context = crate::coreml_source::required_context(written, &tiers);
+        let reading = crate::coreml_source::read(dir, path, written, context.map(|c| c.0))
+            .map_err(|p| {
+                let at = crate::locate::ManifestPath::root()
+                    .key("components")
+                    .index(i)
+                    .key("source")
+                    .key("mlpackage");
+                Box::new(
+                    locator
+                        .at(
+                            &at,
+                            Severity::Error,
+                            format!("component `{}`: {}", written.name, p.message),
+                        )
+                        .with_help(p.help),
+                )
+            })?;
+        comp.coreml = Some(reading.source_facts());
+        if comp.architecture.is_none()
+            && let Some(arch) = reading.architecture()
+        {
+            comp.architecture = Some(arch);
+            if written
+                .kv_cache
+                .as_ref()
+                .and_then(|k| k.group_size)
+                .is_none()
+            {
+                comp.kv_cache.group_size =
+                    arch.kv_head_dim.min(crate::resolved::DEFAULT_KV_GROUP_SIZE);
+            }
+        }
+        if written.kv_cache.as_ref().and_then(|k| k.io_dtype).is_none()
+            && let Some(io) = reading.io_dtype()
+        {
+            comp.kv_cache.io_dtype = io;
+        }
+    }
+    Ok(())
 }

@@ -204,9 +204,15 @@ pub struct Component {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compute_units: Option<ComputeUnits>,
     /// Where the component's weights or files come from: exactly one of `safetensors`,
-    /// `command` or `files`.
+    /// `mlpackage`, `command` or `files`.
     pub source: Source,
+    /// The feature names of a Core ML decode step (`runtime: coreml`, `role:
+    /// text_decode_step`), checked against the model. Default: `input_ids`, `logits`,
+    /// `k_lat_{i}`/`v_lat_{i}` in (or as iOS 18 states), `nk_lat_{i}`/`nv_lat_{i}` out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode_step: Option<DecodeStepNames>,
     /// Shape of a text decode step, needed by the KV-cache and activation memory model.
+    /// Optional for a Core ML decode step read from `source.mlpackage`: read from the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub architecture: Option<Architecture>,
     /// Longest context (tokens) the component supports.
@@ -238,13 +244,19 @@ pub struct Component {
     pub kv_cache: Option<KvCache>,
 }
 
-/// Where a component comes from: exactly one of `safetensors`, `command` or `files`.
+/// Where a component comes from: exactly one of `safetensors`, `mlpackage`, `command` or
+/// `files`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Source {
     /// A safetensors checkpoint: one path or a list of shards, relative to the manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safetensors: Option<OneOrMany<String>>,
+    /// A Core ML model (`runtime: coreml` only): an `.mlpackage` folder or an `.mlmodel` file,
+    /// relative to the manifest. omnipack reads it (sizes, inputs and outputs, the decode-step
+    /// contract) and ships it byte-reproducibly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlpackage: Option<String>,
     /// Select the tensors whose names start with this prefix, and strip it (for example `text.`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
@@ -280,6 +292,34 @@ pub struct CommandSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
 }
+
+/// The feature names of a Core ML decode step; `{i}` stands for the layer index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeStepNames {
+    /// The token input: an int32 array of shape `[1, 1]`. Default `input_ids`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub input_ids: Option<String>,
+    /// The logits output: shape `[1, 1, vocab_size]` or `[1, vocab_size]`. Default `logits`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub logits: Option<String>,
+    /// The key and value cache inputs (or iOS 18 states), each with `{i}`. Default
+    /// `[k_lat_{i}, v_lat_{i}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2))]
+    pub cache_inputs: Option<Vec<LayerName>>,
+    /// The key and value cache outputs, each with `{i}`. Default `[nk_lat_{i}, nv_lat_{i}]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 2))]
+    pub cache_outputs: Option<Vec<LayerName>>,
+}
+
+/// A per-layer feature name with `{i}` where the layer index goes (for example `k_lat_{i}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct LayerName(#[schemars(regex(pattern = r"^[^{}]*\{i\}[^{}]*$"))] pub String);
 
 /// Shape of a text decode step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -62,6 +62,31 @@ pub struct ResolvedComponent {
     pub size: Option<u64>,
     pub quantization: ResolvedQuantization,
     pub kv_cache: ResolvedKvCache,
+    /// The feature names of a Core ML decode step (defaults applied).
+    pub decode_step: ResolvedDecodeStepNames,
+    /// What omnipack read from a `source.mlpackage` model when the manifest was loaded
+    /// (`None` for other sources).
+    pub coreml: Option<CoreMlSourceFacts>,
+}
+
+/// The feature names of a Core ML decode step (`{i}` stands for the layer index), with the
+/// defaults the app's Swift loop binds.
+pub use omnipack_coreml::DecodeStepNames as ResolvedDecodeStepNames;
+
+/// Facts of a `source.mlpackage` model, read once when the manifest is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreMlSourceFacts {
+    /// `Model.specificationVersion`.
+    pub specification_version: i32,
+    /// The deployment target it implies, such as `iOS 16` (`None` when newer than omnipack knows).
+    pub deployment_target: Option<String>,
+    /// Elements of every weight constant.
+    pub parameters: u64,
+    /// Blob data plus inline constants.
+    pub stored_bytes: u64,
+    /// A decode step in the iOS 18 form: the bytes of its cache states at their full
+    /// (declared) size, which Core ML allocates whatever the context used.
+    pub state_bytes: Option<u64>,
 }
 
 /// Where a component comes from. Paths are relative to the top manifest's folder
@@ -88,6 +113,10 @@ pub enum ResolvedSource {
     },
     Files {
         files: Vec<String>,
+    },
+    /// `source.mlpackage`: a Core ML `.mlpackage` folder or `.mlmodel` file.
+    Mlpackage {
+        path: String,
     },
 }
 
@@ -263,6 +292,8 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
                 .unwrap_or(DEFAULT_EXPORTER_TIMEOUT_SECS),
             workdir: String::new(),
         }
+    } else if let Some(path) = &c.source.mlpackage {
+        ResolvedSource::Mlpackage { path: path.clone() }
     } else {
         ResolvedSource::Files {
             files: c.source.files.clone().unwrap_or_default(),
@@ -298,5 +329,30 @@ fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
             io_dtype: kv.and_then(|k| k.io_dtype).unwrap_or(IoDtype::F32),
             paging: kv.and_then(|k| k.paging),
         },
+        decode_step: resolve_decode_step(c.decode_step.as_ref()),
+        coreml: None,
     }
+}
+
+/// The decode-step names with their defaults.
+pub fn resolve_decode_step(
+    names: Option<&crate::model::DecodeStepNames>,
+) -> ResolvedDecodeStepNames {
+    let mut out = ResolvedDecodeStepNames::default();
+    let Some(n) = names else {
+        return out;
+    };
+    if let Some(v) = &n.input_ids {
+        out.input_ids = v.clone();
+    }
+    if let Some(v) = &n.logits {
+        out.logits = v.clone();
+    }
+    if let Some([k, v]) = n.cache_inputs.as_deref() {
+        out.cache_inputs = [k.0.clone(), v.0.clone()];
+    }
+    if let Some([k, v]) = n.cache_outputs.as_deref() {
+        out.cache_outputs = [k.0.clone(), v.0.clone()];
+    }
+    out
 }

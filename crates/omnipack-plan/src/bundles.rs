@@ -73,7 +73,45 @@ pub fn quantization_info(
         bits,
         mode,
         method: method.filter(|_| format.affine_bits().is_some()),
+        coreml: None,
     }
+}
+
+/// How a Core ML variant is written in `bundle.json` and the summary: its format, block size
+/// and bits, mode `linear_symmetric` for int8 and int4, and the `coreml` record.
+pub fn coreml_quantization_info(plan: &omnipack_coreml::CompressionPlan) -> QuantizationInfo {
+    let bits = match plan.format {
+        omnipack_coreml::CompressionFormat::F16 => None,
+        omnipack_coreml::CompressionFormat::Int8 => Some(8),
+        omnipack_coreml::CompressionFormat::Int4 { .. } => Some(4),
+    };
+    let format = match plan.format {
+        omnipack_coreml::CompressionFormat::F16 => Format::F16,
+        omnipack_coreml::CompressionFormat::Int8 => Format::Int8,
+        omnipack_coreml::CompressionFormat::Int4 { .. } => Format::Int4,
+    };
+    QuantizationInfo {
+        format,
+        group_size: plan.block_size,
+        bits,
+        mode: bits.map(|_| QuantMode::LinearSymmetric),
+        method: None,
+        coreml: Some(omnipack_summary::CoreMlCompression {
+            format,
+            block_size: plan.block_size,
+            operation: plan.op.map(|o| o.name().to_string()),
+            deployment_target: deployment_target_text(plan.deployment_target),
+            compressed_weights: plan.compressed_count() as u64,
+            weights: plan.weights.len() as u64,
+        }),
+    }
+}
+
+/// `iOS 16`, or the specification version when omnipack does not know it.
+pub fn deployment_target_text(t: omnipack_coreml::DeploymentTarget) -> String {
+    t.ios()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("specification version {}", t.specification_version))
 }
 
 /// A bundle some tier uses, before planning its delivery.
@@ -200,6 +238,12 @@ pub(crate) fn bundle_plans(
                 path: Some(format!("components[{}].delivery", acc.component)),
             });
         }
+        let source_treatment = sizers[acc.component]
+            .source_treatment(
+                acc.option.format,
+                acc.option.group_size.unwrap_or(c.quantization.group_size),
+            )
+            .map(str::to_string);
         plans.push(BundlePlan {
             id: id.clone(),
             component: c.name.clone(),
@@ -209,23 +253,27 @@ pub(crate) fn bundle_plans(
             delivery,
             residency: c.residency,
             quantization: (c.role != Role::Data).then(|| {
-                quantization_info(
+                match sizers[acc.component].coreml_plan(
                     acc.option.format,
-                    acc.option.group_size,
-                    matches!(c.source, ResolvedSource::Safetensors { .. })
+                    acc.option.group_size.unwrap_or(c.quantization.group_size),
+                ) {
+                    Some(Ok(plan)) => coreml_quantization_info(&plan),
+                    // The method is recorded where omnipack quantizes: not for exporter outputs,
+                    // nor for a quantized source whose tensors pass through byte for byte.
+                    _ => quantization_info(
+                        acc.option.format,
+                        acc.option.group_size,
+                        (matches!(c.source, ResolvedSource::Safetensors { .. })
+                            && source_treatment.as_deref() != Some("pass_through"))
                         .then_some(c.quantization.method),
-                )
+                    ),
+                }
             }),
             parameters: sizers[acc.component].parameters,
             weights_bytes: acc.option.weights_bytes,
             resident_bytes: acc.option.resident_bytes,
             used_by: acc.used_by.clone(),
-            source_treatment: sizers[acc.component]
-                .source_treatment(
-                    acc.option.format,
-                    acc.option.group_size.unwrap_or(c.quantization.group_size),
-                )
-                .map(str::to_string),
+            source_treatment,
         });
     }
     plans

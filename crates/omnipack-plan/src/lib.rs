@@ -27,7 +27,7 @@ mod tier_model;
 mod tiers;
 
 pub use app_store::AppStoreUsage;
-pub use bundles::{bundle_id, quantization_info};
+pub use bundles::{bundle_id, coreml_quantization_info, deployment_target_text, quantization_info};
 pub use diag::{PlanDiagnostic, PlanFailure};
 pub use measured::with_measured_sizes;
 pub use model::*;
@@ -35,5 +35,6 @@ pub use planner::{plan, plan_with_sizers};
 pub use sizing::{ComponentSizer, SizeSource};
 pub use stage::*;
 pub use stages::{
-    asset_pack_id, config_json, decode_step_sidecars, export_stage_id, fill_placeholders,
+    asset_pack_id, config_json, coreml_feature, coreml_io, decode_step_contract,
+    decode_step_sidecars, export_stage_id, fill_placeholders, is_coreml_path,
 };

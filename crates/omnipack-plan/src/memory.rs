@@ -70,13 +70,22 @@ pub fn kv_coreml_io_bytes(arch: &Architecture, tokens: u64, io: IoDtype) -> u64 
 }
 
 /// A decode step's whole KV budget for `tokens` tokens: the stored cache, plus for Core ML
-/// the input and output copies. 0 for components that are not text decode steps.
+/// the input and output copies; for a Core ML decode step with its caches as states (iOS 18),
+/// the states' bytes at their full declared size. 0 for components that are not text decode
+/// steps.
 pub fn kv_cache_bytes(c: &ResolvedComponent, tokens: u64) -> u64 {
     let Some(arch) = c.architecture.as_ref() else {
         return 0;
     };
     if c.role != Role::TextDecodeStep {
         return 0;
+    }
+    // An iOS 18 decode step keeps its caches as states: Core ML allocates them at their
+    // declared size, whatever the context used, and there are no input or output copies.
+    if c.runtime == Runtime::Coreml
+        && let Some(states) = c.coreml.as_ref().and_then(|m| m.state_bytes)
+    {
+        return states;
     }
     let stored = kv_stored_bytes(arch, tokens, c.kv_cache.format, c.kv_cache.group_size);
     match c.runtime {

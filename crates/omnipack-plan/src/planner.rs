@@ -274,6 +274,9 @@ fn inputs(m: &ResolvedManifest, sizers: &[ComponentSizer]) -> Vec<String> {
             }
             ResolvedSource::Command { inputs, .. } => all.extend(inputs.iter().cloned()),
             ResolvedSource::Files { files } => all.extend(files.iter().cloned()),
+            ResolvedSource::Mlpackage { path } => {
+                all.insert(path.clone());
+            }
         }
     }
     all.into_iter()

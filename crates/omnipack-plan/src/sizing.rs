@@ -4,9 +4,15 @@
 //! quantizer's own output layout ([`omnipack_quant::plan_outputs`]), so the planned
 //! `weights_bytes` equals what the quantizer writes by construction. Exporter components are
 //! sized from their declared `size` (else `resident_memory`, else unknown), file components
-//! from the files' sizes.
+//! from the files' sizes. A Core ML model (`source.mlpackage`) is sized per variant from its
+//! program's weight shapes with the compression's own layout
+//! ([`omnipack_coreml::CompressionPlan`]), so its planned `weights_bytes` equals the stored
+//! bytes of the package the quantize stage writes.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use omnipack_coreml::{CompressionConfig, CompressionPlan, CoreMlModel, ModelFormat};
 
 use omnipack_manifest::lexical_path::{normalize_str, slash};
 use omnipack_manifest::{FloatDtype, Format, ResolvedComponent, ResolvedSource};
@@ -27,6 +33,9 @@ pub enum SizeSource {
     FileSizes,
     /// Nothing known before the export runs: counted as 0.
     Unknown,
+    /// A Core ML model read by omnipack: its parameters, and per variant the exact layout of
+    /// the package omnipack writes.
+    Model,
 }
 
 impl SizeSource {
@@ -38,6 +47,7 @@ impl SizeSource {
             SizeSource::ResidentMemory => "resident_memory",
             SizeSource::FileSizes => "file_sizes",
             SizeSource::Unknown => "unknown",
+            SizeSource::Model => "model",
         }
     }
 }
@@ -70,6 +80,13 @@ enum SizerKind {
     },
     /// The same size whatever the variant.
     Fixed(u64),
+    /// A Core ML ML program, sized per variant by the compression's layout function.
+    CoreMl {
+        model: Arc<CoreMlModel>,
+        keep: Vec<String>,
+    },
+    /// A single `.mlmodel` file: shipped as it is (f16 only), sized by the file.
+    CoreMlFile(u64),
 }
 
 /// Why a component could not be sized; `field` is the manifest path below the component.
@@ -77,6 +94,9 @@ enum SizerKind {
 pub struct SizingError {
     /// For example `source.safetensors`.
     pub field: &'static str,
+    /// The format (of the variant being sized) the error is about, when it is the format
+    /// that does not fit the source: the error is then located at that format.
+    pub format: Option<Format>,
     /// What went wrong, naming the file.
     pub message: String,
     /// How to fix it.
@@ -141,6 +161,7 @@ pub fn select_tensors(
     for shard in shards {
         let path = dir.join(shard);
         let infos = omnipack_quant::read_header(&path).map_err(|e| SizingError {
+            format: None,
             field: "source.safetensors",
             message: format!("cannot read the safetensors header of `{shard}`: {e}"),
             help: None,
@@ -154,6 +175,7 @@ pub fn select_tensors(
     }
     if out.is_empty() {
         return Err(SizingError {
+            format: None,
             field: "source.prefix",
             message: format!(
                 "no tensor in {} starts with prefix `{prefix}`",
@@ -171,6 +193,7 @@ fn resolve_shard_files(dir: &Path, shards: &[String]) -> Result<Vec<String>, Siz
     let mut out = Vec::new();
     for shard in shards {
         let files = omnipack_quant::resolve_shards(dir.join(shard)).map_err(|e| SizingError {
+            format: None,
             field: "source.safetensors",
             message: format!("cannot read the shard index `{shard}`: {e}"),
             help: None,
@@ -245,10 +268,39 @@ impl ComponentSizer {
                     shards: None,
                 })
             }
+            ResolvedSource::Mlpackage { path } => {
+                let model = omnipack_coreml::open(&dir.join(path)).map_err(|e| SizingError {
+                    format: None,
+                    field: "source.mlpackage",
+                    message: format!("cannot read Core ML model `{path}`: {e}"),
+                    help: None,
+                })?;
+                let facts = model.facts().map_err(|e| SizingError {
+                    format: None,
+                    field: "source.mlpackage",
+                    message: format!("cannot read Core ML model `{path}`: {e}"),
+                    help: None,
+                })?;
+                let parameters = facts.weights.as_ref().map_or(0, |w| w.parameters);
+                let kind = match model.format {
+                    ModelFormat::SingleFile => SizerKind::CoreMlFile(facts.stored_bytes),
+                    ModelFormat::Package(_) => SizerKind::CoreMl {
+                        model: Arc::new(model),
+                        keep: c.quantization.keep.clone(),
+                    },
+                };
+                Ok(ComponentSizer {
+                    parameters,
+                    source: SizeSource::Model,
+                    kind,
+                    shards: None,
+                })
+            }
             ResolvedSource::Files { files } => {
                 let mut total = 0u64;
                 for f in files {
                     let size = path_size(&dir.join(f)).map_err(|e| SizingError {
+                        format: None,
                         field: "source.files",
                         message: format!("cannot read `{f}`: {e}"),
                         help: Some("every file listed in `source.files` must exist, relative to the manifest".into()),
@@ -307,7 +359,7 @@ impl ComponentSizer {
     pub fn source_layout(&self) -> Option<&SourceLayout> {
         match &self.kind {
             SizerKind::Native { layout, .. } => Some(layout),
-            SizerKind::Fixed(_) => None,
+            _ => None,
         }
     }
 
@@ -319,7 +371,7 @@ impl ComponentSizer {
                 config_quantization,
                 ..
             } => config_quantization.as_ref(),
-            SizerKind::Fixed(_) => None,
+            _ => None,
         }
     }
 
@@ -365,7 +417,7 @@ impl ComponentSizer {
     pub fn source_tensors(&self) -> &[TensorInfo] {
         match &self.kind {
             SizerKind::Native { tensors, .. } => tensors,
-            SizerKind::Fixed(_) => &[],
+            _ => &[],
         }
     }
 
@@ -377,13 +429,52 @@ impl ComponentSizer {
 
     /// True when the variants are quantized natively (sizes differ per format).
     pub fn is_native(&self) -> bool {
-        matches!(self.kind, SizerKind::Native { .. })
+        matches!(
+            self.kind,
+            SizerKind::Native { .. } | SizerKind::CoreMl { .. }
+        )
+    }
+
+    /// The Core ML model a `source.mlpackage` component reads (`None` for other sources and
+    /// for a single `.mlmodel` file).
+    pub fn coreml_model(&self) -> Option<&Arc<CoreMlModel>> {
+        match &self.kind {
+            SizerKind::CoreMl { model, .. } => Some(model),
+            _ => None,
+        }
+    }
+
+    /// The layout of the Core ML package one variant writes (`None` when the component is not
+    /// a Core ML ML program).
+    pub fn coreml_plan(
+        &self,
+        format: Format,
+        group_size: u32,
+    ) -> Option<Result<CompressionPlan, SizingError>> {
+        let SizerKind::CoreMl { model, keep } = &self.kind else {
+            return None;
+        };
+        Some(coreml_plan(model, keep, format, group_size))
     }
 
     /// Tensor data bytes of one variant.
     pub fn weights_bytes(&self, format: Format, group_size: u32) -> Result<u64, SizingError> {
         match &self.kind {
             SizerKind::Fixed(b) => Ok(*b),
+            SizerKind::CoreMlFile(b) if format == Format::F16 => Ok(*b),
+            SizerKind::CoreMlFile(_) => Err(SizingError {
+                format: Some(format),
+                field: "quantization.format",
+                message: format!(
+                    "a single `.mlmodel` file (a neural network) is shipped as it is: `{format}` cannot apply"
+                ),
+                help: Some(
+                    "use `quantization.format: f16`, or give an ML program (`.mlpackage`)".into(),
+                ),
+            }),
+            SizerKind::CoreMl { model, keep } => {
+                Ok(coreml_plan(model, keep, format, group_size)?.weights_bytes)
+            }
             SizerKind::Native {
                 tensors,
                 layout,
@@ -402,6 +493,7 @@ impl ComponentSizer {
                 if let Err(e) = layout.check_requantize(tensors, &spec, *requantize) {
                     let source = layout.describe().unwrap_or_default();
                     return Err(SizingError {
+                        format: None,
                         field: "quantization.format",
                         message: format!("`{format}` cannot apply to its source as it is: {e}"),
                         help: Some(format!(
@@ -412,6 +504,7 @@ impl ComponentSizer {
                 let outputs = layout
                     .plan_outputs(tensors, &spec)
                     .map_err(|e| SizingError {
+                        format: None,
                         field: "quantization",
                         message: format!("cannot plan {format} with group size {group_size}: {e}"),
                         help: None,
@@ -431,6 +524,7 @@ fn source_config(
 ) -> Result<Option<serde_json::Value>, SizingError> {
     if let Some(c) = config {
         let text = std::fs::read_to_string(dir.join(c)).map_err(|e| SizingError {
+            format: None,
             field: "source.config",
             message: format!("cannot read `{c}`: {e}"),
             help: None,
@@ -438,6 +532,7 @@ fn source_config(
         return serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| SizingError {
+                format: None,
                 field: "source.config",
                 message: format!("`{c}` is not valid JSON: {e}"),
                 help: None,
@@ -483,4 +578,49 @@ fn recognise_source(
         None
     };
     SourceLayout::recognise(tensors, config, &read_small)
+}
+
+/// The compression of a Core ML model for a manifest format (`group_size` is int4's block).
+pub fn coreml_config(
+    format: Format,
+    group_size: u32,
+    keep: &[String],
+) -> Result<CompressionConfig, SizingError> {
+    let format =
+        omnipack_manifest::compression_format(format, group_size).ok_or_else(|| SizingError {
+            format: Some(format),
+            field: "quantization.format",
+            message: format!("a Core ML variant is `f16`, `int8` or `int4`, not `{format}`"),
+            help: Some("list `f16`, `int8` or `int4` in `quantization.format`".into()),
+        })?;
+    Ok(CompressionConfig {
+        format,
+        keep: keep.to_vec(),
+    })
+}
+
+fn coreml_plan(
+    model: &CoreMlModel,
+    keep: &[String],
+    format: Format,
+    group_size: u32,
+) -> Result<CompressionPlan, SizingError> {
+    let config = coreml_config(format, group_size, keep)?;
+    CompressionPlan::new(model, &config).map_err(|e| {
+        let help = match &e.kind {
+            omnipack_coreml::ErrorKind::TargetTooOld { .. } => Some(format!(
+                "remove `{format}` for this model, or convert it for a newer deployment target (coremltools' `minimum_deployment_target`)"
+            )),
+            omnipack_coreml::ErrorKind::Fp32Weights { .. } => Some(
+                "convert the model with coremltools' `compute_precision=ct.precision.FLOAT16`, or compress it to `int8`/`int4`".into(),
+            ),
+            _ => None,
+        };
+        SizingError {
+            format: Some(format),
+            field: "quantization.format",
+            message: format!("cannot be shipped as {}: {e}", config.format),
+            help,
+        }
+    })
 }

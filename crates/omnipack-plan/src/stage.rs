@@ -86,6 +86,19 @@ pub enum ExportSource {
         inputs: Vec<String>,
         /// Files or folders it must write under `{out}`, packaged as they are.
         outputs: Vec<String>,
+        /// For a Core ML decode step: the contract each `.mlpackage` / `.mlmodel` output is
+        /// checked against right after the exporter runs, before anything is packaged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        coreml_contract: Option<DecodeStepContract>,
+    },
+    /// A Core ML model (`.mlpackage` folder or `.mlmodel` file), read and checked; the
+    /// quantize stages write its variants.
+    Mlpackage {
+        /// The model.
+        path: String,
+        /// For a decode step: the contract it is checked against.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contract: Option<DecodeStepContract>,
     },
     /// Files taken as they are (each packaged under its file name).
     Files {
@@ -126,6 +139,9 @@ pub struct QuantizeParams {
     /// plan cannot): a variant below a floor fails the build at that floor's manifest key.
     #[serde(default)]
     pub quality_floors: Vec<QualityFloor>,
+    /// For a Core ML model: the package this variant writes and how it is compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coreml: Option<CoreMlVariant>,
 }
 
 /// A `min_sqnr_db` floor a variant must reach, checked at build time.
@@ -142,6 +158,57 @@ pub struct QualityFloor {
     pub manifest_path: String,
     /// When the check runs: always `build` (after quantizing, before packaging).
     pub checked_at: String,
+}
+
+/// One Core ML variant: the model written as a package, its weights compressed (`int8`,
+/// `int4`) or as they are (`f16`), byte-reproducibly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreMlVariant {
+    /// Name of the written model in the bundle (`<artifact>.mlpackage` or `.mlmodel`).
+    pub output: String,
+    /// `f16` (as it is), `int8` (per channel) or `int4` (per block).
+    pub compression: String,
+    /// The block size of `int4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// The operation holding the compressed weights (`constexpr_affine_dequantize` up to iOS
+    /// 17, `constexpr_blockwise_shift_scale` from iOS 18); none for `f16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The model's deployment target, such as `iOS 16`.
+    pub deployment_target: String,
+    /// Weight constants compressed, of all the model has.
+    pub compressed_weights: u64,
+    /// Weight constants of the model.
+    pub weights: u64,
+    /// Planned stored weight bytes (blob data plus inline constants).
+    pub weights_bytes: u64,
+    /// Planned size of `weight.bin` (headers, records and alignment included).
+    pub weight_bin_bytes: u64,
+}
+
+/// The decode-step contract a Core ML model is checked against; `None` values are read from
+/// the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecodeStepContract {
+    /// The token input.
+    pub input_ids: String,
+    /// The logits output.
+    pub logits: String,
+    /// The key and value cache inputs (or states), `{i}` the layer.
+    pub cache_inputs: [String; 2],
+    /// The key and value cache outputs.
+    pub cache_outputs: [String; 2],
+    pub layers: Option<u64>,
+    pub kv_heads: Option<u64>,
+    pub kv_head_dim: Option<u64>,
+    pub vocab_size: Option<u64>,
+    /// Cache data type (`kv_cache.io_dtype`).
+    pub io_dtype: Option<IoDtype>,
+    /// The longest context a tier uses: the caches' sequence axis must reach it.
+    pub context: Option<u64>,
 }
 
 /// What a package stage writes: one bundle zip and its asset-pack folder.
@@ -180,6 +247,9 @@ pub enum BundleContents {
     /// The files of the export stage this stage depends on, as they are (exporter outputs
     /// with folders expanded, or a `files` component's files).
     ExportedFiles,
+    /// The Core ML package (a folder of stored entries) or `.mlmodel` file the quantize stage
+    /// this stage depends on wrote.
+    CoreMlModel,
 }
 
 /// How a native bundle's `config.json` is made: `base` (when given) without the keys in
@@ -219,6 +289,54 @@ pub struct DecodeStepSidecars {
     pub kv_group_size: u64,
     /// Paging (gets a `.kv_paging.json`).
     pub paging: Option<Paging>,
+    /// A Core ML decode step read by omnipack: every input, output and state as the model
+    /// declares it (the `.io.json` lists these instead of the generated names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coreml_io: Option<CoreMlIo>,
+}
+
+/// The features of a Core ML model, as it declares them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreMlIo {
+    pub inputs: Vec<CoreMlFeature>,
+    pub outputs: Vec<CoreMlFeature>,
+    /// iOS 18 states (updated in place).
+    pub states: Vec<CoreMlFeature>,
+}
+
+/// One input, output or state of a Core ML model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreMlFeature {
+    pub name: String,
+    /// `multi_array`, `state`, `int64`, `double`, `string`, `image`, `dictionary`, `sequence`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Element type of an array: `float16`, `float32`, `float64`, `int32`, `int8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// Sizes, `-1` for a flexible axis (see `flexible_axes` or `enumerated_shapes`).
+    pub shape: Vec<i64>,
+    /// The flexible axes of a shape given by ranges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flexible_axes: Vec<FlexibleAxis>,
+    /// The allowed shapes of a shape given by enumeration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub enumerated_shapes: Vec<Vec<i64>>,
+    /// True when the model accepts it missing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+}
+
+/// An axis whose size is a range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlexibleAxis {
+    pub axis: u32,
+    pub lower: u64,
+    /// `None`: unbounded.
+    pub upper: Option<u64>,
 }
 
 /// The asset pack of a bundle.
@@ -310,6 +428,7 @@ mod tests {
                     manifest_path: "components[0].quantization.min_sqnr_db".into(),
                     checked_at: "build".into(),
                 }],
+                coreml: None,
             }),
             depends_on: vec!["export:t".into()],
         };

@@ -6,14 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use omnipack_manifest::canonical_json::canonical;
 use omnipack_manifest::lexical_path::normalize_or_dot;
-use omnipack_manifest::{Format, ResolvedComponent, ResolvedManifest, ResolvedSource, Role};
+use omnipack_manifest::{
+    Format, ResolvedComponent, ResolvedManifest, ResolvedSource, Role, Runtime,
+};
 use serde_json::{Map, Value, json};
 
 use crate::memory;
 use crate::model::BundlePlan;
 use crate::sizing::ComponentSizer;
 use crate::stage::{
-    AssetPackParams, BundleContents, ConfigJson, DecodeStepSidecars, ExportParams, ExportSource,
+    AssetPackParams, BundleContents, ConfigJson, CoreMlFeature, CoreMlIo, CoreMlVariant,
+    DecodeStepContract, DecodeStepSidecars, ExportParams, ExportSource, FlexibleAxis,
     PackageParams, QualityFloor, QuantizeParams, Stage, StageKind,
 };
 
@@ -63,21 +66,24 @@ pub(crate) fn stages(
     let mut quantizes = Vec::new();
     let mut packages = Vec::new();
     for b in bundles {
-        let Some(c) = m.components.iter().find(|c| c.name == b.component) else {
+        let Some(i) = m.components.iter().position(|c| c.name == b.component) else {
             continue;
         };
+        let c = &m.components[i];
         let export = export_stage_id(&c.name, b.tier.as_deref());
-        let package_dep = if matches!(c.source, ResolvedSource::Safetensors { .. }) {
-            let ci = m.components.iter().position(|x| x.name == c.name);
-            let config = ci.and_then(|i| sizers[i].config_quantization()).cloned();
-            let q = quantize_stage(m, c, b, export, config);
+        let package_dep = if matches!(
+            c.source,
+            ResolvedSource::Safetensors { .. } | ResolvedSource::Mlpackage { .. }
+        ) {
+            let config = sizers[i].config_quantization().cloned();
+            let q = quantize_stage(m, c, b, export, config, &sizers[i]);
             let id = q.id.clone();
             quantizes.push(q);
             id
         } else {
             export
         };
-        packages.push(package_stage(m, c, b, package_dep));
+        packages.push(package_stage(m, c, b, package_dep, &sizers[i]));
     }
     exports
         .into_iter()
@@ -151,11 +157,60 @@ fn export_source(
             timeout_secs: *timeout_secs,
             inputs: inputs.iter().map(|i| normalize_or_dot(i)).collect(),
             outputs: outputs.clone(),
+            coreml_contract: (c.runtime == Runtime::Coreml
+                && outputs.iter().any(|o| is_coreml_path(o)))
+            .then(|| decode_step_contract(m, c))
+            .flatten(),
         },
         ResolvedSource::Files { files } => ExportSource::Files {
             files: files.clone(),
         },
+        ResolvedSource::Mlpackage { path } => ExportSource::Mlpackage {
+            path: normalize_or_dot(path),
+            contract: decode_step_contract(m, c),
+        },
     }
+}
+
+/// True for a path naming a Core ML model (`.mlpackage` or `.mlmodel`).
+pub fn is_coreml_path(path: &str) -> bool {
+    let p = path.trim_end_matches('/');
+    p.ends_with(".mlpackage") || p.ends_with(".mlmodel")
+}
+
+/// The decode-step contract of a Core ML text decode step (none for other components): the
+/// names, the architecture and cache type as resolved, and the longest context a tier uses.
+pub fn decode_step_contract(
+    m: &ResolvedManifest,
+    c: &ResolvedComponent,
+) -> Option<DecodeStepContract> {
+    if c.role != Role::TextDecodeStep || c.runtime != Runtime::Coreml {
+        return None;
+    }
+    let mut context = None;
+    for t in m.tiers.iter().filter(|t| t.components.contains(&c.name)) {
+        match memory::kv_tokens(c.max_seq_len, t.max_seq_len, None) {
+            Some(n) => context = Some(context.map_or(n, |x: u64| x.max(n))),
+            None => {
+                context = None;
+                break;
+            }
+        }
+    }
+    let a = c.architecture;
+    let n = &c.decode_step;
+    Some(DecodeStepContract {
+        input_ids: n.input_ids.clone(),
+        logits: n.logits.clone(),
+        cache_inputs: n.cache_inputs.clone(),
+        cache_outputs: n.cache_outputs.clone(),
+        layers: a.map(|a| a.layers),
+        kv_heads: a.map(|a| a.kv_heads),
+        kv_head_dim: a.map(|a| a.kv_head_dim),
+        vocab_size: a.map(|a| a.vocab_size),
+        io_dtype: Some(c.kv_cache.io_dtype),
+        context,
+    })
 }
 
 /// The exporter's argv with `{tier} {format} {group_size} {max_seq_len} {component}` filled
@@ -205,6 +260,7 @@ fn quantize_stage(
     b: &BundlePlan,
     export: String,
     source_quantization: Option<Value>,
+    sizer: &ComponentSizer,
 ) -> Stage {
     Stage {
         id: format!("quantize:{}", b.id),
@@ -219,6 +275,7 @@ fn quantize_stage(
             source_quantization,
             method: c.quantization.method,
             quality_floors: quality_floors(m, c, b),
+            coreml: coreml_variant(c, b, sizer),
         }),
         depends_on: vec![export],
     }
@@ -258,13 +315,60 @@ pub(crate) fn quality_floors(
     floors
 }
 
+/// The Core ML variant a quantize stage writes (none for other sources).
+fn coreml_variant(
+    c: &ResolvedComponent,
+    b: &BundlePlan,
+    sizer: &ComponentSizer,
+) -> Option<CoreMlVariant> {
+    let ResolvedSource::Mlpackage { .. } = &c.source else {
+        return None;
+    };
+    let group = b.group_size.unwrap_or(c.quantization.group_size);
+    let plan = match sizer.coreml_plan(b.format, group) {
+        Some(Ok(plan)) => plan,
+        // A single `.mlmodel` file: written as it is.
+        _ => {
+            return Some(CoreMlVariant {
+                output: format!("{}.mlmodel", c.artifact),
+                compression: b.format.as_str().to_string(),
+                block_size: None,
+                operation: None,
+                deployment_target: c
+                    .coreml
+                    .as_ref()
+                    .and_then(|f| f.deployment_target.clone())
+                    .unwrap_or_default(),
+                compressed_weights: 0,
+                weights: 0,
+                weights_bytes: b.weights_bytes,
+                weight_bin_bytes: 0,
+            });
+        }
+    };
+    Some(CoreMlVariant {
+        output: format!("{}.mlpackage", c.artifact),
+        compression: plan.format.name().to_string(),
+        block_size: plan.block_size,
+        operation: plan.op.map(|o| o.name().to_string()),
+        deployment_target: crate::bundles::deployment_target_text(plan.deployment_target),
+        compressed_weights: plan.compressed_count() as u64,
+        weights: plan.weights.len() as u64,
+        weights_bytes: plan.weights_bytes,
+        weight_bin_bytes: plan.weight_bin_bytes,
+    })
+}
+
 fn package_stage(
     m: &ResolvedManifest,
     c: &ResolvedComponent,
     b: &BundlePlan,
     dependency: String,
+    sizer: &ComponentSizer,
 ) -> Stage {
-    let contents = if matches!(c.source, ResolvedSource::Safetensors { .. }) {
+    let contents = if matches!(c.source, ResolvedSource::Mlpackage { .. }) {
+        BundleContents::CoreMlModel
+    } else if matches!(c.source, ResolvedSource::Safetensors { .. }) {
         BundleContents::QuantizedWeights {
             config_json: config_json(c, b.format, b.group_size),
         }
@@ -280,7 +384,10 @@ fn package_stage(
             runtime: (c.role != Role::Data).then_some(c.runtime),
             quantization: b.quantization.clone(),
             contents,
-            decode_step: decode_step_sidecars(c),
+            decode_step: decode_step_sidecars(c).map(|mut s| {
+                s.coreml_io = sizer.coreml_model().and_then(|m| coreml_io(m.as_ref()));
+                s
+            }),
             asset_pack: AssetPackParams {
                 id: asset_pack_id(m.package.asset_pack_prefix.as_deref(), &b.id),
                 delivery: b.delivery,
@@ -363,5 +470,72 @@ pub fn decode_step_sidecars(c: &ResolvedComponent) -> Option<DecodeStepSidecars>
         kv_format: c.kv_cache.format,
         kv_group_size: c.kv_cache.group_size,
         paging: c.kv_cache.paging,
+        coreml_io: None,
     })
+}
+
+/// Every input, output and state of a Core ML model as it declares them.
+pub fn coreml_io(model: &omnipack_coreml::CoreMlModel) -> Option<CoreMlIo> {
+    let facts = model.facts().ok()?;
+    let list =
+        |features: &[omnipack_coreml::Feature]| features.iter().map(coreml_feature).collect();
+    Some(CoreMlIo {
+        inputs: list(&facts.inputs),
+        outputs: list(&facts.outputs),
+        states: list(&facts.states),
+    })
+}
+
+/// One feature as the `.io.json` lists it.
+pub fn coreml_feature(f: &omnipack_coreml::Feature) -> CoreMlFeature {
+    use omnipack_coreml::{ArrayDataType, Axis, FeatureKind, ShapeFlexibility};
+    let kind = match &f.kind {
+        FeatureKind::MultiArray(_) => "multi_array",
+        FeatureKind::State(_) => "state",
+        FeatureKind::Int64 => "int64",
+        FeatureKind::Double => "double",
+        FeatureKind::String => "string",
+        FeatureKind::Image { .. } => "image",
+        FeatureKind::Dictionary => "dictionary",
+        FeatureKind::Sequence => "sequence",
+        FeatureKind::Unknown => "unknown",
+    };
+    let mut out = CoreMlFeature {
+        name: f.name.clone(),
+        kind: kind.to_string(),
+        dtype: None,
+        shape: Vec::new(),
+        flexible_axes: Vec::new(),
+        enumerated_shapes: Vec::new(),
+        optional: f.optional,
+    };
+    let Some(a) = f.kind.array() else {
+        return out;
+    };
+    out.dtype = Some(match a.data_type {
+        ArrayDataType::Float16 => "float16".to_string(),
+        ArrayDataType::Float32 => "float32".to_string(),
+        ArrayDataType::Double => "float64".to_string(),
+        ArrayDataType::Int32 => "int32".to_string(),
+        ArrayDataType::Int8 => "int8".to_string(),
+        ArrayDataType::Unknown(_) => a.data_type_text(),
+    });
+    for (i, axis) in a.axes().iter().enumerate() {
+        match axis {
+            Axis::Fixed(n) => out.shape.push(i64::try_from(*n).unwrap_or(i64::MAX)),
+            Axis::Range(r) => {
+                out.shape.push(-1);
+                out.flexible_axes.push(FlexibleAxis {
+                    axis: i as u32,
+                    lower: r.lower,
+                    upper: r.upper,
+                });
+            }
+            Axis::Enumerated(_) | Axis::Unknown => out.shape.push(-1),
+        }
+    }
+    if let Some(ShapeFlexibility::Enumerated(shapes)) = &a.flexibility {
+        out.enumerated_shapes = shapes.clone();
+    }
+    out
 }

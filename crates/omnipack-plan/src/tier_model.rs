@@ -162,20 +162,57 @@ fn variant_options(
     let tq = c.quantization.for_tier(&tier.name);
     let mut options = Vec::new();
     for &format in &tq.formats {
+        // A Core ML model's int8 is per channel: only its int4 has blocks.
+        let grouped = match sizer.coreml_model() {
+            Some(_) => format == Format::Int4,
+            None => format.is_grouped(),
+        };
         match sizer.weights_bytes(format, tq.group_size) {
             Ok(w) => options.push(VariantOption {
                 format,
-                group_size: format.is_grouped().then_some(tq.group_size),
+                group_size: grouped.then_some(tq.group_size),
                 weights_bytes: w,
                 resident_bytes: memory::resident_weight_bytes(c, sizer.parameters, w),
             }),
-            Err(e) => errors.push(PlanDiagnostic::new(
-                Some(format!("components[{index}].{}", e.field)),
-                format!("component `{}`: {}", c.name, e.message),
-            )),
+            Err(e) => {
+                let path = match e.format {
+                    Some(f) => format_path(c, tier, index, f),
+                    None => format!("components[{index}].{}", e.field),
+                };
+                let mut d = PlanDiagnostic::new(
+                    Some(path),
+                    format!("component `{}`: {}", c.name, e.message),
+                );
+                d.help.extend(e.help);
+                errors.push(d);
+            }
         }
     }
     options
+}
+
+/// The manifest path of `format` in the preference list `tier` uses for `c`: the tier's
+/// override when it has its own list, else the component's `quantization.format` (an item
+/// of the list, or the single format).
+fn format_path(c: &ResolvedComponent, tier: &ResolvedTier, index: usize, format: Format) -> String {
+    let q = &c.quantization;
+    let (base, formats) = match q.tiers.get(&tier.name) {
+        Some(t) if t.formats != q.formats => (
+            format!(
+                "components[{index}].quantization.tiers.{}.format",
+                tier.name
+            ),
+            &t.formats,
+        ),
+        _ => (
+            format!("components[{index}].quantization.format"),
+            &q.formats,
+        ),
+    };
+    match formats.iter().position(|&f| f == format) {
+        Some(j) if formats.len() > 1 => format!("{base}[{j}]"),
+        _ => base,
+    }
 }
 
 /// KV bytes and tokens of `c` on `tier` (0 and `None` for non decode steps).

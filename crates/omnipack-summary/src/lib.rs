@@ -207,7 +207,8 @@ pub struct QuantizationInfo {
     /// Bits per code for integer formats, absent for float formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bits: Option<u32>,
-    /// `affine` for MLX integer formats, `nf4` for NF4, absent for float formats.
+    /// `affine` for MLX integer formats, `nf4` for NF4, `linear_symmetric` for Core ML int8
+    /// and int4, absent for float formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<QuantMode>,
     /// How omnipack chose the scales and biases of MLX affine weights it quantized: `rtn`
@@ -215,6 +216,31 @@ pub struct QuantizationInfo {
     /// other formats and for exporter outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<Method>,
+    /// For a Core ML model omnipack read and wrote: how its weights are stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coreml: Option<CoreMlCompression>,
+}
+
+/// How a Core ML model's weights are stored in a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CoreMlCompression {
+    /// `f16` (the weights as the model has them), `int8` (symmetric, one scale per output
+    /// channel) or `int4` (symmetric, one scale per block of `block_size` input elements).
+    pub format: Format,
+    /// Elements per block of `int4`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// The operation holding the compressed weights: `constexpr_affine_dequantize` (iOS 16
+    /// and 17) or `constexpr_blockwise_shift_scale` (iOS 18 on); absent for `f16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    /// The model's deployment target, such as `iOS 16`.
+    pub deployment_target: String,
+    /// Weight constants compressed.
+    pub compressed_weights: u64,
+    /// Weight constants of the model.
+    pub weights: u64,
 }
 
 /// A file inside a bundle.

@@ -37,7 +37,7 @@ named_enum!(Delivery { Essential => "essential", Prefetch => "prefetch", OnDeman
 named_enum!(Residency { Always => "always", Lazy => "lazy" });
 named_enum!(Format { F32 => "f32", F16 => "f16", Bf16 => "bf16", Int2 => "int2", Int3 => "int3", Int4 => "int4", Int6 => "int6", Int8 => "int8", Nf4 => "nf4" });
 named_enum!(KvFormat { F16 => "f16", U8 => "u8", Nf4 => "nf4" });
-named_enum!(QuantMode { Affine => "affine", Nf4 => "nf4" });
+named_enum!(QuantMode { Affine => "affine", Nf4 => "nf4", LinearSymmetric => "linear_symmetric" });
 named_enum!(Method { Rtn => "rtn", Mse => "mse" });
 
 /// What a component is, which decides its defaults and sidecars.
@@ -177,6 +177,8 @@ pub enum QuantMode {
     Affine,
     /// bitsandbytes NF4: a 16-entry code book times the group's absmax.
     Nf4,
+    /// Core ML int8 and int4: `scale * code`, symmetric, no offset.
+    LinearSymmetric,
 }
 
 /// Quantization method of the MLX affine formats. Both write exactly the MLX layout (codes,

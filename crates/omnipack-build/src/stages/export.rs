@@ -8,15 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use omnipack_manifest::IoDtype;
 use omnipack_manifest::lexical_path::absolute;
-use omnipack_plan::{ExportParams, ExportSource, Stage, fill_placeholders};
+use omnipack_plan::{
+    DecodeStepContract, ExportParams, ExportSource, Stage, fill_placeholders, is_coreml_path,
+};
 use omnipack_quant::{FileDigest, QuantError, SafetensorsFile, SelectedTensor};
 use serde_json::json;
 
 use crate::cache::{CacheError, CacheKind};
 use crate::exporter::{ExporterError, run_exporter};
 use crate::stages::cached::Produced;
-use crate::stages::{BuildContext, Ran, StageOutput, StagedFile, TensorSelection};
+use crate::stages::{BuildContext, CoreMlSource, Ran, StageOutput, StagedFile, TensorSelection};
 use omnipack_fs::walk_files_skipping;
 
 /// Why an export stage failed.
@@ -59,6 +62,19 @@ pub enum ExportError {
         component: String,
         source: ExporterError,
     },
+    /// A Core ML model cannot be read or rewritten.
+    #[error("component `{component}`: {source}")]
+    CoreMl {
+        component: String,
+        source: omnipack_coreml::Error,
+    },
+    /// A Core ML decode step breaks the contract the app binds.
+    #[error("component `{component}`: `{path}` breaks the decode-step contract: {mismatches}")]
+    Contract {
+        component: String,
+        path: String,
+        mismatches: String,
+    },
     /// The cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -74,6 +90,7 @@ pub(crate) fn run(ctx: &BuildContext, stage: &Stage, p: &ExportParams) -> Result
             timeout_secs,
             inputs,
             outputs,
+            coreml_contract,
         } => run_command(
             ctx,
             stage,
@@ -84,9 +101,135 @@ pub(crate) fn run(ctx: &BuildContext, stage: &Stage, p: &ExportParams) -> Result
                 timeout: Duration::from_secs(*timeout_secs),
                 inputs,
                 outputs,
+                coreml_contract: coreml_contract.as_ref(),
             },
         ),
         ExportSource::Files { files } => take_files(ctx, p, files),
+        ExportSource::Mlpackage { path, contract } => read_coreml(ctx, p, path, contract.as_ref()),
+    }
+}
+
+/// Reads a `source.mlpackage` model (every file was digested before the stages ran) and
+/// checks its decode-step contract.
+fn read_coreml(
+    ctx: &BuildContext,
+    p: &ExportParams,
+    path: &str,
+    contract: Option<&DecodeStepContract>,
+) -> Result<Ran, ExportError> {
+    let key_material = json!({"model": input_digests(ctx, p, &[path.to_string()])?});
+    let abs = ctx.path(path);
+    let model = omnipack_coreml::open(&abs).map_err(|source| ExportError::CoreMl {
+        component: p.component.clone(),
+        source,
+    })?;
+    check_contract(p, path, &model, contract)?;
+    Ok(Ran {
+        output: StageOutput::CoreMl(Arc::new(CoreMlSource {
+            model,
+            key_material,
+        })),
+        from_cache: true,
+    })
+}
+
+/// The library's expectation for a plan's contract.
+pub(crate) fn expectation(c: &DecodeStepContract) -> omnipack_coreml::DecodeStepExpectation {
+    omnipack_coreml::DecodeStepExpectation {
+        names: omnipack_coreml::DecodeStepNames {
+            input_ids: c.input_ids.clone(),
+            logits: c.logits.clone(),
+            cache_inputs: c.cache_inputs.clone(),
+            cache_outputs: c.cache_outputs.clone(),
+        },
+        layers: c.layers,
+        kv_heads: c.kv_heads,
+        kv_head_dim: c.kv_head_dim,
+        vocab_size: c.vocab_size,
+        io_dtype: c.io_dtype.map(|io| match io {
+            IoDtype::F32 => omnipack_coreml::ArrayDataType::Float32,
+            IoDtype::F16 => omnipack_coreml::ArrayDataType::Float16,
+        }),
+        context: c.context,
+    }
+}
+
+/// Checks `model` (shown as `shown`) against `contract`, when there is one.
+fn check_contract(
+    p: &ExportParams,
+    shown: &str,
+    model: &omnipack_coreml::CoreMlModel,
+    contract: Option<&DecodeStepContract>,
+) -> Result<(), ExportError> {
+    let Some(contract) = contract else {
+        return Ok(());
+    };
+    let facts = model.facts().map_err(|source| ExportError::CoreMl {
+        component: p.component.clone(),
+        source,
+    })?;
+    let step = omnipack_coreml::check_decode_step(&facts, &expectation(contract));
+    if step.is_ok() {
+        return Ok(());
+    }
+    Err(ExportError::Contract {
+        component: p.component.clone(),
+        path: shown.to_string(),
+        mismatches: step
+            .mismatches
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// An exporter's Core ML output, checked and rewritten in place in its byte-reproducible form
+/// (content-derived identifiers, sorted protobuf maps, no conversion date).
+fn check_and_rewrite_output(
+    p: &ExportParams,
+    out: &Path,
+    rel: &str,
+    contract: Option<&DecodeStepContract>,
+) -> Result<(), ExportError> {
+    let path = out.join(rel.trim_end_matches('/'));
+    let err = |source| ExportError::CoreMl {
+        component: p.component.clone(),
+        source,
+    };
+    let model = omnipack_coreml::open(&path).map_err(err)?;
+    check_contract(p, rel, &model, contract)?;
+    match model.format {
+        omnipack_coreml::ModelFormat::SingleFile => {
+            let bytes =
+                omnipack_coreml::canonical_model_bytes(&model.model_bytes).map_err(|e| {
+                    err(omnipack_coreml::Error::new(
+                        &path,
+                        omnipack_coreml::ErrorKind::Wire(e),
+                    ))
+                })?;
+            omnipack_fs::write_atomic(&path, &bytes).map_err(|e| {
+                err(omnipack_coreml::Error::new(
+                    &path,
+                    omnipack_coreml::ErrorKind::Io(e),
+                ))
+            })
+        }
+        omnipack_coreml::ModelFormat::Package(_) => {
+            let entries = model.reproducible_entries().map_err(err)?;
+            let mut tmp = path.as_os_str().to_owned();
+            tmp.push(".reproducible");
+            let tmp = PathBuf::from(tmp);
+            omnipack_coreml::write_package(&entries, &tmp).map_err(err)?;
+            let io = |e| {
+                err(omnipack_coreml::Error::new(
+                    &path,
+                    omnipack_coreml::ErrorKind::Io(e),
+                ))
+            };
+            fs::remove_dir_all(&path).map_err(io)?;
+            fs::rename(&tmp, &path).map_err(io)
+        }
     }
 }
 
@@ -171,6 +314,7 @@ struct Command<'a> {
     timeout: Duration,
     inputs: &'a [String],
     outputs: &'a [String],
+    coreml_contract: Option<&'a DecodeStepContract>,
 }
 
 /// Runs the exporter in a fresh folder of the cache (unless its result is cached), keyed by
@@ -205,6 +349,13 @@ fn run_command(
                     source,
                 },
             )?;
+            // A Core ML output is read and checked right after the export (a failure here
+            // leaves no cache entry and nothing packaged), then stored byte-reproducibly.
+            if cmd.coreml_contract.is_some() {
+                for o in cmd.outputs.iter().filter(|o| is_coreml_path(o)) {
+                    check_and_rewrite_output(p, &work.join("out"), o, cmd.coreml_contract)?;
+                }
+            }
             Ok(Produced {
                 files: r.files.iter().map(|f| (format!("out/{f}"), None)).collect(),
                 meta: json!({"files": r.files}),

@@ -77,6 +77,28 @@ pub(crate) enum StageOutput {
     Weights(Arc<QuantizedWeights>),
     /// A packaged bundle.
     Bundle(Arc<PackagedBundle>),
+    /// A Core ML model read and checked (export of a `source.mlpackage` component).
+    CoreMl(Arc<CoreMlSource>),
+    /// A Core ML variant written (the files of its package, or its `.mlmodel`).
+    CoreMlModel(Arc<CoreMlWritten>),
+}
+
+/// A Core ML model read by an export stage.
+#[derive(Debug)]
+pub(crate) struct CoreMlSource {
+    pub model: omnipack_coreml::CoreMlModel,
+    /// What identifies it in cache keys (every file's path and sha256).
+    pub key_material: serde_json::Value,
+}
+
+/// A Core ML variant in the cache.
+#[derive(Debug)]
+pub(crate) struct CoreMlWritten {
+    /// Its files, with paths inside the bundle (`<artifact>.mlpackage/...`).
+    pub files: Vec<StagedFile>,
+    /// Stored weight bytes of the written model (blob data plus inline constants).
+    pub weights_bytes: u64,
+    pub parameters: u64,
 }
 
 /// Tensors selected from a component's shards.
@@ -291,6 +313,12 @@ fn describe(o: &StageOutput) -> String {
             "{} bytes, sha256 {}",
             b.zip_size,
             b.zip_sha256.get(..12).unwrap_or(&b.zip_sha256)
+        ),
+        StageOutput::CoreMl(m) => format!("Core ML model, {} blob files", m.model.blob_files.len()),
+        StageOutput::CoreMlModel(w) => format!(
+            "{} files, {} bytes of weights",
+            w.files.len(),
+            w.weights_bytes
         ),
     }
 }

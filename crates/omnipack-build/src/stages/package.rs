@@ -169,6 +169,22 @@ fn contents(
             quality: None,
         }),
         (BundleContents::ExportedFiles, _) => Err(wrong("exported files")),
+        (BundleContents::CoreMlModel, StageOutput::CoreMlModel(m)) => Ok(Contents {
+            entries: m
+                .files
+                .iter()
+                .map(|f| Entry {
+                    path: f.path.clone(),
+                    source: EntrySource::File(f.abs.clone()),
+                    digest: f.digest.clone(),
+                })
+                .collect(),
+            in_cache: m.files.iter().map(|f| (f.path.clone(), true)).collect(),
+            weights_bytes: m.weights_bytes,
+            parameters: m.parameters,
+            quality: None,
+        }),
+        (BundleContents::CoreMlModel, _) => Err(wrong("a written Core ML model")),
     }
 }
 

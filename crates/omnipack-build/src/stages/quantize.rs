@@ -1,14 +1,16 @@
 //! `quantize:<bundle>`: one variant of a component's selected tensors, written by
 //! `omnipack-quant` (streaming, parallel across tensors) with its sha256 and CRC-32 computed in
-//! the same pass, as the plan's [`QuantizeParams`] say.
+//! the same pass, as the plan's [`QuantizeParams`] say; or one variant of a Core ML model,
+//! written by `omnipack-coreml` (compressed in parallel, memory bounded by the largest weight).
 
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use omnipack_coreml::ModelFormat;
 use omnipack_manifest::GroupSize;
-use omnipack_plan::sizing::{quant_method, quant_spec_parts};
+use omnipack_plan::sizing::{coreml_config, quant_method, quant_spec_parts};
 use omnipack_plan::{QualityFloor, QuantizeParams, Stage};
 use omnipack_quant::{FileDigest, OutputKind, QuantError, SourceLayout, TensorInfo};
 use omnipack_summary::Quality;
@@ -17,7 +19,11 @@ use serde_json::json;
 use crate::cache::{CacheError, CacheKind};
 use crate::progress::Event;
 use crate::stages::cached::Produced;
-use crate::stages::{BuildContext, QuantizedWeights, Ran, StageError, StageOutput};
+use crate::stages::{
+    BuildContext, CoreMlSource, CoreMlWritten, QuantizedWeights, Ran, StageError, StageOutput,
+    StagedFile,
+};
+use omnipack_fs::walk_files;
 
 /// Name of the weights file in a quantize entry and in a bundle.
 pub(crate) const WEIGHTS_FILE: &str = "weights.safetensors";
@@ -37,6 +43,15 @@ pub enum QuantizeError {
     /// The variant measures below a `min_sqnr_db` floor of a tier that uses it.
     #[error("{}", below_floor_message(&.0.bundle, &.0.quality, &.0.floor))]
     BelowQualityFloor(Box<BelowFloor>),
+    /// A Core ML variant could not be written.
+    #[error("bundle `{bundle}`: {source}")]
+    CoreMl {
+        bundle: String,
+        source: omnipack_coreml::Error,
+    },
+    /// The plan asks for a Core ML variant omnipack cannot write.
+    #[error("bundle `{bundle}`: {message}")]
+    CoreMlVariant { bundle: String, message: String },
     /// The cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
@@ -76,6 +91,7 @@ pub(crate) fn run(
     input: StageOutput,
 ) -> Result<Ran, StageError> {
     let selection = match input {
+        StageOutput::CoreMl(source) => return run_coreml(ctx, stage, p, &source),
         StageOutput::Tensors(s) => s,
         StageOutput::Files(f) => {
             return Ok(Ran {
@@ -345,4 +361,116 @@ fn written_in(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Writes one Core ML variant of the model its export read: the package through
+/// `omnipack_coreml::compress` (int8 / int4 compressed, f16 as it is; always in its
+/// byte-reproducible form), or a single `.mlmodel` file rewritten. The stored weight bytes are
+/// measured on the written model.
+fn run_coreml(
+    ctx: &BuildContext,
+    stage: &Stage,
+    p: &QuantizeParams,
+    source: &CoreMlSource,
+) -> Result<Ran, StageError> {
+    let Some(variant) = &p.coreml else {
+        return Err(StageError::WrongInput {
+            stage: stage.id.clone(),
+            expected: "selected tensors (this quantize stage has no `coreml` parameters)",
+        });
+    };
+    let config = coreml_config(
+        p.format,
+        p.group_size.unwrap_or(GroupSize::DEFAULT.get()),
+        &p.keep,
+    )
+    .map_err(|e| QuantizeError::CoreMlVariant {
+        bundle: p.bundle.clone(),
+        message: e.message,
+    })?;
+    let material = json!({
+        "source": source.key_material,
+        "coreml": variant,
+        "format": p.format.as_str(),
+        "group_size": p.group_size,
+        "keep": p.keep,
+    });
+    let bundle_err = |source| QuantizeError::CoreMl {
+        bundle: p.bundle.clone(),
+        source,
+    };
+    let c = ctx.cached::<_, QuantizeError>(
+        CacheKind::Quantize,
+        &material,
+        |work| {
+            ctx.progress.event(Event::Started {
+                stage: stage.id.clone(),
+                total_bytes: None,
+            });
+            let out = work.join(&variant.output);
+            match source.model.format {
+                ModelFormat::SingleFile => {
+                    let bytes = omnipack_coreml::canonical_model_bytes(&source.model.model_bytes)
+                        .map_err(|e| {
+                        bundle_err(omnipack_coreml::Error::new(
+                            &source.model.path,
+                            omnipack_coreml::ErrorKind::Wire(e),
+                        ))
+                    })?;
+                    omnipack_fs::write_atomic(&out, &bytes).map_err(|e| {
+                        bundle_err(omnipack_coreml::Error::new(
+                            &out,
+                            omnipack_coreml::ErrorKind::Io(e),
+                        ))
+                    })?;
+                }
+                ModelFormat::Package(_) => {
+                    omnipack_coreml::compress(&source.model, &config, &out).map_err(bundle_err)?;
+                }
+            }
+            let written = omnipack_coreml::open(&out).map_err(bundle_err)?;
+            let facts = written.facts().map_err(bundle_err)?;
+            let files = if out.is_dir() {
+                walk_files(&out)
+                    .map_err(|e| {
+                        bundle_err(omnipack_coreml::Error::new(
+                            &out,
+                            omnipack_coreml::ErrorKind::Io(e),
+                        ))
+                    })?
+                    .into_iter()
+                    .map(|f| (format!("{}/{f}", variant.output), None))
+                    .collect()
+            } else {
+                vec![(variant.output.clone(), None)]
+            };
+            Ok(Produced {
+                files,
+                meta: json!({
+                    "weights_bytes": facts.stored_bytes,
+                    "parameters": facts.weights.as_ref().map_or(0, |w| w.parameters),
+                }),
+            })
+        },
+        |entry| {
+            Ok(CoreMlWritten {
+                files: entry
+                    .record
+                    .files
+                    .iter()
+                    .map(|f| StagedFile {
+                        path: f.path.clone(),
+                        abs: entry.file(&f.path),
+                        digest: f.digest(),
+                    })
+                    .collect(),
+                weights_bytes: entry.record.meta["weights_bytes"].as_u64().unwrap_or(0),
+                parameters: entry.record.meta["parameters"].as_u64().unwrap_or(0),
+            })
+        },
+    )?;
+    Ok(Ran {
+        output: StageOutput::CoreMlModel(Arc::new(c.value)),
+        from_cache: c.from_cache,
+    })
 }

@@ -1,5 +1,6 @@
 //! `omnipack inspect PATH`: describe a safetensors file or shard set (tensors, dtypes,
-//! shapes, bytes, the quantization layout it recognises, and the `config.json` next to it).
+//! shapes, bytes, the quantization layout it recognises, and the `config.json` next to it), or
+//! a Core ML model (deployment target, inputs, outputs and states, operations, weights).
 //!
 //! The input kind is detected first ([`FileKind`]) and each kind has its own branch.
 
@@ -16,8 +17,8 @@ use super::CommandResult;
 /// Arguments of `omnipack inspect`.
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// A `.safetensors` file, a `*.safetensors.index.json` shard index, a bundle zip or a
-    /// summary.
+    /// A `.safetensors` file, a `*.safetensors.index.json` shard index, a bundle zip, a
+    /// summary, or a Core ML `.mlpackage` folder or `.mlmodel` file.
     pub path: PathBuf,
 }
 
@@ -32,10 +33,16 @@ pub enum FileKind {
     BundleZip,
     /// `mobile_packager_summary.json` (or a build output folder holding it).
     Summary,
+    /// A Core ML `.mlpackage` folder or `.mlmodel` file.
+    CoreMl,
 }
 
 /// Detects the kind of `path` from its name and first bytes.
 pub fn detect(path: &Path) -> Result<FileKind, String> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+    if ext == "mlpackage" || ext == "mlmodel" {
+        return Ok(FileKind::CoreMl);
+    }
     if path.is_dir() {
         return if path.join("mobile_packager_summary.json").is_file() {
             Ok(FileKind::Summary)
@@ -106,6 +113,7 @@ pub fn run(args: InspectArgs) -> CommandResult {
             &args.path.join(omnipack_summary::SUMMARY_FILE),
         ),
         FileKind::Summary => omnipack_build::verify::describe_summary(&args.path),
+        FileKind::CoreMl => inspect_coreml(&args.path),
     }
     .map_err(|e| miette::miette!("{e}"))?;
     print!("{text}");
@@ -310,6 +318,98 @@ fn inspect_shard_index(path: &Path) -> Result<String, String> {
     }
     config_lines(&mut out, &config);
     tensor_table(&mut out, &rows, &layout);
+    Ok(out)
+}
+
+/// One feature line: `  name  fp16 [1, 4, 1..4096, 32]` (or its type when not an array).
+fn feature_line(f: &omnipack_coreml::Feature, width: usize) -> String {
+    use omnipack_coreml::FeatureKind;
+    let what = match &f.kind {
+        FeatureKind::MultiArray(a) | FeatureKind::State(a) => {
+            format!("{} {}", a.data_type_text(), a.shape_text())
+        }
+        FeatureKind::Image {
+            width,
+            height,
+            color_space,
+        } => format!("image {width}x{height} (color space {color_space})"),
+        other => serde_json::to_value(other)
+            .ok()
+            .and_then(|v| v.get("type").and_then(|t| t.as_str()).map(str::to_string))
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    let optional = if f.optional { " (optional)" } else { "" };
+    format!("  {:<width$}  {what}{optional}\n", f.name)
+}
+
+fn inspect_coreml(path: &Path) -> Result<String, String> {
+    let model = omnipack_coreml::open(path).map_err(|e| e.to_string())?;
+    let facts = model.facts().map_err(|e| e.to_string())?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut out = format!(
+        "{name}: Core ML {} ({}), {} bytes of stored weights ({})\n",
+        facts.format,
+        facts.model_type,
+        facts.stored_bytes,
+        format_bytes(facts.stored_bytes)
+    );
+    out.push_str(&format!("deployment target: {}\n", facts.target()));
+    for (k, v) in &facts.metadata {
+        out.push_str(&format!("metadata: {k}={v}\n"));
+    }
+    let width = facts
+        .inputs
+        .iter()
+        .chain(&facts.outputs)
+        .chain(&facts.states)
+        .map(|f| f.name.len())
+        .max()
+        .unwrap_or(0);
+    for (title, list) in [
+        ("inputs", &facts.inputs),
+        ("outputs", &facts.outputs),
+        ("states", &facts.states),
+    ] {
+        if list.is_empty() && title == "states" {
+            continue;
+        }
+        out.push_str(&format!("{title} ({}):\n", list.len()));
+        for f in list {
+            out.push_str(&feature_line(f, width));
+        }
+    }
+    if !facts.operations.is_empty() {
+        let total: u64 = facts.operations.values().sum();
+        out.push_str(&format!("operations ({total}):\n"));
+        let w = facts.operations.keys().map(String::len).max().unwrap_or(0);
+        for (op, n) in &facts.operations {
+            out.push_str(&format!("  {op:<w$}  {n:>6}\n"));
+        }
+    }
+    if let Some(weights) = &facts.weights {
+        out.push_str(&format!(
+            "weights: {} parameters in {} constants; {} bytes in blobs, {} bytes inline\n",
+            weights.parameters,
+            weights.constants.len(),
+            weights.blob_bytes,
+            weights.inline_bytes
+        ));
+        if !weights.blobs.is_empty() {
+            out.push_str(&format!(
+                "  {:<10}  {:>6}  {:>12}  {:>12}\n",
+                "blob type", "blobs", "bytes", "elements"
+            ));
+            for (t, b) in &weights.blobs {
+                out.push_str(&format!(
+                    "  {t:<10}  {:>6}  {:>12}  {:>12}\n",
+                    b.blobs, b.bytes, b.elements
+                ));
+            }
+        }
+    }
     Ok(out)
 }
 

@@ -1,11 +1,13 @@
 //! `omnipack quantize`: one safetensors file (or shard set) to one quantized file, with the
-//! same layout as in bundles.
+//! same layout as in bundles; or one Core ML `.mlpackage` to its compressed `.mlpackage`
+//! (int8 per channel, int4 per block, bit-exact with coremltools 9.0).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+use omnipack_coreml::{CompressionConfig, CompressionFormat, CompressionPlan, WeightAction};
 use omnipack_quant::{
     Dtype, Method, QuantSpec, SafetensorsFile, SelectedTensor, SourceLayout, TensorInfo, Treatment,
     WeightFormat,
@@ -18,29 +20,37 @@ use super::CommandResult;
 /// Arguments of `omnipack quantize`.
 #[derive(Debug, clap::Args)]
 pub struct QuantizeArgs {
-    /// Input `.safetensors` file, or a `model.safetensors.index.json` shard index.
+    /// Input `.safetensors` file, a `model.safetensors.index.json` shard index, or a Core ML
+    /// `.mlpackage` folder (an ML program).
     pub input: PathBuf,
-    /// Output `.safetensors` file (written to a temporary file and renamed).
-    #[arg(short, long, value_name = "OUT.safetensors")]
+    /// Output `.safetensors` file (written to a temporary file and renamed), or the
+    /// `.mlpackage` folder to create for a Core ML input (it must not exist; written into a
+    /// temporary folder and renamed).
+    #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
-    /// Target format of 2-D `*.weight` tensors.
+    /// Target format of 2-D `*.weight` tensors; for a `.mlpackage`: `int8` (per channel),
+    /// `int4` (per block of `--group-size`) or `f16` (the model as it is, byte-reproducible).
     #[arg(long, value_name = "F", value_parser = ["f32", "f16", "bf16", "int2", "int3", "int4", "int6", "int8", "nf4", "fp4"])]
     pub format: String,
-    /// Group size (MLX affine) or block size (NF4/FP4), along the last axis.
-    #[arg(long, value_name = "G", default_value_t = 64, value_parser = parse_group_size)]
-    pub group_size: u32,
+    /// Group size (MLX affine) or block size (NF4/FP4), along the last axis: 32, 64 or 128
+    /// (default 64). For a `.mlpackage`, int4's block size along each weight's input axis: any
+    /// size dividing that axis (default 64).
+    #[arg(long, value_name = "G", value_parser = parse_group_size)]
+    pub group_size: Option<u32>,
     /// How MLX affine (int2..int8) scales and biases are chosen: `rtn` (bit-exact with
     /// `mx.quantize`) or `mse` (error-minimising, never worse per group; same layout).
     #[arg(long, value_name = "M", default_value = "rtn", value_parser = ["rtn", "mse"])]
     pub method: String,
-    /// Tensor-name glob (`*`, `?`) kept out of quantization; repeatable.
+    /// Tensor-name glob (`*`, `?`) kept out of quantization; repeatable. For a `.mlpackage`,
+    /// matched against weight names (the `const` operation's output name).
     #[arg(long, value_name = "GLOB")]
     pub keep: Vec<String>,
     /// Dtype for kept float tensors (default: each tensor's own dtype).
     #[arg(long, value_name = "D", value_parser = ["f32", "f16", "bf16"])]
     pub keep_dtype: Option<String>,
     /// Print per-tensor quality: RMSE, max abs error, SQNR and relative RMS error against the
-    /// source, as the consumer dequantizes it.
+    /// source, as the consumer dequantizes it. For a `.mlpackage`: every weight, compressed
+    /// (with its operation, scale shape and bytes) or kept (and why).
     #[arg(long)]
     pub report: bool,
     /// For an input that is already quantized (MLX affine, or bitsandbytes 4-bit as omnipack
@@ -79,24 +89,57 @@ fn source(input: &Path) -> Result<(Vec<SelectedTensor>, SourceLayout), miette::R
     Ok((selected, layout))
 }
 
+/// The group size of a safetensors output when `--group-size` is not given.
+const DEFAULT_GROUP_SIZE: u32 = 64;
+
+/// Accepts any positive size here: which sizes apply depends on the input (32, 64 or 128 for
+/// safetensors, checked in [`run`]; any divisor of the input axis for a Core ML int4 block).
 fn parse_group_size(s: &str) -> Result<u32, String> {
     match s.parse::<u32>() {
-        Ok(g @ (32 | 64 | 128)) => Ok(g),
+        Ok(g) if g > 0 => Ok(g),
         _ => Err(format!(
-            "`{s}` is not a supported group size: use 32, 64 or 128"
+            "`{s}` is not a supported group size: use 32, 64 or 128 (any positive block size for a `.mlpackage`)"
         )),
     }
 }
 
+/// A usage error (exit status 2, like clap's own), printed by clap.
+fn usage_error(message: String) -> ! {
+    clap::Error::raw(
+        clap::error::ErrorKind::InvalidValue,
+        format!("{message}\n\nFor more information, try '--help'.\n"),
+    )
+    .exit()
+}
+
+/// Whether `input` is a Core ML model: a folder (a `.mlpackage`) or a `.mlpackage`/`.mlmodel`
+/// path.
+fn is_core_ml(input: &Path) -> bool {
+    input.is_dir()
+        || input.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+            e.eq_ignore_ascii_case("mlpackage") || e.eq_ignore_ascii_case("mlmodel")
+        })
+}
+
 /// Runs `omnipack quantize`.
 pub fn run(args: QuantizeArgs) -> CommandResult {
+    if is_core_ml(&args.input) {
+        return run_core_ml(args);
+    }
+    let group_size = match args.group_size {
+        None => DEFAULT_GROUP_SIZE,
+        Some(g @ (32 | 64 | 128)) => g,
+        Some(g) => usage_error(format!(
+            "error: invalid value '{g}' for '--group-size <G>': `{g}` is not a supported group size: use 32, 64 or 128"
+        )),
+    };
     let format = WeightFormat::parse(&args.format)
         .ok_or_else(|| miette::miette!("unknown format `{}`", args.format))?;
     let method = Method::parse(&args.method)
         .ok_or_else(|| miette::miette!("unknown method `{}`", args.method))?;
     let spec = QuantSpec {
         format,
-        group_size: args.group_size,
+        group_size,
         method,
         keep: args.keep.clone(),
         keep_dtype: args.keep_dtype.as_deref().and_then(Dtype::parse),
@@ -221,4 +264,101 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         ),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `omnipack quantize IN.mlpackage -o OUT.mlpackage --format int8|int4|f16`.
+fn run_core_ml(args: QuantizeArgs) -> CommandResult {
+    let format = match args.format.as_str() {
+        "f16" => CompressionFormat::F16,
+        "int8" => CompressionFormat::Int8,
+        "int4" => CompressionFormat::Int4 {
+            block_size: args.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+        },
+        other => usage_error(format!(
+            "error: invalid value '{other}' for '--format <F>': a Core ML package ({}) is compressed to `int8`, `int4` or `f16`",
+            args.input.display()
+        )),
+    };
+    if args.method != "rtn" {
+        usage_error(format!(
+            "error: invalid value '{}' for '--method <M>': Core ML compression is coremltools' symmetric round-to-nearest (`rtn`)",
+            args.method
+        ));
+    }
+    if args.keep_dtype.is_some() {
+        usage_error(String::from(
+            "error: '--keep-dtype' does not apply to a Core ML package: kept weights stay as they are",
+        ));
+    }
+    if args.group_size.is_some() && format.block_size().is_none() {
+        eprintln!(
+            "note: --group-size applies to int4 (the block size); {} is written without blocks",
+            format.name()
+        );
+    }
+    let config = CompressionConfig {
+        format,
+        keep: args.keep.clone(),
+    };
+    let start = Instant::now();
+    let plan = omnipack_coreml::open(&args.input)
+        .and_then(|model| omnipack_coreml::compress(&model, &config, &args.output))
+        .map_err(|e| miette::miette!("{e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if args.report {
+        print_core_ml_report(&plan);
+    }
+    let op = plan.op.map(|op| op.name()).unwrap_or("no compression op");
+    eprintln!(
+        "wrote {} ({}, {op}, deployment target {}): {} of {} weights compressed, {} parameters, {} bytes of weights, weight.bin {} bytes in {:.2}s",
+        args.output.display(),
+        match format {
+            CompressionFormat::Int4 { block_size } => format!("int4 g{block_size}"),
+            other => other.name().to_string(),
+        },
+        plan.deployment_target,
+        plan.compressed_count(),
+        plan.weights.len(),
+        plan.parameters,
+        plan.weights_bytes,
+        plan.weight_bin_bytes,
+        secs
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per weight of the plan: compressed (operation, scale shape, bytes) or kept (why).
+fn print_core_ml_report(plan: &CompressionPlan) {
+    let name_w = plan
+        .weights
+        .iter()
+        .map(|w| w.name.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    println!(
+        "{:<name_w$}  {:>14}  {:>5}  outcome",
+        "weight", "shape", "dtype"
+    );
+    for w in &plan.weights {
+        let shape: Vec<String> = w.shape.iter().map(|d| d.to_string()).collect();
+        let outcome = match &w.action {
+            WeightAction::Compressed(c) => {
+                let scale: Vec<String> = c.scale_shape.iter().map(|d| d.to_string()).collect();
+                format!(
+                    "{} scale [{}], {} bytes",
+                    c.op.name(),
+                    scale.join(", "),
+                    c.data_bytes + c.scale_bytes + c.zero_point_bytes
+                )
+            }
+            WeightAction::Kept(reason) => format!("kept: {reason}"),
+        };
+        println!(
+            "{:<name_w$}  {:>14}  {:>5}  {outcome}",
+            w.name,
+            shape.join("x"),
+            w.data_type
+        );
+    }
 }

@@ -18,7 +18,11 @@ pub(crate) fn check(
     let written = &component.written;
     let name = &written.name;
     let role = written.role;
-    if role == Role::TextDecodeStep && written.architecture.is_none() {
+    // A Core ML decode step read from `source.mlpackage` has its architecture read from the
+    // model (the Core ML rules check it).
+    let from_model =
+        written.source.mlpackage.is_some() && component.resolved.runtime == Runtime::Coreml;
+    if role == Role::TextDecodeStep && written.architecture.is_none() && !from_model {
         out.push(
             locator
                 .at(&at.key("role"), Severity::Error, format!("component `{name}`: a `{role}` needs `architecture`"))

@@ -21,7 +21,7 @@ pub(crate) struct FileProblem {
 }
 
 impl FileProblem {
-    fn new(message: String, help: impl Into<String>) -> Self {
+    pub(crate) fn new(message: String, help: impl Into<String>) -> Self {
         FileProblem {
             message,
             help: help.into(),

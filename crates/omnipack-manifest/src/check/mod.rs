@@ -4,15 +4,16 @@
 //!    accepts but the Rust types cannot hold), on the merged tree;
 //! 2. the semantic rules no schema can express, one module per part of the manifest
 //!    ([`identity`], [`tiers`], [`sources`], [`exporter`], [`components`], [`kv_cache`],
-//!    [`quantization`]; [`files`] reads what the manifest names on disk). They read the typed
+//!    [`quantization`], [`coreml`]; [`files`] reads what the manifest names on disk). They read the typed
 //!    manifest ([`typed`]), never the raw tree: tier by tier and component by component, so
 //!    that a broken item does not hide the problems of the others.
 //!
 //! Diagnostics are located with [`Locator`]; the caller sorts them into reading order.
 
 mod components;
+mod coreml;
 mod exporter;
-mod files;
+pub(crate) mod files;
 mod identity;
 mod kv_cache;
 mod quantization;
@@ -30,6 +31,8 @@ use serde_json::Value;
 use crate::diagnostic::Diagnostic;
 use crate::locate::{Locator, ManifestPath};
 use crate::model::Manifest;
+
+pub use coreml::compression_format;
 
 /// What validation found.
 pub(crate) struct Validation {
@@ -63,6 +66,7 @@ pub(crate) fn validate(locator: &Locator<'_>, json: &Value, dir: &Path) -> Valid
         components::check(component, &at, locator, out);
         kv_cache::check(&manifest, component, &at, locator, out);
         quantization::check(&manifest, component, &at, locator, out);
+        coreml::check(&manifest, component, &at, dir, locator, out);
     }
     Validation {
         diagnostics,

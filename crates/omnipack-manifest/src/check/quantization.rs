@@ -213,6 +213,9 @@ fn format_list(
     // memory model): only omnipack's own native layouts are limited to the runtimes that
     // load them.
     let exporter = component.written.source.command.is_some();
+    // A Core ML model omnipack reads itself is compressed natively to int8 or int4 (the Core
+    // ML rules check its deployment target).
+    let coreml_model = component.written.source.mlpackage.is_some() && runtime == Runtime::Coreml;
     let items: Vec<(Option<usize>, Format)> = match formats {
         OneOrMany::One(f) => vec![(None, *f)],
         OneOrMany::Many(list) => list
@@ -238,7 +241,8 @@ fn format_list(
         seen.push(format);
         let loaders = native_runtimes(format);
         let exported = exporter && format.affine_bits().is_some();
-        if loaders.contains(&runtime) || exported {
+        let coreml_native = coreml_model && matches!(format, Format::Int8 | Format::Int4);
+        if loaders.contains(&runtime) || exported || coreml_native {
             continue;
         }
         let loaders: Vec<&str> = loaders.iter().map(|r| r.as_str()).collect();
@@ -250,6 +254,8 @@ fn format_list(
             .collect();
         let exporter_hint = if format == Format::Nf4 {
             ""
+        } else if runtime == Runtime::Coreml && matches!(format, Format::Int8 | Format::Int4) {
+            ", or give the Core ML model as `source.mlpackage`: omnipack compresses it to int8 or int4 itself"
         } else {
             ", or produce the weights with an exporter (`source.command`), which receives the format as `{format}`"
         };

@@ -1,4 +1,5 @@
-//! Source rules: exactly one kind of source; `prefix` and `config` only with `safetensors`; the
+//! Source rules: exactly one kind of source (a `source.mlpackage` model is read by the Core ML
+//! rules); `prefix` and `config` only with `safetensors`; the
 //! config agrees with `architecture`; shards and files exist (and files do not share a name).
 
 use std::path::Path;
@@ -111,6 +112,7 @@ fn one_kind(
 ) {
     let kinds: Vec<&str> = [
         ("safetensors", source.safetensors.is_some()),
+        ("mlpackage", source.mlpackage.is_some()),
         ("command", source.command.is_some()),
         ("files", source.files.is_some()),
     ]
@@ -121,7 +123,7 @@ fn one_kind(
     match kinds.as_slice() {
         [] => out.push(
             locator
-                .at(at, Severity::Error, format!("component `{name}`: `source` needs one of `safetensors`, `command` or `files`"))
+                .at(at, Severity::Error, format!("component `{name}`: `source` needs one of `safetensors`, `mlpackage`, `command` or `files`"))
                 .with_label("no source given")
                 .with_help("for example `source: { safetensors: model.safetensors, prefix: text. }`"),
         ),
@@ -134,7 +136,7 @@ fn one_kind(
                     format!("component `{name}`: `source` has both `{first}` and `{second}`"),
                 )
                 .with_label("second source")
-                .with_help("give exactly one of `safetensors`, `command` or `files`"),
+                .with_help("give exactly one of `safetensors`, `mlpackage`, `command` or `files`"),
         ),
     }
 }
