@@ -44,5 +44,5 @@ pub use resolved::{
 pub use schema::{manifest_schema, manifest_schema_json};
 pub use units::{
     ByteSize, Duration, counted, counted_as, format_bytes, format_mib, format_signed_bytes,
-    printable,
+    parse_size, printable,
 };
