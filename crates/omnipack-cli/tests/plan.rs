@@ -22,6 +22,17 @@ fn human_table_for_a_fitting_manifest() {
 }
 
 #[test]
+fn text_is_the_format_word_and_human_its_alias() {
+    let (code, default, _) = plan(&["tiny.yaml"]);
+    assert_eq!(code, 0);
+    for word in ["text", "human"] {
+        let (code, stdout, stderr) = plan(&["tiny.yaml", "--format", word]);
+        assert_eq!(code, 0, "{word}: {stderr}");
+        assert_eq!(stdout, default, "--format {word}");
+    }
+}
+
+#[test]
 fn essential_bundles_used_by_some_tiers_are_warned_about() {
     let (code, _stdout, stderr) = plan(&["tiny.yaml"]);
     assert_eq!(code, 0);
@@ -121,4 +132,12 @@ fn same_input_same_output() {
     let a = plan(&["tiny.yaml", "--format", "json"]);
     let b = plan(&["tiny.yaml", "--format", "json"]);
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_lone_hint_has_no_bullet() {
+    let (code, _stdout, stderr) = plan(&["tiny.yaml", "--tier", "nope"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("help: valid tiers: "), "{stderr}");
+    assert!(!stderr.contains("help: -"), "{stderr}");
 }

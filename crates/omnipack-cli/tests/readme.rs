@@ -68,3 +68,22 @@ fn quick_start_commands_are_documented_and_run_by_ci() {
     assert!(ci.contains("cargo test --workspace"));
     assert!(root().join("manifests/iphone-3gb.yaml").is_file());
 }
+
+#[test]
+fn broken_manifest_count_is_the_real_one() {
+    let count = std::fs::read_dir(root().join("manifests/errors"))
+        .expect("manifests/errors is readable")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        })
+        .count();
+    let said = format!("{count} broken manifests");
+    for doc in ["README.md", "docs/manifest.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).expect("the doc is readable");
+        assert!(
+            text.contains(&said),
+            "{doc} must say `{said}` (the files in manifests/errors/)"
+        );
+    }
+}

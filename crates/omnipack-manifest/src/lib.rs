@@ -42,4 +42,7 @@ pub use resolved::{
     ResolvedManifest, ResolvedQuantization, ResolvedSource, ResolvedTier, resolve,
 };
 pub use schema::{manifest_schema, manifest_schema_json};
-pub use units::{ByteSize, Duration, format_bytes, format_mib, format_signed_bytes, printable};
+pub use units::{
+    ByteSize, Duration, counted, counted_as, format_bytes, format_mib, format_signed_bytes,
+    parse_size, printable,
+};

@@ -226,6 +226,7 @@ pub fn resolve(m: &Manifest) -> ResolvedManifest {
             name: String::new(),
             version: String::new(),
             bundle_id: String::new(),
+            asset_pack_prefix: None,
         }),
         runtime_overhead: m.runtime_overhead.map(|b| b.bytes()).unwrap_or(0),
         tiers,
@@ -236,7 +237,9 @@ pub fn resolve(m: &Manifest) -> ResolvedManifest {
 fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
     let (delivery, residency) = match c.role {
         Role::TextDecodeStep | Role::Data => (Delivery::Essential, Residency::Always),
-        Role::ImageDecoder | Role::VideoDecoder => (Delivery::OnDemand, Residency::Lazy),
+        Role::ImageDecoder | Role::VideoDecoder | Role::ImageEncoder | Role::AudioEncoder => {
+            (Delivery::OnDemand, Residency::Lazy)
+        }
     };
     let q = c.quantization.as_ref();
     let formats = q

@@ -116,6 +116,19 @@ pub fn format_mib(n: i128) -> String {
     format!("{:.2}", n as f64 / (1u64 << 20) as f64)
 }
 
+/// A count with its noun in the right number: `counted(1, "error")` is `1 error`,
+/// `counted(2, "error")` is `2 errors`. Nouns whose plural is not `<noun>s` go through
+/// [`counted_as`].
+pub fn counted(n: usize, noun: &str) -> String {
+    counted_as(n, noun, &format!("{noun}s"))
+}
+
+/// A count with the singular or the plural noun given: `counted_as(2, "mismatch",
+/// "mismatches")` is `2 mismatches`.
+pub fn counted_as(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Human form of a signed byte count (negative headroom).
 pub fn format_signed_bytes(n: i64) -> String {
     if n < 0 {
@@ -284,6 +297,15 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_right_number() {
+        assert_eq!(counted(0, "error"), "0 errors");
+        assert_eq!(counted(1, "error"), "1 error");
+        assert_eq!(counted(2, "file"), "2 files");
+        assert_eq!(counted_as(1, "mismatch", "mismatches"), "1 mismatch");
+        assert_eq!(counted_as(3, "mismatch", "mismatches"), "3 mismatches");
+    }
 
     #[test]
     fn printable_escapes_terminal_controls() {

@@ -51,6 +51,7 @@ pub fn with_measured_sizes(plan: &Plan, measured: &BTreeMap<String, u64>) -> Pla
         m.headroom_bytes = (t.entry.memory_limit_bytes as i128 - m.peak_bytes as i128)
             .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         t.entry.fits = memory::fits(&m, t.entry.memory_limit_bytes);
+        t.entry.required_bytes = memory::required_bytes(&m);
         t.entry.memory = m;
     }
     out

@@ -205,7 +205,13 @@ pub fn breakdown(
 
 /// A tier fits when `peak + min_headroom <= memory_limit`.
 pub fn fits(m: &MemoryBreakdown, memory_limit: u64) -> bool {
-    m.peak_bytes.saturating_add(m.min_headroom_bytes) <= memory_limit
+    required_bytes(m) <= memory_limit
+}
+
+/// The memory a tier needs from the device: `peak_bytes + min_headroom_bytes` (the number an
+/// app compares with its process limit).
+pub fn required_bytes(m: &MemoryBreakdown) -> u64 {
+    m.peak_bytes.saturating_add(m.min_headroom_bytes)
 }
 
 #[cfg(test)]

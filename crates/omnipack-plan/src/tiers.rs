@@ -7,6 +7,7 @@ use omnipack_summary::{KvCacheInfo, MemoryBreakdown, PagingInfo, TierEntry};
 
 use crate::bundles::ChosenBundles;
 use crate::diag::PlanDiagnostic;
+use crate::memory;
 use crate::model::{PlanWarning, StepUpCost, TierPlan, VariantChoice};
 use crate::sizing::ComponentSizer;
 use crate::suggestions::does_not_fit;
@@ -48,6 +49,7 @@ pub(crate) fn tier_plans(
                 memory_limit_bytes: tier.memory_limit,
                 bundles: load_order(&r.model, ids),
                 kv_cache: kv_cache_info(m, &r.model),
+                required_bytes: memory::required_bytes(&memory),
                 memory,
                 fits: r.outcome.fits,
             },
@@ -84,7 +86,7 @@ fn kv_cache_info(m: &ResolvedManifest, model: &TierModel) -> Option<KvCacheInfo>
             let c = &m.components[tc.index];
             KvCacheInfo {
                 tokens: tc.kv_tokens.unwrap_or(0),
-                format: c.kv_cache.format.as_str().to_string(),
+                format: c.kv_cache.format,
                 paging: c.kv_cache.paging.map(|p: Paging| PagingInfo {
                     page_len: p.page_len,
                     resident_pages: p.resident_pages,
