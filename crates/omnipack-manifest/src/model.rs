@@ -226,8 +226,10 @@ pub struct Component {
     /// Memory policy. Default: `always` for text and data, `lazy` for decoders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residency: Option<Residency>,
-    /// Activation memory while it runs. Default for a decode step:
-    /// `4 * (vocab_size + 16 * hidden_size)` bytes; otherwise `0`.
+    /// Activation memory while it runs (per decode step for a text decode step). Default for a
+    /// decode step, with a plan warning: `4 * vocab_size + layers * (4 * heads * T + 32 *
+    /// hidden_size)` bytes for the tier's context `T`, `heads = max(1, hidden_size /
+    /// kv_head_dim)`, a floor rather than a measurement; otherwise `0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_memory: Option<ByteSize>,
     /// Override of the memory model: the bytes this component keeps resident once loaded.

@@ -34,7 +34,7 @@ pub fn with_measured_sizes(plan: &Plan, measured: &BTreeMap<String, u64>) -> Pla
             loads.push(ComponentLoad {
                 always: c.residency == Residency::Always,
                 resident_bytes: b.resident_bytes,
-                activation_bytes: memory::activation_bytes(c),
+                activation_bytes: choice.activation_bytes,
                 kv_cache_bytes: 0,
             });
         }

@@ -163,6 +163,11 @@ pub struct VariantChoice {
     pub format: Format,
     /// Position of the format in the component's preference list (0 = best).
     pub preference_rank: usize,
+    /// Activation bytes the component counts on this tier.
+    pub activation_bytes: u64,
+    /// Where they come from: `manifest` (`activation_memory`), `default` (the decode-step
+    /// default for the tier's context, with a warning) or `none`.
+    pub activation_source: String,
 }
 
 /// A planning warning, located in the manifest when possible.
