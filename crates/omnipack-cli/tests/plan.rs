@@ -49,6 +49,15 @@ fn a_tier_that_does_not_fit_fails_at_its_memory_limit() {
 }
 
 #[test]
+fn a_manifest_in_decimal_units_gets_sizes_in_decimal_units() {
+    let (code, _, stderr) = plan(&["nofit-decimal.yaml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("exceeds memory_limit 12.00 MB"), "{stderr}");
+    assert!(!stderr.contains("MiB"), "{stderr}");
+    insta::assert_snapshot!("nofit_decimal_diagnostic", stderr);
+}
+
+#[test]
 fn json_tiers_have_the_summary_field_names() {
     let (code, stdout, _) = plan(&["tiny.yaml", "--format", "json"]);
     assert_eq!(code, 0);

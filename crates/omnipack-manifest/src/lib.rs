@@ -43,6 +43,6 @@ pub use resolved::{
 };
 pub use schema::{manifest_schema, manifest_schema_json};
 pub use units::{
-    ByteSize, Duration, counted, counted_as, format_bytes, format_mib, format_signed_bytes,
-    parse_size, printable,
+    ByteSize, Duration, SizeUnits, counted, counted_as, format_bytes, format_mib,
+    format_signed_bytes, parse_size, printable,
 };

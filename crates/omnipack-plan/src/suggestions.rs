@@ -3,7 +3,7 @@
 
 use omnipack_manifest::{
     Format, KvFormat, Paging, ResolvedComponent, ResolvedManifest, ResolvedTier, Role, Runtime,
-    format_bytes,
+    SizeUnits,
 };
 use omnipack_summary::MemoryBreakdown;
 
@@ -26,23 +26,24 @@ pub(crate) fn does_not_fit(
     let tier = &m.tiers[ti];
     let need = mem.peak_bytes.saturating_add(mem.min_headroom_bytes);
     let over = need.saturating_sub(tier.memory_limit);
+    let units = m.size_units;
     let mut d = PlanDiagnostic::new(
         Some(format!("tiers[{ti}].memory_limit")),
         format!(
             "tier `{}` does not fit: peak {}{} exceeds memory_limit {} by {}",
             tier.name,
-            format_bytes(mem.peak_bytes),
+            units.format(mem.peak_bytes),
             if mem.min_headroom_bytes > 0 {
-                format!(" + min_headroom {}", format_bytes(mem.min_headroom_bytes))
+                format!(" + min_headroom {}", units.format(mem.min_headroom_bytes))
             } else {
                 String::new()
             },
-            format_bytes(tier.memory_limit),
-            mib_and_bytes(over),
+            units.format(tier.memory_limit),
+            size_and_bytes(units, over),
         ),
     );
     d.notes.push(smallest_plan_line(m, model, ranks));
-    d.notes.extend(breakdown_lines(mem));
+    d.notes.extend(breakdown_lines(units, mem));
     let s = Suggester {
         m,
         sizers,
@@ -56,8 +57,8 @@ pub(crate) fn does_not_fit(
     d
 }
 
-fn mib_and_bytes(n: u64) -> String {
-    format!("{} ({n} bytes)", format_bytes(n))
+fn size_and_bytes(units: SizeUnits, n: u64) -> String {
+    format!("{} ({n} bytes)", units.format(n))
 }
 
 /// `smallest plan found: text int4-g64, image_decoder int8-g64`.
@@ -78,7 +79,7 @@ fn smallest_plan_line(m: &ResolvedManifest, model: &TierModel, ranks: &[usize]) 
     format!("smallest plan found: {}", chosen.join(", "))
 }
 
-fn breakdown_lines(mem: &MemoryBreakdown) -> Vec<String> {
+fn breakdown_lines(units: SizeUnits, mem: &MemoryBreakdown) -> Vec<String> {
     [
         ("runtime_overhead_bytes", mem.runtime_overhead_bytes),
         ("weights_resident_bytes", mem.weights_resident_bytes),
@@ -88,7 +89,7 @@ fn breakdown_lines(mem: &MemoryBreakdown) -> Vec<String> {
         ("peak_bytes", mem.peak_bytes),
     ]
     .into_iter()
-    .map(|(name, v)| format!("{name:<24} {v:>14}  {}", format_bytes(v)))
+    .map(|(name, v)| format!("{name:<24} {v:>14}  {}", units.format(v)))
     .collect()
 }
 
@@ -105,6 +106,17 @@ struct Suggester<'a> {
 }
 
 impl Suggester<'_> {
+    /// A byte count in the manifest's units, rounded to two decimals: `18.00 MiB`.
+    fn size(&self, n: u64) -> String {
+        self.m.size_units.format(n)
+    }
+
+    /// A byte count as a value the manifest takes, in its units, rounded down (a suggested
+    /// limit never exceeds what fits): `17.99 MiB`, or plain bytes below 1 KiB.
+    fn size_floor(&self, n: u64) -> String {
+        self.m.size_units.format_floor(n)
+    }
+
     /// Every suggestion, ranked by the bytes it saves (largest first): per decode step a
     /// smaller KV format and fewer tokens; per component a smaller weight format (said to
     /// widen the component's list) and `cpu_and_ne` for Core ML; dropping a lazy component
@@ -159,7 +171,7 @@ impl Suggester<'_> {
                         "leave lazy `{}` out of tier `{}` (its `components`) saves {} ({})",
                         self.m.components[tc.index].name,
                         self.tier.name,
-                        size(saved),
+                        self.size(saved),
                         self.verdict(saved)
                     ),
                 ));
@@ -176,7 +188,7 @@ impl Suggester<'_> {
                 continue;
             }
             let name = &self.m.components[tc.index].name;
-            let target = size_floor(act.saturating_sub(self.over));
+            let target = self.size_floor(act.saturating_sub(self.over));
             let t = parse_back(&target);
             let saved = self.mem.peak_bytes - self.peak_with(k, &|c| c.activation_bytes = t);
             if saved >= self.over {
@@ -184,8 +196,8 @@ impl Suggester<'_> {
                     saved,
                     format!(
                         "`activation_memory: {target}` for `{name}` (from {}) saves {} (enough on its own), if its runtime really needs no more: measure it",
-                        size(act),
-                        size(saved)
+                        self.size(act),
+                        self.size(saved)
                     ),
                 ));
             } else {
@@ -195,8 +207,8 @@ impl Suggester<'_> {
                         saved,
                         format!(
                             "`activation_memory` of `{name}` is {}: even 0 would save only {} (not enough on its own)",
-                            size(act),
-                            size(saved)
+                            self.size(act),
+                            self.size(saved)
                         ),
                     ));
                 }
@@ -211,14 +223,14 @@ impl Suggester<'_> {
             return;
         }
         if rt >= self.over {
-            let target = size_floor(rt - self.over);
+            let target = self.size_floor(rt - self.over);
             let saved = rt - parse_back(&target);
             out.push((
                 saved,
                 format!(
                     "`runtime_overhead: {target}` (from {}) saves {} (enough on its own), if the app and runtime really start that small: measure them on the device",
-                    size(rt),
-                    size(saved)
+                    self.size(rt),
+                    self.size(saved)
                 ),
             ));
         } else {
@@ -226,7 +238,7 @@ impl Suggester<'_> {
                 rt,
                 format!(
                     "`runtime_overhead` is {}: even 0 would save only that (not enough on its own)",
-                    size(rt)
+                    self.size(rt)
                 ),
             ));
         }
@@ -296,7 +308,7 @@ impl Suggester<'_> {
                     format!(
                         "`kv_cache.format: {f}` for `{}` saves {} ({})",
                         c.name,
-                        size(saved),
+                        self.size(saved),
                         self.verdict(saved)
                     ),
                 ));
@@ -343,7 +355,7 @@ impl Suggester<'_> {
                             "`kv_cache.paging.resident_pages: {pages}` for `{}` ({} resident tokens) saves {} ({})",
                             c.name,
                             t2,
-                            size(saved),
+                            self.size(saved),
                             self.verdict(saved)
                         ),
                     ));
@@ -358,7 +370,7 @@ impl Suggester<'_> {
                         format!(
                             "`max_seq_len: {target}` on tier `{}` saves {} ({}); or page the cache with `kv_cache.paging` on `{}`",
                             self.tier.name,
-                            size(saved),
+                            self.size(saved),
                             self.verdict(saved),
                             c.name
                         ),
@@ -395,7 +407,7 @@ impl Suggester<'_> {
                     format!(
                         "adding `{f}` to `{site}` of `{}` (it widens the formats the planner may choose) saves {} ({})",
                         c.name,
-                        size(saved),
+                        self.size(saved),
                         self.verdict(saved)
                     ),
                 ));
@@ -415,7 +427,7 @@ impl Suggester<'_> {
                         format!(
                             "`compute_units: cpu_and_ne` for `{}` keeps its weights compressed: saves {} ({})",
                             c.name,
-                            size(saved),
+                            self.size(saved),
                             self.verdict(saved)
                         ),
                     ));
@@ -477,7 +489,7 @@ impl Suggester<'_> {
             .saturating_sub(combined.breakdown(self.ranks).peak_bytes);
         Some(format!(
             "all of the above together (the smallest KV format, fewer tokens, the smaller weight formats) save {}: {}",
-            mib_and_bytes(saved),
+            size_and_bytes(self.m.size_units, saved),
             if saved >= self.over {
                 "enough"
             } else {
@@ -489,13 +501,13 @@ impl Suggester<'_> {
     fn smaller_min_headroom(&self, out: &mut Vec<(u64, String)>) {
         let mem = self.mem;
         if mem.min_headroom_bytes >= self.over && mem.min_headroom_bytes > 0 {
-            let target = size_floor(mem.min_headroom_bytes - self.over);
+            let target = self.size_floor(mem.min_headroom_bytes - self.over);
             out.push((
                 mem.min_headroom_bytes - parse_back(&target),
                 format!(
                     "`min_headroom: {target}` on tier `{}` (from {}) would fit, with less safety margin",
                     self.tier.name,
-                    size(mem.min_headroom_bytes)
+                    self.size(mem.min_headroom_bytes)
                 ),
             ));
         }
@@ -509,7 +521,7 @@ impl Suggester<'_> {
         format!(
             "raise `memory_limit` of tier `{}` to at least {} ({need} bytes), for devices that allow it",
             self.tier.name,
-            format_bytes(need)
+            self.size(need)
         )
     }
 }
@@ -520,30 +532,7 @@ fn rank_by_saving(mut suggestions: Vec<(u64, String)>) -> Vec<String> {
     suggestions.into_iter().map(|(_, line)| line).collect()
 }
 
-/// A byte count as a size a manifest takes, rounded to two decimals: `18.00 MiB`.
-fn size(n: u64) -> String {
-    format_bytes(n)
-}
-
-/// A byte count as a size a manifest takes, rounded down (a suggested limit never exceeds
-/// what fits): `17.99 MiB`, or plain bytes below 1 KiB.
-fn size_floor(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
-    for (name, unit) in UNITS {
-        if n >= unit {
-            let hundredths = (n as u128 * 100) / unit as u128;
-            return format!("{}.{:02} {name}", hundredths / 100, hundredths % 100);
-        }
-    }
-    n.to_string()
-}
-
-/// The bytes of a size written by [`size_floor`].
+/// The bytes of a size written by [`SizeUnits::format_floor`].
 fn parse_back(text: &str) -> u64 {
     omnipack_manifest::parse_size(text).unwrap_or(0)
 }
@@ -575,14 +564,38 @@ mod tests {
 
     #[test]
     fn suggested_sizes_round_down_and_parse_back() {
-        assert_eq!(size_floor(18_868_480), "17.99 MiB");
-        assert!(parse_back(&size_floor(18_868_480)) <= 18_868_480);
-        assert_eq!(size_floor(64 << 20), "64.00 MiB");
+        let floor = |n| SizeUnits::Binary.format_floor(n);
+        assert_eq!(floor(18_868_480), "17.99 MiB");
+        assert!(parse_back(&floor(18_868_480)) <= 18_868_480);
+        assert_eq!(floor(64 << 20), "64.00 MiB");
         assert_eq!(parse_back("64.00 MiB"), 64 << 20);
-        assert_eq!(size_floor(1000), "1000");
-        for n in [1u64, 1023, 1024, 123_456_789, 5 << 30] {
-            let back = parse_back(&size_floor(n));
-            assert!(back <= n && n - back <= n / 100 + 1, "{n} -> {back}");
+        assert_eq!(floor(1000), "1000");
+        for units in [SizeUnits::Binary, SizeUnits::Decimal] {
+            for n in [1u64, 999, 1023, 1024, 123_456_789, 5 << 30] {
+                let back = parse_back(&units.format_floor(n));
+                assert!(
+                    back <= n && n - back <= n / 100 + 1,
+                    "{units:?} {n} -> {back}"
+                );
+            }
         }
+        // A manifest written in decimal units gets decimal suggestions.
+        assert_eq!(SizeUnits::Decimal.format_floor(18_868_480), "18.86 MB");
+        assert_eq!(SizeUnits::Decimal.format(18_868_480), "18.87 MB");
+    }
+
+    #[test]
+    fn the_manifests_units_are_those_most_of_its_sizes_are_whole_in() {
+        assert_eq!(
+            SizeUnits::of([300 << 20, 3 << 30, 64 << 20]),
+            SizeUnits::Binary
+        );
+        assert_eq!(
+            SizeUnits::of([300_000_000, 3_000_000_000, 64_000_000]),
+            SizeUnits::Decimal
+        );
+        // 1.4 GiB is whole in neither; ties stay binary.
+        assert_eq!(SizeUnits::of([1_503_238_553]), SizeUnits::Binary);
+        assert_eq!(SizeUnits::of([1 << 20, 1_000_000]), SizeUnits::Binary);
     }
 }

@@ -78,7 +78,7 @@ fn default_activation_warnings(
             if tc.activation_source == memory::ActivationSource::Default {
                 per_component.entry(tc.index).or_default().push(format!(
                     "{} at {} tokens on tier `{}`",
-                    format_bytes(tc.activation_bytes),
+                    m.size_units.format(tc.activation_bytes),
                     tc.kv_tokens.unwrap_or(0),
                     m.tiers[ti].name
                 ));
