@@ -98,6 +98,39 @@ fn init_of_a_folder_finds_its_checkpoint_and_prints_with_out_dash() {
 }
 
 #[test]
+fn init_of_a_shard_index_lists_its_shards_and_validates() {
+    let d = checkpoint_folder();
+    let header = fs::read(d.path().join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(header[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&header[8..8 + n]).unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = h
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| (k.clone(), "model.safetensors".into()))
+        .collect();
+    fs::write(
+        d.path().join("model.safetensors.index.json"),
+        serde_json::json!({ "weight_map": map }).to_string(),
+    )
+    .unwrap();
+    // The folder's index is preferred over its single file.
+    let o = omnipack_in(d.path(), &["init", "."]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("model.safetensors.index.json"),
+        "{}",
+        text(&o)
+    );
+    // `source.safetensors` names the shards, not the index.
+    let m = fs::read_to_string(d.path().join("omnipack.yaml")).unwrap();
+    assert!(m.contains("safetensors: \"model.safetensors\""), "{m}");
+    let v = omnipack_in(d.path(), &["validate", "omnipack.yaml"]);
+    assert!(v.status.success(), "{}\n{m}", text(&v));
+}
+
+#[test]
 fn init_without_out_writes_omnipack_yaml_and_never_replaces_a_file() {
     let d = checkpoint_folder();
     let first = omnipack_in(d.path(), &["init", "model.safetensors"]);

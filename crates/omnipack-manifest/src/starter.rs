@@ -340,8 +340,9 @@ fn guess_architecture(
 pub struct StarterOptions<'a> {
     /// Package name (`[a-z0-9][a-z0-9_-]*`).
     pub package_name: String,
-    /// The checkpoint as written in `source.safetensors` (relative to the manifest, `/`).
-    pub checkpoint: &'a str,
+    /// The checkpoint's files (one, or the shards a shard index names) as written in
+    /// `source.safetensors` (relative to the manifest, `/`).
+    pub shards: &'a [String],
     /// Its file name, for the header comment.
     pub checkpoint_name: &'a str,
     /// `source.config` of the decode step (relative to the manifest), when a config was found.
@@ -436,11 +437,20 @@ pub fn render_manifest(components: &[ComponentGuess], o: &StarterOptions) -> Str
             );
         }
         commented(&mut s, "    source:", "where the weights come from");
-        commented(
-            &mut s,
-            &format!("      safetensors: {}", quoted(o.checkpoint)),
-            "a file or a shard index, relative to this file",
-        );
+        let (value, what) = match o.shards {
+            [one] => (quoted(one), "the checkpoint, relative to this file"),
+            many => (
+                format!(
+                    "[{}]",
+                    many.iter()
+                        .map(|p| quoted(p))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "the shards of the checkpoint's index, relative to this file",
+            ),
+        };
+        commented(&mut s, &format!("      safetensors: {value}"), what);
         if let Some(p) = &c.prefix {
             commented(
                 &mut s,

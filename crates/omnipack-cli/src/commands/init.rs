@@ -71,7 +71,10 @@ pub fn run(args: InitArgs) -> CommandResult {
         parent_or_dot(&args.out).to_path_buf()
     };
     let rel = |p: &Path| slash(&relative_to(p, &manifest_dir));
-    let checkpoint_rel = rel(&checkpoint);
+    // `source.safetensors` takes the shard files themselves, not the index.
+    let shard_files =
+        omnipack_quant::resolve_shards(&checkpoint).map_err(|e| miette::miette!("{e}"))?;
+    let shards_rel: Vec<String> = shard_files.iter().map(|p| rel(p)).collect();
     let config_rel = config_path.as_deref().map(rel);
     let checkpoint_name = checkpoint
         .file_name()
@@ -79,7 +82,7 @@ pub fn run(args: InitArgs) -> CommandResult {
         .unwrap_or_default();
     let options = StarterOptions {
         package_name: package_name(&checkpoint),
-        checkpoint: &checkpoint_rel,
+        shards: &shards_rel,
         checkpoint_name: &checkpoint_name,
         config: config_rel.as_deref(),
         max_position_embeddings: config
