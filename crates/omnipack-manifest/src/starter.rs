@@ -676,6 +676,44 @@ mod tests {
     }
 
     #[test]
+    fn the_manifest_lists_shards_and_keeps_a_quantized_checkpoint_format() {
+        let c = guess_components(&llm("", 2, 64), None).unwrap();
+        let shards = [
+            "ckpt/a.safetensors".to_string(),
+            "ckpt/b.safetensors".into(),
+        ];
+        let text = render_manifest(
+            &c,
+            &StarterOptions {
+                package_name: "my_model".into(),
+                shards: &shards,
+                checkpoint_name: "model.safetensors.index.json",
+                config: None,
+                max_position_embeddings: None,
+                source_format: Some(("int4".into(), 64)),
+            },
+        );
+        assert!(
+            text.starts_with("# yaml-language-server: $schema="),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"safetensors: ["ckpt/a.safetensors", "ckpt/b.safetensors"]"#),
+            "{text}"
+        );
+        assert!(text.contains("bundle_id: com.example.my-model "), "{text}");
+        assert!(
+            text.contains("format: int4 ") && text.contains("group_size: 64 "),
+            "{text}"
+        );
+        assert!(
+            !text.contains("config:") && !text.contains("prefix:"),
+            "{text}"
+        );
+        assert!(text.contains("#   kv_head_dim 64: guessed"), "{text}");
+    }
+
+    #[test]
     fn names_are_sanitised() {
         assert_eq!(component_name("Vision.Tower"), "vision_tower");
         assert_eq!(component_name("_x"), "x");
