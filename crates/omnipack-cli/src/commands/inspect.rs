@@ -93,7 +93,7 @@ pub fn detect(path: &Path) -> Result<FileKind, String> {
 
 /// Whether a file of `len` bytes starting with `head` can be safetensors: an 8-byte
 /// little-endian header length that fits in the file, then the header's `{`.
-fn looks_like_safetensors(head: &[u8], len: u64) -> bool {
+pub(crate) fn looks_like_safetensors(head: &[u8], len: u64) -> bool {
     let Some(size) = head.get(..8) else {
         return false;
     };
