@@ -99,9 +99,9 @@ pub fn run(args: InitArgs) -> CommandResult {
     write_new(&args.out, text.as_bytes())
         .map_err(|e| miette::miette!("{}: {e}", args.out.display()))?;
     let mut report = format!(
-        "wrote {}: {} component(s) from {}, tiers iphone-3gb and iphone-6gb\n",
+        "wrote {}: {} from {}, tiers iphone-3gb and iphone-6gb\n",
         args.out.display(),
-        components.len(),
+        omnipack_manifest::counted(components.len(), "component"),
         checkpoint.display()
     );
     for c in &components {
