@@ -3,8 +3,8 @@
 //! Everything omnipack needs besides the deliverables lives in `OUT/.omnipack/`. A build
 //! assembles the complete new tree in `OUT/.omnipack/swap/new/`, writes the summary last,
 //! then marks the tree complete by writing `OUT/.omnipack/swap/READY`, which records the
-//! device and inode of each staged deliverable. Only then are the three deliverables
-//! (`bundles/`, `asset-packs/`, `mobile_packager_summary.json`) replaced, each by one
+//! device and inode of each staged deliverable. Only then are the four deliverables
+//! (`bundles/`, `asset-packs/`, `app/`, `mobile_packager_summary.json`) replaced, each by one
 //! `renameat2(RENAME_EXCHANGE)` (or, where unsupported, by parking the old one in `swap/old/`
 //! and moving the new one in). Until `READY` exists the previous output is untouched; once it
 //! exists the swap is rolled forward, by this build or, after a kill, by the next one: a
@@ -21,7 +21,16 @@ use std::time::Duration;
 use omnipack_fs::remove_any;
 
 /// The deliverables, in the order they are swapped (the summary last).
-pub const DELIVERABLES: [&str; 3] = ["bundles", "asset-packs", omnipack_summary::SUMMARY_FILE];
+pub const DELIVERABLES: [&str; 4] = [
+    "bundles",
+    "asset-packs",
+    APP_DIR,
+    omnipack_summary::SUMMARY_FILE,
+];
+
+/// The folder of what goes into the app itself: a copy of the summary (a bundle resource) and
+/// its Swift `Codable` types.
+pub const APP_DIR: &str = "app";
 
 /// Name of the private folder inside the output folder.
 pub const PRIVATE_DIR: &str = ".omnipack";
@@ -342,6 +351,7 @@ mod tests {
         let n = s.prepare().unwrap();
         fs::create_dir_all(n.join("bundles")).unwrap();
         fs::create_dir_all(n.join("asset-packs")).unwrap();
+        fs::create_dir_all(n.join(APP_DIR)).unwrap();
         fs::write(n.join("bundles/new.zip"), b"new").unwrap();
         fs::write(n.join(omnipack_summary::SUMMARY_FILE), b"new").unwrap();
         let mut ids = std::collections::BTreeMap::new();

@@ -1,11 +1,11 @@
 //! Generated JSON files of a bundle, written from a package stage's parameters: `config.json`,
-//! the decode-step sidecars (`<artifact>.io.json`, `<artifact>.kvq.json`,
+//! the decode-step sidecars (`<artifact>.io.json` for Core ML, `<artifact>.kvq.json`,
 //! `<artifact>.kv_paging.json`) and the asset pack's Background Assets `Manifest.json`. All
 //! depend only on the component (never on a tier), with sorted keys, so a bundle's bytes are
 //! the same for every tier.
 
 use omnipack_manifest::canonical_json::to_canonical_pretty;
-use omnipack_manifest::{Delivery, IoDtype, KvFormat};
+use omnipack_manifest::{Delivery, IoDtype, KvFormat, Runtime};
 use omnipack_plan::{ConfigJson, DecodeStepSidecars};
 use serde_json::{Map, Value, json};
 
@@ -23,61 +23,71 @@ pub fn config_json(base: Option<&Map<String, Value>>, params: &ConfigJson) -> Ve
     to_canonical_pretty(&Value::Object(m))
 }
 
-/// The sidecars of a text decode step: `(path, bytes)`.
-pub fn decode_step_sidecars(s: &DecodeStepSidecars) -> Vec<(String, Vec<u8>)> {
+/// The sidecars of a text decode step: `(path, bytes)`. The `.io.json` (the model's cache inputs
+/// and outputs) only for Core ML, the one runtime whose decode step takes and returns the KV
+/// cache as model inputs and outputs; an MLX (or other) runtime keeps its cache inside, so it
+/// gets only the `.kvq.json` and `.kv_paging.json` that describe the cache's format and paging.
+pub fn decode_step_sidecars(
+    s: &DecodeStepSidecars,
+    runtime: Option<Runtime>,
+) -> Vec<(String, Vec<u8>)> {
     let a = s.architecture;
     let t: Value = s.cache_tokens.map(Value::from).unwrap_or(json!(-1));
-    let io = match s.io_dtype {
-        IoDtype::F32 => "float32",
-        IoDtype::F16 => "float16",
-    };
-    let cache_shape = json!([1, a.kv_heads, t, a.kv_head_dim]);
-    let mut inputs = vec![json!({"name": "input_ids", "shape": [1, 1], "dtype": "int64"})];
-    let mut outputs =
-        vec![json!({"name": "logits", "shape": [1, 1, a.vocab_size], "dtype": "float32"})];
-    for kv in ["k", "v"] {
-        for i in 0..a.layers {
-            inputs
-                .push(json!({"name": format!("{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
-            outputs
-                .push(json!({"name": format!("n{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}));
-        }
-    }
-    // A Core ML decode step omnipack read: every feature as the model declares it.
-    let mut states = None;
-    if let Some(io) = &s.coreml_io {
-        let list = |f: &[omnipack_plan::CoreMlFeature]| {
-            f.iter()
-                .map(|x| serde_json::to_value(x).unwrap_or(Value::Null))
-                .collect::<Vec<_>>()
-        };
-        inputs = list(&io.inputs);
-        outputs = list(&io.outputs);
-        states = Some(list(&io.states));
-    }
     let mut out = Vec::new();
-    let mut io_json = json!({
-        "artifact": s.artifact,
-        "io_version": 1,
-        "layers": a.layers,
-        "kv_heads": a.kv_heads,
-        "kv_head_dim": a.kv_head_dim,
-        "hidden_size": a.hidden_size,
-        "vocab_size": a.vocab_size,
-        "cache_tokens": t,
-        "max_seq_len": s.max_seq_len,
-        "cache_layout": "[batch, kv_heads, tokens, kv_head_dim]; -1 tokens means flexible",
-        "inputs": inputs,
-        "outputs": outputs,
-    });
-    if let (Some(states), Value::Object(m)) = (states, &mut io_json) {
-        m.insert("states".into(), Value::Array(states));
-        m.insert("source".into(), json!("model"));
+    if runtime == Some(Runtime::Coreml) {
+        let io = match s.io_dtype {
+            IoDtype::F32 => "float32",
+            IoDtype::F16 => "float16",
+        };
+        let cache_shape = json!([1, a.kv_heads, t, a.kv_head_dim]);
+        let mut inputs = vec![json!({"name": "input_ids", "shape": [1, 1], "dtype": "int64"})];
+        let mut outputs =
+            vec![json!({"name": "logits", "shape": [1, 1, a.vocab_size], "dtype": "float32"})];
+        for kv in ["k", "v"] {
+            for i in 0..a.layers {
+                inputs.push(
+                    json!({"name": format!("{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}),
+                );
+                outputs.push(
+                    json!({"name": format!("n{kv}_lat_{i}"), "shape": cache_shape, "dtype": io}),
+                );
+            }
+        }
+        // A Core ML decode step omnipack read: every feature as the model declares it.
+        let mut states = None;
+        if let Some(io) = &s.coreml_io {
+            let list = |f: &[omnipack_plan::CoreMlFeature]| {
+                f.iter()
+                    .map(|x| serde_json::to_value(x).unwrap_or(Value::Null))
+                    .collect::<Vec<_>>()
+            };
+            inputs = list(&io.inputs);
+            outputs = list(&io.outputs);
+            states = Some(list(&io.states));
+        }
+        let mut io_json = json!({
+            "artifact": s.artifact,
+            "io_version": 1,
+            "layers": a.layers,
+            "kv_heads": a.kv_heads,
+            "kv_head_dim": a.kv_head_dim,
+            "hidden_size": a.hidden_size,
+            "vocab_size": a.vocab_size,
+            "cache_tokens": t,
+            "max_seq_len": s.max_seq_len,
+            "cache_layout": "[batch, kv_heads, tokens, kv_head_dim]; -1 tokens means flexible",
+            "inputs": inputs,
+            "outputs": outputs,
+        });
+        if let (Some(states), Value::Object(m)) = (states, &mut io_json) {
+            m.insert("states".into(), Value::Array(states));
+            m.insert("source".into(), json!("model"));
+        }
+        out.push((
+            format!("{}.io.json", s.artifact),
+            to_canonical_pretty(&io_json),
+        ));
     }
-    out.push((
-        format!("{}.io.json", s.artifact),
-        to_canonical_pretty(&io_json),
-    ));
     let g = s.kv_group_size;
     // The fields of the quantized format; the layout fields every format shares are added below.
     let format_fields = match s.kv_format {

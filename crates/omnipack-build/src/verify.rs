@@ -12,7 +12,7 @@ use omnipack_summary::{BundleEntry, BundleManifest, SUMMARY_FILE, Summary};
 use rayon::prelude::*;
 
 use crate::bundle_zip::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
-use crate::output::PRIVATE_DIR;
+use crate::output::{APP_DIR, PRIVATE_DIR};
 use omnipack_fs::{is_safe_relative, walk_files};
 use omnipack_quant::{digest_file, sha256_bytes};
 
@@ -154,13 +154,55 @@ pub fn verify(out: &Path) -> Result<VerifyReport, VerifyError> {
             }
         }
     }
+    report
+        .mismatches
+        .extend(check_app_folder(out, &mut report.files));
     Ok(report)
+}
+
+/// `OUT/app/`: exactly a byte-identical copy of the summary and the Swift types this omnipack
+/// generates for it.
+fn check_app_folder(out: &Path, files: &mut usize) -> Vec<String> {
+    let mut m = Vec::new();
+    let app = out.join(APP_DIR);
+    let summary = fs::read(out.join(SUMMARY_FILE)).unwrap_or_default();
+    let expected: [(&str, Option<Vec<u8>>); 2] = [
+        (SUMMARY_FILE, Some(summary)),
+        (
+            omnipack_summary::swift::SWIFT_FILE,
+            omnipack_summary::swift::summary_swift()
+                .ok()
+                .map(String::into_bytes),
+        ),
+    ];
+    for (name, want) in &expected {
+        let rel = format!("{APP_DIR}/{name}");
+        *files += 1;
+        match (fs::read(app.join(name)), want) {
+            (Err(e), _) => m.push(format!("{rel}: {e}")),
+            (Ok(got), Some(want)) if got == *want => {}
+            (Ok(_), _) if *name == SUMMARY_FILE => {
+                m.push(format!("{rel}: differs from {SUMMARY_FILE}"))
+            }
+            (Ok(_), _) => m.push(format!(
+                "{rel}: differs from the Swift types this omnipack generates for the summary"
+            )),
+        }
+    }
+    if let Ok(found) = walk_files(&app) {
+        for f in found {
+            if !expected.iter().any(|(n, _)| *n == f) {
+                m.push(format!("{APP_DIR}/{f}: not written by omnipack"));
+            }
+        }
+    }
+    m
 }
 
 /// What the summary's own fields must agree on: unique bundle ids, tiers naming listed
 /// bundles, and each tier's memory arithmetic (README, "Memory model"): `peak_bytes` is the sum of
-/// its parts, `headroom_bytes = memory_limit - peak`, `fits` iff `peak + min_headroom <=
-/// memory_limit`. An app decides what to load from these numbers, so a hand-edited summary
+/// its parts, `headroom_bytes = memory_limit - peak`, `required_bytes = peak + min_headroom`,
+/// `fits` iff `required_bytes <= memory_limit`. An app decides what to load from these numbers, so a hand-edited summary
 /// must not verify.
 fn check_summary(summary: &Summary) -> Vec<String> {
     let mut m = Vec::new();
@@ -246,7 +288,14 @@ fn check_summary(summary: &Summary) -> Vec<String> {
                 mem.headroom_bytes
             ));
         }
-        let fits = mem.peak_bytes.saturating_add(mem.min_headroom_bytes) <= t.memory_limit_bytes;
+        let required = mem.peak_bytes.saturating_add(mem.min_headroom_bytes);
+        if t.required_bytes != required {
+            m.push(format!(
+                "{at}: required_bytes {} is not peak_bytes + min_headroom_bytes ({required})",
+                t.required_bytes
+            ));
+        }
+        let fits = required <= t.memory_limit_bytes;
         if t.fits != fits {
             m.push(format!(
                 "{at}: fits is {}, but peak_bytes + min_headroom_bytes {} memory_limit_bytes",
@@ -391,11 +440,8 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         ));
     }
     n += 1;
-    let delivery = omnipack_manifest::Delivery::ALL
-        .iter()
-        .copied()
-        .find(|d| d.as_str() == b.delivery);
-    let expected_pack_id = omnipack_plan::asset_pack_id(&summary.package.bundle_id, &b.id);
+    let expected_pack_id =
+        omnipack_plan::asset_pack_id(summary.package.asset_pack_prefix.as_deref(), &b.id);
     if b.asset_pack.id != expected_pack_id {
         m.push(format!(
             "bundle `{}`: asset_pack.id is `{}`, expected `{expected_pack_id}`",
@@ -410,14 +456,11 @@ fn verify_bundle(out: &Path, summary: &Summary, b: &BundleEntry) -> (usize, Vec<
         )
         .map_err(|e| e.to_string()),
     };
-    match (manifest_bytes, delivery) {
-        (Err(e), _) => m.push(format!("{manifest_rel}: {e}")),
-        (_, None) => m.push(format!(
-            "bundle `{}`: unknown delivery `{}`",
-            b.id, b.delivery
-        )),
-        (Ok(bytes), Some(d)) => {
-            let expected = crate::sidecars::asset_pack_manifest(&b.asset_pack.id, &b.id, d);
+    match manifest_bytes {
+        Err(e) => m.push(format!("{manifest_rel}: {e}")),
+        Ok(bytes) => {
+            let expected =
+                crate::sidecars::asset_pack_manifest(&b.asset_pack.id, &b.id, b.delivery);
             if sha256_bytes(&bytes) != sha256_bytes(&expected) {
                 m.push(format!("{manifest_rel}: differs from the asset-pack manifest of `{}` (id, delivery or selectors changed)", b.id));
             }
@@ -566,19 +609,30 @@ pub fn describe_bundle(path: &Path) -> Result<String, String> {
     if let Ok(bytes) = read_zip_entry(path, BUNDLE_JSON, MAX_BUNDLE_JSON)
         && let Ok(bj) = serde_json::from_slice::<BundleManifest>(&bytes)
     {
-        let q = &bj.quantization;
+        let runtime = bj
+            .runtime
+            .map(|r| format!("  runtime {r}"))
+            .unwrap_or_default();
+        let quantization = bj
+            .quantization
+            .as_ref()
+            .map(|q| {
+                format!(
+                    "  format {}{}{}",
+                    q.format,
+                    q.group_size
+                        .map(|g| format!("  group_size {g}"))
+                        .unwrap_or_default(),
+                    q.bits.map(|b| format!("  bits {b}")).unwrap_or_default()
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             s,
-            "  bundle_id {}  component {}  role {}  runtime {}  format {}{}{}",
+            "  bundle_id {}  component {}  role {}{runtime}{quantization}",
             printable(&bj.bundle_id),
             printable(&bj.component),
-            printable(&bj.role),
-            printable(&bj.runtime),
-            printable(&q.format),
-            q.group_size
-                .map(|g| format!("  group_size {g}"))
-                .unwrap_or_default(),
-            q.bits.map(|b| format!("  bits {b}")).unwrap_or_default(),
+            bj.role,
         );
         let _ = writeln!(s, "  generator {}", printable(&bj.generator));
     } else {
@@ -637,9 +691,9 @@ pub fn describe_summary(path: &Path) -> Result<String, String> {
             s,
             "    {:<32} {:<8} {:<10} {:<6} {:>14} {:>14} {:>14}",
             printable(&b.id),
-            printable(&b.quantization.format),
-            printable(&b.delivery),
-            printable(&b.residency),
+            b.quantization.as_ref().map_or("-", |q| q.format.as_str()),
+            b.delivery.as_str(),
+            b.residency,
             b.size_bytes,
             b.weights_bytes,
             b.resident_bytes

@@ -153,7 +153,7 @@ fn an_unchanged_rebuild_comes_from_the_cache_and_reads_no_input() {
     assert_eq!(cached, plan.stages.len());
     // The fake exporter got its placeholders: the component, and no context length (the
     // component has none, and its command does not depend on the tier).
-    let tok = fs::read_to_string(out.join("asset-packs/tok-f16/tok-f16/tok.json")).unwrap();
+    let tok = fs::read_to_string(out.join("asset-packs/tok/tok/tok.json")).unwrap();
     assert_eq!(tok, "{\"component\":\"tok\",\"max_seq_len\":\"\"}\n");
 }
 
@@ -191,7 +191,7 @@ fn a_changed_exporter_input_runs_only_what_depends_on_it() {
     )
     .unwrap();
     let r = build(&plan, &options(&out, clock), &NoProgress).unwrap();
-    assert_eq!(ran(&r), ["export:tok", "package:tok-f16"]);
+    assert_eq!(ran(&r), ["export:tok", "package:tok"]);
 }
 
 #[test]
@@ -230,7 +230,7 @@ fn a_failing_exporter_is_a_typed_error_and_the_output_stays() {
     assert!(
         failures.iter().any(|f| matches!(f,
             StageFailure::NotRun { stage, failed_dependency }
-                if stage == "package:tok-f16" && failed_dependency == "export:tok")),
+                if stage == "package:tok" && failed_dependency == "export:tok")),
         "{failures:?}"
     );
     assert!(before == tree(&out), "the previous output is untouched");

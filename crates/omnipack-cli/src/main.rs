@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a first, commented manifest for a safetensors checkpoint (never replacing a file).
+    Init(commands::init::InitArgs),
     /// Check manifests against the schema and the semantic rules.
     Validate(commands::validate::ValidateArgs),
     /// Print a JSON schema (byte-identical to the committed file).
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     install_panic_hook();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Init(a) => commands::init::run(a),
         Command::Validate(a) => commands::validate::run(a),
         Command::Schema(a) => commands::schema::run(a),
         Command::Plan(a) => commands::plan::run(a),

@@ -358,9 +358,8 @@ components:
     let out = d.path().join("out");
     let o = omnipack(&["build", s(&d.path().join("m.yaml")), "--out", s(&out)]);
     assert!(o.status.success(), "{}", text(&o));
-    let small =
-        fs::read_to_string(out.join("asset-packs/tok-f16-small/tok-f16-small/tok.json")).unwrap();
-    let big = fs::read_to_string(out.join("asset-packs/tok-f16-big/tok-f16-big/tok.json")).unwrap();
+    let small = fs::read_to_string(out.join("asset-packs/tok-small/tok-small/tok.json")).unwrap();
+    let big = fs::read_to_string(out.join("asset-packs/tok-big/tok-big/tok.json")).unwrap();
     assert_eq!(small, "small|tok|512");
     assert_eq!(big, "big|tok|");
     // Only the tiers asked for.
@@ -379,10 +378,7 @@ components:
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
-    assert!(
-        names.contains(&"tok-f16-small.zip".to_string()),
-        "{names:?}"
-    );
+    assert!(names.contains(&"tok-small.zip".to_string()), "{names:?}");
     // inspect reads bundle zips and summaries.
     let o = omnipack(&["inspect", s(&out.join("bundles/text-int4-g64.zip"))]);
     assert!(o.status.success(), "{}", text(&o));
@@ -393,7 +389,7 @@ components:
     );
     let o = omnipack(&["inspect", s(&out.join("mobile_packager_summary.json"))]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("tok-f16-big"), "{}", text(&o));
+    assert!(text(&o).contains("tok-big"), "{}", text(&o));
 }
 
 #[test]
@@ -693,7 +689,11 @@ fn verify_rejects_an_edited_summary() {
     let path = out.join("mobile_packager_summary.json");
     let good: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
     type Edit = fn(&mut serde_json::Value);
-    let edits: [(&str, Edit); 4] = [
+    let edits: [(&str, Edit); 5] = [
+        ("required_bytes", |v| {
+            let t = &mut v["tiers"][0];
+            t["required_bytes"] = (t["required_bytes"].as_u64().unwrap() - 1).into();
+        }),
         ("memory_limit_bytes", |v| {
             let t = &mut v["tiers"][0];
             t["memory_limit_bytes"] = (t["memory_limit_bytes"].as_u64().unwrap() * 2).into();
@@ -715,9 +715,23 @@ fn verify_rejects_an_edited_summary() {
         assert_eq!(o.status.code(), Some(1), "{what}: {}", text(&o));
         assert!(text(&o).contains(what), "{what}: {}", text(&o));
     }
-    fs::write(&path, serde_json::to_vec_pretty(&good).unwrap()).unwrap();
+    let mut restored = serde_json::to_vec_pretty(&good).unwrap();
+    restored.push(b'\n');
+    fs::write(&path, &restored).unwrap();
     let o = omnipack(&["verify", s(&out)]);
     assert!(o.status.success(), "{}", text(&o));
+    // The app's copy of the summary must be the summary.
+    let copy = out.join("app/mobile_packager_summary.json");
+    fs::write(&copy, b"{}\n").unwrap();
+    let o = omnipack(&["verify", s(&out)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("app/mobile_packager_summary.json: differs"),
+        "{}",
+        text(&o)
+    );
+    fs::write(&copy, &restored).unwrap();
+    assert!(omnipack(&["verify", s(&out)]).status.success());
 }
 
 #[test]

@@ -22,6 +22,17 @@ fn human_table_for_a_fitting_manifest() {
 }
 
 #[test]
+fn text_is_the_format_word_and_human_its_alias() {
+    let (code, default, _) = plan(&["tiny.yaml"]);
+    assert_eq!(code, 0);
+    for word in ["text", "human"] {
+        let (code, stdout, stderr) = plan(&["tiny.yaml", "--format", word]);
+        assert_eq!(code, 0, "{word}: {stderr}");
+        assert_eq!(stdout, default, "--format {word}");
+    }
+}
+
+#[test]
 fn essential_bundles_used_by_some_tiers_are_warned_about() {
     let (code, _stdout, stderr) = plan(&["tiny.yaml"]);
     assert_eq!(code, 0);
@@ -35,6 +46,15 @@ fn a_tier_that_does_not_fit_fails_at_its_memory_limit() {
     assert!(stdout.contains("fits: NO"), "{stdout}");
     assert!(stderr.contains("nofit.yaml:7:19"), "{stderr}");
     insta::assert_snapshot!("nofit_diagnostic", stderr);
+}
+
+#[test]
+fn a_manifest_in_decimal_units_gets_sizes_in_decimal_units() {
+    let (code, _, stderr) = plan(&["nofit-decimal.yaml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("exceeds memory_limit 12.00 MB"), "{stderr}");
+    assert!(!stderr.contains("MiB"), "{stderr}");
+    insta::assert_snapshot!("nofit_decimal_diagnostic", stderr);
 }
 
 #[test]
@@ -121,4 +141,12 @@ fn same_input_same_output() {
     let a = plan(&["tiny.yaml", "--format", "json"]);
     let b = plan(&["tiny.yaml", "--format", "json"]);
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_lone_hint_has_no_bullet() {
+    let (code, _stdout, stderr) = plan(&["tiny.yaml", "--tier", "nope"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("help: valid tiers: "), "{stderr}");
+    assert!(!stderr.contains("help: -"), "{stderr}");
 }

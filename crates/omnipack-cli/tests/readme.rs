@@ -60,6 +60,30 @@ fn core_ml_plan_matches_the_planner() {
 }
 
 #[test]
+fn the_no_fit_example_matches_the_planner() {
+    let readme = readme();
+    let start = readme
+        .find("```\n  × tier `watch` does not fit")
+        .expect("README shows the diagnostic of nofit.yaml");
+    let block_start = start + "```\n".len();
+    let len = readme[block_start..]
+        .find("```")
+        .expect("the block is closed");
+    let block = &readme[block_start..block_start + len];
+    let out = omnipack_in(
+        &root().join("crates/omnipack-plan/tests/fixtures"),
+        &["plan", "nofit.yaml"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = stderr(&out);
+    assert!(
+        stderr.contains(block),
+        "README's no-fit example no longer matches `omnipack plan nofit.yaml`; update the \
+         README.\n--- README ---\n{block}\n--- plan ---\n{stderr}"
+    );
+}
+
+#[test]
 fn quick_start_commands_are_documented_and_run_by_ci() {
     let readme = readme();
     assert!(readme.contains("cargo run --release -- build manifests/iphone-3gb.yaml"));
@@ -67,4 +91,23 @@ fn quick_start_commands_are_documented_and_run_by_ci() {
     let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run is readable");
     assert!(ci.contains("cargo test --workspace"));
     assert!(root().join("manifests/iphone-3gb.yaml").is_file());
+}
+
+#[test]
+fn broken_manifest_count_is_the_real_one() {
+    let count = std::fs::read_dir(root().join("manifests/errors"))
+        .expect("manifests/errors is readable")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "yaml"))
+        })
+        .count();
+    let said = format!("{count} broken manifests");
+    for doc in ["README.md", "docs/manifest.md"] {
+        let text = std::fs::read_to_string(root().join(doc)).expect("the doc is readable");
+        assert!(
+            text.contains(&said),
+            "{doc} must say `{said}` (the files in manifests/errors/)"
+        );
+    }
 }

@@ -60,9 +60,9 @@ fn broken_fixtures_exit_1_with_the_library_diagnostics() {
         let stderr = text(&out.stderr);
         assert!(!stderr.contains("panicked"), "{rel}: {stderr}");
         let expected = format!(
-            "{}{} error(s) found\n",
+            "{}{} found\n",
             omnipack_manifest::render(&diags.0),
-            diags.error_count()
+            omnipack_manifest::counted(diags.error_count(), "error")
         );
         assert_eq!(stderr, expected, "{rel}");
 

@@ -16,7 +16,8 @@
 //!    [`schema`]: the JSON schema generated from the model;
 //! 4. `locate`: manifest paths and the diagnostics located at them;
 //! 5. `check`: the schema check and the semantic rules, one module per part of the manifest;
-//! 6. [`load`]: reading, `extends`, validation and defaults.
+//! 6. [`load`]: reading, `extends`, validation and defaults;
+//! 7. [`starter`]: the first manifest `omnipack init` writes for a checkpoint (uses only 1).
 
 pub mod canonical_json;
 mod check;
@@ -31,6 +32,7 @@ mod node;
 mod rel_path;
 pub mod resolved;
 pub mod schema;
+pub mod starter;
 pub mod units;
 
 pub use check::compression_format;
@@ -42,4 +44,7 @@ pub use resolved::{
     ResolvedManifest, ResolvedQuantization, ResolvedSource, ResolvedTier, resolve,
 };
 pub use schema::{manifest_schema, manifest_schema_json};
-pub use units::{ByteSize, Duration, format_bytes, format_mib, format_signed_bytes, printable};
+pub use units::{
+    ByteSize, Duration, SizeUnits, counted, counted_as, format_bytes, format_mib,
+    format_signed_bytes, parse_size, printable,
+};

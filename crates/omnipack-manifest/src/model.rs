@@ -13,41 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::units::{ByteSize, Duration};
 
-/// Gives a unit-only enum `ALL` (every value, in declaration order), `as_str` (its name in
-/// manifests, plans and summaries, identical to its serde name) and `Display`. The one home of
-/// these names: other crates call `as_str` instead of spelling them.
-macro_rules! named_enum {
-    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+use omnipack_summary::named_enum;
+pub use omnipack_summary::names::{Delivery, Format, KvFormat, Method, Residency, Role, Runtime};
 
-            /// The name written in manifests, plans and summaries.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name),+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-named_enum!(Role { TextDecodeStep => "text_decode_step", ImageDecoder => "image_decoder", VideoDecoder => "video_decoder", Data => "data" });
-named_enum!(Runtime { Mlx => "mlx", Coreml => "coreml", Mlc => "mlc", LlamaCpp => "llama_cpp", Custom => "custom" });
 named_enum!(ComputeUnits { CpuOnly => "cpu_only", CpuAndGpu => "cpu_and_gpu", CpuAndNe => "cpu_and_ne", All => "all" });
-named_enum!(Delivery { Essential => "essential", Prefetch => "prefetch", OnDemand => "on_demand" });
-named_enum!(Residency { Always => "always", Lazy => "lazy" });
-named_enum!(Format { F32 => "f32", F16 => "f16", Bf16 => "bf16", Int2 => "int2", Int3 => "int3", Int4 => "int4", Int6 => "int6", Int8 => "int8", Nf4 => "nf4" });
 named_enum!(FloatDtype { F32 => "f32", F16 => "f16", Bf16 => "bf16" });
-named_enum!(KvFormat { F16 => "f16", U8 => "u8", Nf4 => "nf4" });
 named_enum!(IoDtype { F32 => "f32", F16 => "f16" });
-named_enum!(Method { Rtn => "rtn", Mse => "mse" });
 
 /// An omnipack bundle manifest: the components of an on-device model, how each is quantized
 /// and delivered, and the device memory tiers it must fit.
@@ -125,9 +96,17 @@ pub struct Package {
     pub name: String,
     /// Package version, for example `1.0.0`.
     pub version: String,
-    /// Reverse-DNS prefix of every asset-pack ID, for example `com.example.omnicoder`.
+    /// The app's reverse-DNS bundle identifier, for example `com.example.omnicoder`. It is
+    /// recorded in the summary; asset-pack IDs do not contain it (App Store Connect refuses
+    /// dots in asset-pack identifiers).
     #[schemars(regex(pattern = r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$"))]
     pub bundle_id: String,
+    /// Optional namespace of every asset-pack ID: letters, digits and single inner hyphens
+    /// (for example `omnicoder`). With it a pack's ID is `<asset_pack_prefix>-<bundle id>`,
+    /// without it the bundle id alone, in both cases with `_` turned into `-`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Za-z0-9]+(-[A-Za-z0-9]+)*$"))]
+    pub asset_pack_prefix: Option<String>,
 }
 
 /// One class of devices and the memory an app may use on it.
@@ -154,40 +133,6 @@ pub struct Tier {
     pub components: Option<Vec<String>>,
 }
 
-/// What a component is, which decides its defaults and sidecars.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The text model's decode step; gets the `.io.json`, `.kvq.json` and `.kv_paging.json` sidecars.
-    TextDecodeStep,
-    /// An image decoder, loaded on demand.
-    ImageDecoder,
-    /// A video decoder, loaded on demand.
-    VideoDecoder,
-    /// Tokenizers, configs or any other files shipped as they are.
-    Data,
-}
-
-/// The runtime that loads a component on device; drives the memory model.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Runtime {
-    /// MLX / MLX Swift: weights resident as stored, MLX affine quantization.
-    Mlx,
-    /// Core ML: weights decompressed to f16 at load unless running on the Neural Engine.
-    Coreml,
-    /// MLC-LLM: weights resident as stored, f16 paged KV cache.
-    Mlc,
-    /// llama.cpp: weights resident as stored.
-    LlamaCpp,
-    /// Your own runtime: weights resident as stored; every native format allowed.
-    Custom,
-}
-
 /// Core ML compute units.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -202,77 +147,6 @@ pub enum ComputeUnits {
     CpuAndNe,
     /// Any compute unit: weights decompressed to f16 at load.
     All,
-}
-
-/// When the App Store delivers a component's asset pack.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Delivery {
-    /// Downloaded with the app, before first launch.
-    Essential,
-    /// Downloaded in the background right after install.
-    Prefetch,
-    /// Downloaded only when the app asks for it.
-    OnDemand,
-}
-
-/// Whether a component stays in memory.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Residency {
-    /// Loaded at launch and kept resident.
-    Always,
-    /// Loaded when needed, one lazy component at a time.
-    Lazy,
-}
-
-/// A weight format.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// 32-bit IEEE float.
-    F32,
-    /// 16-bit IEEE float.
-    F16,
-    /// bfloat16.
-    Bf16,
-    /// MLX affine 2-bit (mlx and custom runtimes only).
-    Int2,
-    /// MLX affine 3-bit (mlx and custom runtimes only).
-    Int3,
-    /// MLX affine 4-bit (mlx and custom runtimes only).
-    Int4,
-    /// MLX affine 6-bit (mlx and custom runtimes only).
-    Int6,
-    /// MLX affine 8-bit (mlx and custom runtimes only).
-    Int8,
-    /// bitsandbytes NF4 (custom runtime only).
-    Nf4,
-}
-
-impl Format {
-    /// Bits per code for MLX affine formats, `None` otherwise.
-    pub fn affine_bits(self) -> Option<u32> {
-        match self {
-            Format::Int2 => Some(2),
-            Format::Int3 => Some(3),
-            Format::Int4 => Some(4),
-            Format::Int6 => Some(6),
-            Format::Int8 => Some(8),
-            _ => None,
-        }
-    }
-
-    /// True for formats that use a group size (affine and NF4).
-    pub fn is_grouped(self) -> bool {
-        self.affine_bits().is_some() || self == Format::Nf4
-    }
 }
 
 /// A dtype for tensors left unquantized.
@@ -352,8 +226,10 @@ pub struct Component {
     /// Memory policy. Default: `always` for text and data, `lazy` for decoders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub residency: Option<Residency>,
-    /// Activation memory while it runs. Default for a decode step:
-    /// `4 * (vocab_size + 16 * hidden_size)` bytes; otherwise `0`.
+    /// Activation memory while it runs (per decode step for a text decode step). Default for a
+    /// decode step, with a plan warning: `4 * vocab_size + layers * (4 * heads * T + 32 *
+    /// hidden_size)` bytes for the tier's context `T`, `heads = max(1, hidden_size /
+    /// kv_head_dim)`, a floor rather than a measurement; otherwise `0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activation_memory: Option<ByteSize>,
     /// Override of the memory model: the bytes this component keeps resident once loaded.
@@ -510,33 +386,6 @@ pub struct Quantization {
     pub tiers: Option<BTreeMap<String, QuantizationOverride>>,
 }
 
-/// Quantization method of the MLX affine formats. Both write exactly the MLX layout (codes,
-/// scales, biases); only the numbers differ.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// Round to nearest between each group's minimum and maximum, bit-exact with
-    /// `mx.quantize` (the default).
-    #[default]
-    Rtn,
-    /// Error-minimising: each group's scale and bias are searched for the smallest squared
-    /// error after MLX dequantization, never worse than `rtn` on any group.
-    Mse,
-}
-
 /// A per-tier override of `format`, `group_size` and `min_sqnr_db`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -603,20 +452,6 @@ impl From<GroupSize> for u64 {
     fn from(g: GroupSize) -> u64 {
         g.0 as u64
     }
-}
-
-/// KV-cache storage format.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum KvFormat {
-    /// 16-bit floats: `2 * g` bytes per group.
-    F16,
-    /// 8-bit affine with an f16 scale and zero point per group: `g + 4` bytes per group.
-    U8,
-    /// NF4 with an f16 absmax per group: `g / 2 + 2` bytes per group.
-    Nf4,
 }
 
 /// Dtype of the KV-cache copies a Core ML decode step takes as inputs and returns as outputs.

@@ -11,6 +11,7 @@ use crate::model::{
     Architecture, ComputeUnits, Delivery, FloatDtype, Format, GroupSize, IoDtype, KvFormat,
     Manifest, Method, Package, Paging, Residency, Role, Runtime,
 };
+use crate::units::SizeUnits;
 
 /// Default exporter timeout, in seconds.
 pub const DEFAULT_EXPORTER_TIMEOUT_SECS: u64 = 3600;
@@ -30,6 +31,9 @@ pub struct ResolvedManifest {
     pub tiers: Vec<ResolvedTier>,
     /// Components in manifest order.
     pub components: Vec<ResolvedComponent>,
+    /// The units the manifest's sizes are written in, for sizes omnipack suggests.
+    #[serde(default)]
+    pub size_units: SizeUnits,
 }
 
 /// A tier with defaults applied.
@@ -221,11 +225,32 @@ pub fn resolve(m: &Manifest) -> ResolvedManifest {
             },
         })
         .collect();
+    let written = m
+        .runtime_overhead
+        .into_iter()
+        .chain(
+            m.tiers
+                .iter()
+                .flatten()
+                .flat_map(|t| [Some(t.device_memory), Some(t.memory_limit), t.min_headroom])
+                .flatten(),
+        )
+        .chain(
+            m.components
+                .iter()
+                .flatten()
+                .flat_map(|c| [c.activation_memory, c.resident_memory, c.size])
+                .flatten(),
+        )
+        .map(|b| b.bytes());
+    let size_units = SizeUnits::of(written);
     ResolvedManifest {
+        size_units,
         package: m.package.clone().unwrap_or(Package {
             name: String::new(),
             version: String::new(),
             bundle_id: String::new(),
+            asset_pack_prefix: None,
         }),
         runtime_overhead: m.runtime_overhead.map(|b| b.bytes()).unwrap_or(0),
         tiers,
@@ -236,7 +261,9 @@ pub fn resolve(m: &Manifest) -> ResolvedManifest {
 fn resolve_component(c: &crate::model::Component) -> ResolvedComponent {
     let (delivery, residency) = match c.role {
         Role::TextDecodeStep | Role::Data => (Delivery::Essential, Residency::Always),
-        Role::ImageDecoder | Role::VideoDecoder => (Delivery::OnDemand, Residency::Lazy),
+        Role::ImageDecoder | Role::VideoDecoder | Role::ImageEncoder | Role::AudioEncoder => {
+            (Delivery::OnDemand, Residency::Lazy)
+        }
     };
     let q = c.quantization.as_ref();
     let formats = q

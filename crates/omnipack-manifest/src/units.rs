@@ -110,10 +110,97 @@ pub fn format_bytes(n: u64) -> String {
     format!("{n} B")
 }
 
+/// The kind of size units a manifest is written in: binary (`KiB`, `MiB`, `GiB`, `TiB`, the
+/// default) or decimal (`KB`, `MB`, `GB`, `TB`). Messages that suggest a size use the same.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SizeUnits {
+    #[default]
+    Binary,
+    Decimal,
+}
+
+impl SizeUnits {
+    /// The units the sizes `written` were most likely written in: decimal when more of them are
+    /// whole multiples of 1000 (and not of 1024) than the other way round, else binary.
+    pub fn of(written: impl IntoIterator<Item = u64>) -> SizeUnits {
+        let (mut decimal, mut binary) = (0usize, 0usize);
+        for n in written {
+            let by_1000 = n >= 1000 && n % 1000 == 0;
+            let by_1024 = n >= 1024 && n % 1024 == 0;
+            match (by_1000, by_1024) {
+                (true, false) => decimal += 1,
+                (false, true) => binary += 1,
+                _ => {}
+            }
+        }
+        if decimal > binary {
+            SizeUnits::Decimal
+        } else {
+            SizeUnits::Binary
+        }
+    }
+
+    /// The units, largest first.
+    fn table(self) -> [(&'static str, u64); 4] {
+        match self {
+            SizeUnits::Binary => [
+                ("TiB", 1 << 40),
+                ("GiB", 1 << 30),
+                ("MiB", 1 << 20),
+                ("KiB", 1 << 10),
+            ],
+            SizeUnits::Decimal => [
+                ("TB", 1_000_000_000_000),
+                ("GB", 1_000_000_000),
+                ("MB", 1_000_000),
+                ("KB", 1_000),
+            ],
+        }
+    }
+
+    /// `n` in these units with two decimals, rounded to nearest (`18.00 MiB`, `18.87 MB`), or
+    /// plain bytes below the smallest unit (`512 B`).
+    pub fn format(self, n: u64) -> String {
+        for (name, size) in self.table() {
+            if n >= size {
+                return format!("{:.2} {name}", n as f64 / size as f64);
+            }
+        }
+        format!("{n} B")
+    }
+
+    /// `n` in these units with two decimals rounded down, as a manifest value (`17.99 MiB`;
+    /// plain bytes, no unit, below the smallest unit): a size suggested as a limit never
+    /// exceeds `n` once parsed back.
+    pub fn format_floor(self, n: u64) -> String {
+        for (name, unit) in self.table() {
+            if n >= unit {
+                let hundredths = (n as u128 * 100) / unit as u128;
+                return format!("{}.{:02} {name}", hundredths / 100, hundredths % 100);
+            }
+        }
+        n.to_string()
+    }
+}
+
 /// A byte count in MiB with two decimals and no unit (a table column headed `MiB`), for
 /// example `1433.60`; negative for a negative count.
 pub fn format_mib(n: i128) -> String {
     format!("{:.2}", n as f64 / (1u64 << 20) as f64)
+}
+
+/// A count with its noun in the right number: `counted(1, "error")` is `1 error`,
+/// `counted(2, "error")` is `2 errors`. Nouns whose plural is not `<noun>s` go through
+/// [`counted_as`].
+pub fn counted(n: usize, noun: &str) -> String {
+    counted_as(n, noun, &format!("{noun}s"))
+}
+
+/// A count with the singular or the plural noun given: `counted_as(2, "mismatch",
+/// "mismatches")` is `2 mismatches`.
+pub fn counted_as(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Human form of a signed byte count (negative headroom).
@@ -284,6 +371,15 @@ pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_right_number() {
+        assert_eq!(counted(0, "error"), "0 errors");
+        assert_eq!(counted(1, "error"), "1 error");
+        assert_eq!(counted(2, "file"), "2 files");
+        assert_eq!(counted_as(1, "mismatch", "mismatches"), "1 mismatch");
+        assert_eq!(counted_as(3, "mismatch", "mismatches"), "3 mismatches");
+    }
 
     #[test]
     fn printable_escapes_terminal_controls() {

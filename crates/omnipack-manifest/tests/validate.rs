@@ -24,9 +24,9 @@ fn from_repo_root() {
 /// the number of errors.
 fn as_printed(diags: &Diagnostics) -> String {
     format!(
-        "{}{} error(s) found\n",
+        "{}{} found\n",
         render(&diags.0),
-        diags.error_count()
+        omnipack_manifest::counted(diags.error_count(), "error")
     )
 }
 
@@ -199,6 +199,22 @@ const FIXTURES: &[(&str, &str, u64, u64, &str, &str)] = &[
         18,
         "components[1].source.command.timeout",
         "`30s`",
+    ),
+    (
+        "bad-asset-pack-prefix",
+        "bad-asset-pack-prefix.yaml",
+        8,
+        22,
+        "package.asset_pack_prefix",
+        "refuses `.`",
+    ),
+    (
+        "same-asset-pack-id",
+        "same-asset-pack-id.yaml",
+        13,
+        11,
+        "components[1].name",
+        "turn `_` into `-`",
     ),
     (
         "bad-name",

@@ -73,6 +73,7 @@ mod tests {
             index,
             always,
             activation_bytes: 7,
+            activation_source: crate::memory::ActivationSource::Manifest,
             kv_cache_bytes: 11,
             kv_tokens: None,
             options: resident

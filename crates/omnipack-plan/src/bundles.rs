@@ -3,8 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use omnipack_manifest::{Delivery, Format, Method, ResolvedManifest, ResolvedSource};
-use omnipack_summary::QuantizationInfo;
+use omnipack_manifest::{
+    Delivery, Format, Method, ResolvedComponent, ResolvedManifest, ResolvedSource, Role,
+};
+use omnipack_summary::{QuantMode, QuantizationInfo};
 
 use crate::diag::PlanDiagnostic;
 use crate::model::{BundlePlan, PlanWarning};
@@ -29,6 +31,23 @@ pub fn bundle_id(
     id
 }
 
+/// The bundle id of one of `c`'s variants: [`bundle_id`], except for a `data` component
+/// (files shipped as they are, in one variant), whose id has no format: `<component>[-<tier>]`.
+pub fn component_bundle_id(
+    c: &ResolvedComponent,
+    format: Format,
+    group_size: Option<u32>,
+    tier: Option<&str>,
+) -> String {
+    if c.role != Role::Data {
+        return bundle_id(&c.name, format, group_size, tier);
+    }
+    match tier {
+        Some(t) => format!("{}-{t}", c.name),
+        None => c.name.clone(),
+    }
+}
+
 /// How a variant is written in `bundle.json` and the summary; `method` is the method
 /// omnipack quantizes with (`None` for weights it does not quantize: exporter outputs), and is
 /// written for MLX affine formats only.
@@ -38,14 +57,14 @@ pub fn quantization_info(
     method: Option<Method>,
 ) -> QuantizationInfo {
     let (bits, mode) = match format {
-        Format::Nf4 => (Some(4), Some(Format::Nf4.as_str().to_string())),
+        Format::Nf4 => (Some(4), Some(QuantMode::Nf4)),
         f => match f.affine_bits() {
-            Some(b) => (Some(b), Some("affine".to_string())),
+            Some(b) => (Some(b), Some(QuantMode::Affine)),
             None => (None, None),
         },
     };
     QuantizationInfo {
-        format: format.as_str().to_string(),
+        format,
         group_size: if format.is_grouped() {
             group_size
         } else {
@@ -53,9 +72,7 @@ pub fn quantization_info(
         },
         bits,
         mode,
-        method: method
-            .filter(|_| format.affine_bits().is_some())
-            .map(|m| m.as_str().to_string()),
+        method: method.filter(|_| format.affine_bits().is_some()),
         coreml: None,
     }
 }
@@ -68,14 +85,19 @@ pub fn coreml_quantization_info(plan: &omnipack_coreml::CompressionPlan) -> Quan
         omnipack_coreml::CompressionFormat::Int8 => Some(8),
         omnipack_coreml::CompressionFormat::Int4 { .. } => Some(4),
     };
+    let format = match plan.format {
+        omnipack_coreml::CompressionFormat::F16 => Format::F16,
+        omnipack_coreml::CompressionFormat::Int8 => Format::Int8,
+        omnipack_coreml::CompressionFormat::Int4 { .. } => Format::Int4,
+    };
     QuantizationInfo {
-        format: plan.format.name().to_string(),
+        format,
         group_size: plan.block_size,
         bits,
-        mode: bits.map(|_| "linear_symmetric".to_string()),
+        mode: bits.map(|_| QuantMode::LinearSymmetric),
         method: None,
         coreml: Some(omnipack_summary::CoreMlCompression {
-            format: plan.format.name().to_string(),
+            format,
             block_size: plan.block_size,
             operation: plan.op.map(|o| o.name().to_string()),
             deployment_target: deployment_target_text(plan.deployment_target),
@@ -127,7 +149,7 @@ pub(crate) fn choose(
             let c = &m.components[tc.index];
             let o = &tc.options[rank];
             let per_tier = c.source.is_per_tier().then_some(tier.name.as_str());
-            let id = bundle_id(&c.name, o.format, o.group_size, per_tier);
+            let id = component_bundle_id(c, o.format, o.group_size, per_tier);
             let acc = by_id.entry(id.clone()).or_insert_with(|| ChosenBundle {
                 component: tc.index,
                 option: o.clone(),
@@ -230,21 +252,23 @@ pub(crate) fn bundle_plans(
             tier: acc.tier.clone(),
             delivery,
             residency: c.residency,
-            quantization: match sizers[acc.component].coreml_plan(
-                acc.option.format,
-                acc.option.group_size.unwrap_or(c.quantization.group_size),
-            ) {
-                Some(Ok(plan)) => coreml_quantization_info(&plan),
-                // The method is recorded where omnipack quantizes: not for exporter outputs,
-                // nor for a quantized source whose tensors pass through byte for byte.
-                _ => quantization_info(
+            quantization: (c.role != Role::Data).then(|| {
+                match sizers[acc.component].coreml_plan(
                     acc.option.format,
-                    acc.option.group_size,
-                    (matches!(c.source, ResolvedSource::Safetensors { .. })
-                        && source_treatment.as_deref() != Some("pass_through"))
-                    .then_some(c.quantization.method),
-                ),
-            },
+                    acc.option.group_size.unwrap_or(c.quantization.group_size),
+                ) {
+                    Some(Ok(plan)) => coreml_quantization_info(&plan),
+                    // The method is recorded where omnipack quantizes: not for exporter outputs,
+                    // nor for a quantized source whose tensors pass through byte for byte.
+                    _ => quantization_info(
+                        acc.option.format,
+                        acc.option.group_size,
+                        (matches!(c.source, ResolvedSource::Safetensors { .. })
+                            && source_treatment.as_deref() != Some("pass_through"))
+                        .then_some(c.quantization.method),
+                    ),
+                }
+            }),
             parameters: sizers[acc.component].parameters,
             weights_bytes: acc.option.weights_bytes,
             resident_bytes: acc.option.resident_bytes,

@@ -79,13 +79,19 @@ impl PlanFailure {
 
 impl PlanDiagnostic {
     /// This error as a diagnostic located in the manifest (at the manifest file itself when it
-    /// has no path): the notes first, then one `- ` line per suggested change.
+    /// has no path): the notes first, then the suggested changes, one `- ` line each when
+    /// there are several or notes precede them (a lone hint is written as it is).
     pub fn to_diagnostic(&self, loaded: &LoadedManifest) -> Diagnostic {
         let mut lines: Vec<String> = self.notes.clone();
         if !self.help.is_empty() && !self.notes.is_empty() {
             lines.push("changes that lower the peak:".to_string());
         }
-        lines.extend(self.help.iter().map(|h| format!("- {h}")));
+        let bullets = self.help.len() > 1 || !self.notes.is_empty();
+        lines.extend(
+            self.help
+                .iter()
+                .map(|h| if bullets { format!("- {h}") } else { h.clone() }),
+        );
         let help = lines.join("\n");
         locate(
             loaded,

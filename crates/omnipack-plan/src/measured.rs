@@ -34,7 +34,7 @@ pub fn with_measured_sizes(plan: &Plan, measured: &BTreeMap<String, u64>) -> Pla
             loads.push(ComponentLoad {
                 always: c.residency == Residency::Always,
                 resident_bytes: b.resident_bytes,
-                activation_bytes: memory::activation_bytes(c),
+                activation_bytes: choice.activation_bytes,
                 kv_cache_bytes: 0,
             });
         }
@@ -51,6 +51,7 @@ pub fn with_measured_sizes(plan: &Plan, measured: &BTreeMap<String, u64>) -> Pla
         m.headroom_bytes = (t.entry.memory_limit_bytes as i128 - m.peak_bytes as i128)
             .clamp(i64::MIN as i128, i64::MAX as i128) as i64;
         t.entry.fits = memory::fits(&m, t.entry.memory_limit_bytes);
+        t.entry.required_bytes = memory::required_bytes(&m);
         t.entry.memory = m;
     }
     out

@@ -96,27 +96,70 @@ pub fn kv_cache_bytes(c: &ResolvedComponent, tokens: u64) -> u64 {
     }
 }
 
-/// Default activations of a decode step: `4 * (vocab_size + 16 * hidden_size)` bytes.
-pub fn default_decode_activations(arch: &Architecture) -> u64 {
-    4u64.saturating_mul(
-        arch.vocab_size
-            .saturating_add(16u64.saturating_mul(arch.hidden_size)),
-    )
+/// Default activations of one decode step over a context of `tokens` tokens, in bytes:
+///
+/// `4 * vocab_size + layers * (4 * heads * tokens + 32 * hidden_size)`, with
+/// `heads = max(1, hidden_size / kv_head_dim)` (the query heads of a model whose heads
+/// split the hidden size).
+///
+/// * `4 * vocab_size`: the logits of the step in f32, for sampling;
+/// * `4 * heads * tokens` per layer: the attention scores and their softmax in f32;
+/// * `32 * hidden_size` per layer: the step's f16 intermediates (query, attention output and
+///   residual, the MLP's gate, up and down at an intermediate size of 4 x hidden_size).
+///
+/// Every layer is counted, not one: a lazily evaluated graph (MLX) may hold all of a step's
+/// intermediates until it is evaluated. Allocator caching and a runtime's own scratch are not
+/// modelled: measure and declare `activation_memory` for a release.
+pub fn default_decode_activations(arch: &Architecture, tokens: u64) -> u64 {
+    let heads = (arch.hidden_size / arch.kv_head_dim.max(1)).max(1);
+    let per_layer = 4u64
+        .saturating_mul(heads)
+        .saturating_mul(tokens)
+        .saturating_add(32u64.saturating_mul(arch.hidden_size));
+    4u64.saturating_mul(arch.vocab_size)
+        .saturating_add(arch.layers.saturating_mul(per_layer))
 }
 
-/// Activation memory of a component while it runs: `activation_memory` when given; for a
+/// Where a component's activation bytes come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationSource {
+    /// `activation_memory` in the manifest.
+    Manifest,
+    /// The decode-step default ([`default_decode_activations`]).
+    Default,
+    /// None: a `data` component, or a component without `activation_memory` that is not a
+    /// decode step.
+    None,
+}
+
+impl ActivationSource {
+    /// `manifest`, `default` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActivationSource::Manifest => "manifest",
+            ActivationSource::Default => "default",
+            ActivationSource::None => "none",
+        }
+    }
+}
+
+/// Activation memory of a component while it runs on a tier whose context for it is
+/// `tokens` (the resident KV tokens of a decode step): `activation_memory` when given; for a
 /// text decode step with an `architecture`, the decode-step default; otherwise 0. A `data`
 /// component counts only its `resident_memory`, so its activations are 0.
-pub fn activation_bytes(c: &ResolvedComponent) -> u64 {
+pub fn activation_bytes(c: &ResolvedComponent, tokens: Option<u64>) -> (u64, ActivationSource) {
     if c.role == Role::Data {
-        return 0;
+        return (0, ActivationSource::None);
     }
     if let Some(a) = c.activation_memory {
-        return a;
+        return (a, ActivationSource::Manifest);
     }
     match (c.role, c.architecture.as_ref()) {
-        (Role::TextDecodeStep, Some(arch)) => default_decode_activations(arch),
-        _ => 0,
+        (Role::TextDecodeStep, Some(arch)) => (
+            default_decode_activations(arch, tokens.unwrap_or(0)),
+            ActivationSource::Default,
+        ),
+        _ => (0, ActivationSource::None),
     }
 }
 
@@ -205,7 +248,13 @@ pub fn breakdown(
 
 /// A tier fits when `peak + min_headroom <= memory_limit`.
 pub fn fits(m: &MemoryBreakdown, memory_limit: u64) -> bool {
-    m.peak_bytes.saturating_add(m.min_headroom_bytes) <= memory_limit
+    required_bytes(m) <= memory_limit
+}
+
+/// The memory a tier needs from the device: `peak_bytes + min_headroom_bytes` (the number an
+/// app compares with its process limit).
+pub fn required_bytes(m: &MemoryBreakdown) -> u64 {
+    m.peak_bytes.saturating_add(m.min_headroom_bytes)
 }
 
 #[cfg(test)]
@@ -264,8 +313,10 @@ mod tests {
 
     #[test]
     fn activations_by_hand() {
-        // 4 * (512 + 16 * 128) = 10_240.
-        assert_eq!(default_decode_activations(&ARCH), 10_240);
+        // heads = 128 / 32 = 4; 4 * 512 + 4 * (4 * 4 * 2048 + 32 * 128) = 2_048 + 147_456.
+        assert_eq!(default_decode_activations(&ARCH, 2048), 149_504);
+        // Without a context only the logits and the intermediates remain.
+        assert_eq!(default_decode_activations(&ARCH, 0), 2_048 + 4 * 4_096);
     }
 
     #[test]

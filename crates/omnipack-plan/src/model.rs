@@ -72,7 +72,8 @@ pub struct ComponentPlan {
 /// One bundle: a component in one variant (and, for `{tier}` exporters, one tier).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BundlePlan {
-    /// `<component>-<format>[-g<group>][-<tier>]`.
+    /// `<component>-<format>[-g<group>][-<tier>]`; `<component>[-<tier>]` for a `data`
+    /// component.
     pub id: String,
     /// Component name.
     pub component: String,
@@ -87,8 +88,9 @@ pub struct BundlePlan {
     pub delivery: omnipack_manifest::Delivery,
     /// Memory policy.
     pub residency: omnipack_manifest::Residency,
-    /// How the weights are stored, as written in `bundle.json` and the summary.
-    pub quantization: QuantizationInfo,
+    /// How the weights are stored, as written in `bundle.json` and the summary; none for a
+    /// `data` component (files shipped as they are).
+    pub quantization: Option<QuantizationInfo>,
     /// Parameters of the component.
     pub parameters: u64,
     /// Planned tensor data bytes (exact for native variants); 0 when unknown before export.
@@ -161,6 +163,11 @@ pub struct VariantChoice {
     pub format: Format,
     /// Position of the format in the component's preference list (0 = best).
     pub preference_rank: usize,
+    /// Activation bytes the component counts on this tier.
+    pub activation_bytes: u64,
+    /// Where they come from: `manifest` (`activation_memory`), `default` (the decode-step
+    /// default for the tier's context, with a warning) or `none`.
+    pub activation_source: String,
 }
 
 /// A planning warning, located in the manifest when possible.

@@ -120,6 +120,7 @@ fn plan_in(
             name: m.package.name.clone(),
             version: m.package.version.clone(),
             bundle_id: m.package.bundle_id.clone(),
+            asset_pack_prefix: m.package.asset_pack_prefix.clone(),
         },
         root: origin.root.clone(),
         manifest_sha256: origin.manifest_sha256.clone(),

@@ -221,10 +221,10 @@ pub struct PackageParams {
     pub component: String,
     /// Its role (written in `bundle.json`).
     pub role: Role,
-    /// Its runtime (written in `bundle.json`).
-    pub runtime: Runtime,
-    /// How its weights are stored (written in `bundle.json`).
-    pub quantization: QuantizationInfo,
+    /// Its runtime (written in `bundle.json`); none for a `data` component.
+    pub runtime: Option<Runtime>,
+    /// How its weights are stored (written in `bundle.json`); none for a `data` component.
+    pub quantization: Option<QuantizationInfo>,
     /// The bundle's files besides `bundle.json` and the decode-step sidecars.
     pub contents: BundleContents,
     /// The sidecars of a text decode step (`<artifact>.io.json`, and `.kvq.json` /

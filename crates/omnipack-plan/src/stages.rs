@@ -28,9 +28,15 @@ pub fn export_stage_id(component: &str, tier: Option<&str>) -> String {
     }
 }
 
-/// The asset-pack id of a bundle: `<package.bundle_id>.<bundle id>`.
-pub fn asset_pack_id(package_bundle_id: &str, bundle_id: &str) -> String {
-    format!("{package_bundle_id}.{bundle_id}")
+/// The asset-pack ID of a bundle: the bundle id with `_` turned into `-`, after
+/// `<asset_pack_prefix>-` when there is a prefix. Letters, digits and hyphens only, since App
+/// Store Connect refuses dots in asset-pack identifiers (docs/build.md).
+pub fn asset_pack_id(asset_pack_prefix: Option<&str>, bundle_id: &str) -> String {
+    let id = bundle_id.replace('_', "-");
+    match asset_pack_prefix {
+        Some(p) => format!("{p}-{id}"),
+        None => id,
+    }
 }
 
 /// Fills the placeholders of an exporter argv (`{tier}`, `{out}`, ...) named in `values`, each
@@ -375,7 +381,7 @@ fn package_stage(
             bundle: b.id.clone(),
             component: c.name.clone(),
             role: c.role,
-            runtime: c.runtime,
+            runtime: (c.role != Role::Data).then_some(c.runtime),
             quantization: b.quantization.clone(),
             contents,
             decode_step: decode_step_sidecars(c).map(|mut s| {
@@ -383,7 +389,7 @@ fn package_stage(
                 s
             }),
             asset_pack: AssetPackParams {
-                id: asset_pack_id(&m.package.bundle_id, &b.id),
+                id: asset_pack_id(m.package.asset_pack_prefix.as_deref(), &b.id),
                 delivery: b.delivery,
             },
         })),

@@ -3,7 +3,7 @@
 
 use omnipack_manifest::{
     Format, KvFormat, Paging, ResolvedComponent, ResolvedManifest, ResolvedTier, Role, Runtime,
-    format_bytes,
+    SizeUnits,
 };
 use omnipack_summary::MemoryBreakdown;
 
@@ -26,23 +26,24 @@ pub(crate) fn does_not_fit(
     let tier = &m.tiers[ti];
     let need = mem.peak_bytes.saturating_add(mem.min_headroom_bytes);
     let over = need.saturating_sub(tier.memory_limit);
+    let units = m.size_units;
     let mut d = PlanDiagnostic::new(
         Some(format!("tiers[{ti}].memory_limit")),
         format!(
             "tier `{}` does not fit: peak {}{} exceeds memory_limit {} by {}",
             tier.name,
-            format_bytes(mem.peak_bytes),
+            units.format(mem.peak_bytes),
             if mem.min_headroom_bytes > 0 {
-                format!(" + min_headroom {}", format_bytes(mem.min_headroom_bytes))
+                format!(" + min_headroom {}", units.format(mem.min_headroom_bytes))
             } else {
                 String::new()
             },
-            format_bytes(tier.memory_limit),
-            mib_and_bytes(over),
+            units.format(tier.memory_limit),
+            size_and_bytes(units, over),
         ),
     );
     d.notes.push(smallest_plan_line(m, model, ranks));
-    d.notes.extend(breakdown_lines(mem));
+    d.notes.extend(breakdown_lines(units, mem));
     let s = Suggester {
         m,
         sizers,
@@ -56,8 +57,8 @@ pub(crate) fn does_not_fit(
     d
 }
 
-fn mib_and_bytes(n: u64) -> String {
-    format!("{} ({n} bytes)", format_bytes(n))
+fn size_and_bytes(units: SizeUnits, n: u64) -> String {
+    format!("{} ({n} bytes)", units.format(n))
 }
 
 /// `smallest plan found: text int4-g64, image_decoder int8-g64`.
@@ -78,7 +79,7 @@ fn smallest_plan_line(m: &ResolvedManifest, model: &TierModel, ranks: &[usize]) 
     format!("smallest plan found: {}", chosen.join(", "))
 }
 
-fn breakdown_lines(mem: &MemoryBreakdown) -> Vec<String> {
+fn breakdown_lines(units: SizeUnits, mem: &MemoryBreakdown) -> Vec<String> {
     [
         ("runtime_overhead_bytes", mem.runtime_overhead_bytes),
         ("weights_resident_bytes", mem.weights_resident_bytes),
@@ -88,7 +89,7 @@ fn breakdown_lines(mem: &MemoryBreakdown) -> Vec<String> {
         ("peak_bytes", mem.peak_bytes),
     ]
     .into_iter()
-    .map(|(name, v)| format!("{name:<24} {v:>14}  {}", format_bytes(v)))
+    .map(|(name, v)| format!("{name:<24} {v:>14}  {}", units.format(v)))
     .collect()
 }
 
@@ -105,10 +106,23 @@ struct Suggester<'a> {
 }
 
 impl Suggester<'_> {
-    /// Every suggestion, in the documented order: per decode step a smaller KV format and
-    /// fewer tokens; per component a smaller weight format (and `cpu_and_ne` for Core ML);
-    /// all of them together when none is enough alone; a smaller `min_headroom` when that is
-    /// enough; the `memory_limit` that would fit.
+    /// A byte count in the manifest's units, rounded to two decimals: `18.00 MiB`.
+    fn size(&self, n: u64) -> String {
+        self.m.size_units.format(n)
+    }
+
+    /// A byte count as a value the manifest takes, in its units, rounded down (a suggested
+    /// limit never exceeds what fits): `17.99 MiB`, or plain bytes below 1 KiB.
+    fn size_floor(&self, n: u64) -> String {
+        self.m.size_units.format_floor(n)
+    }
+
+    /// Every suggestion, ranked by the bytes it saves (largest first): per decode step a
+    /// smaller KV format and fewer tokens; per component a smaller weight format (said to
+    /// widen the component's list) and `cpu_and_ne` for Core ML; dropping a lazy component
+    /// from the tier; a smaller `activation_memory`, `runtime_overhead` or `min_headroom`.
+    /// Then all of the KV and weight changes together when none is enough alone, and the
+    /// `memory_limit` that would fit.
     fn suggestions(&self) -> Vec<String> {
         let mut out = Vec::new();
         // Every change applied at once, to say whether they fit together.
@@ -122,10 +136,112 @@ impl Suggester<'_> {
             let o = &mut combined.comps[k].options[self.ranks[k]];
             o.resident_bytes = o.resident_bytes.min(resident);
         }
-        out.extend(self.all_together(&out, &combined));
-        out.extend(self.smaller_min_headroom());
-        out.push(self.raise_memory_limit());
-        out
+        self.lazy_components(&mut out);
+        self.activations(&mut out);
+        self.runtime_overhead(&mut out);
+        self.smaller_min_headroom(&mut out);
+        let mut lines = rank_by_saving(out);
+        lines.extend(self.all_together(&lines, &combined));
+        lines.push(self.raise_memory_limit());
+        lines
+    }
+
+    /// Each lazy component of the tier left out of it (`tiers[].components`): only the
+    /// largest lazy load counts in the peak, so this saves something only for the largest.
+    fn lazy_components(&self, out: &mut Vec<(u64, String)>) {
+        if self.model.comps.len() < 2 {
+            return;
+        }
+        for (k, tc) in self.model.comps.iter().enumerate() {
+            if tc.always {
+                continue;
+            }
+            let mut alt = self.model.clone();
+            alt.comps.remove(k);
+            let mut ranks = self.ranks.to_vec();
+            ranks.remove(k);
+            let saved = self
+                .mem
+                .peak_bytes
+                .saturating_sub(alt.breakdown(&ranks).peak_bytes);
+            if saved > 0 {
+                out.push((
+                    saved,
+                    format!(
+                        "leave lazy `{}` out of tier `{}` (its `components`) saves {} ({})",
+                        self.m.components[tc.index].name,
+                        self.tier.name,
+                        self.size(saved),
+                        self.verdict(saved)
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// A smaller `activation_memory` per component that has one: the value that would fit
+    /// when there is one, else what 0 would save.
+    fn activations(&self, out: &mut Vec<(u64, String)>) {
+        for (k, tc) in self.model.comps.iter().enumerate() {
+            let act = tc.activation_bytes;
+            if act == 0 {
+                continue;
+            }
+            let name = &self.m.components[tc.index].name;
+            let target = self.size_floor(act.saturating_sub(self.over));
+            let t = parse_back(&target);
+            let saved = self.mem.peak_bytes - self.peak_with(k, &|c| c.activation_bytes = t);
+            if saved >= self.over {
+                out.push((
+                    saved,
+                    format!(
+                        "`activation_memory: {target}` for `{name}` (from {}) saves {} (enough on its own), if its runtime really needs no more: measure it",
+                        self.size(act),
+                        self.size(saved)
+                    ),
+                ));
+            } else {
+                let saved = self.mem.peak_bytes - self.peak_with(k, &|c| c.activation_bytes = 0);
+                if saved > 0 {
+                    out.push((
+                        saved,
+                        format!(
+                            "`activation_memory` of `{name}` is {}: even 0 would save only {} (not enough on its own)",
+                            self.size(act),
+                            self.size(saved)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// A smaller `runtime_overhead` (the app and runtime baseline, counted once per tier).
+    fn runtime_overhead(&self, out: &mut Vec<(u64, String)>) {
+        let rt = self.model.runtime_overhead;
+        if rt == 0 {
+            return;
+        }
+        if rt >= self.over {
+            let target = self.size_floor(rt - self.over);
+            let saved = rt - parse_back(&target);
+            out.push((
+                saved,
+                format!(
+                    "`runtime_overhead: {target}` (from {}) saves {} (enough on its own), if the app and runtime really start that small: measure them on the device",
+                    self.size(rt),
+                    self.size(saved)
+                ),
+            ));
+        } else {
+            out.push((
+                rt,
+                format!(
+                    "`runtime_overhead` is {}: even 0 would save only that (not enough on its own)",
+                    self.size(rt)
+                ),
+            ));
+        }
     }
 
     fn verdict(&self, saved: u64) -> &'static str {
@@ -155,7 +271,7 @@ impl Suggester<'_> {
         k: usize,
         tc: &TierComponent,
         tokens: u64,
-        out: &mut Vec<String>,
+        out: &mut Vec<(u64, String)>,
     ) -> u64 {
         let c = &self.m.components[tc.index];
         let mut combo = c.clone();
@@ -172,7 +288,7 @@ impl Suggester<'_> {
         k: usize,
         c: &ResolvedComponent,
         tokens: u64,
-        out: &mut Vec<String>,
+        out: &mut Vec<(u64, String)>,
     ) -> Option<KvFormat> {
         if c.runtime == Runtime::Mlc {
             return None;
@@ -187,11 +303,14 @@ impl Suggester<'_> {
             alt.kv_cache.format = f;
             let saved = self.saving_with_kv(k, memory::kv_cache_bytes(&alt, tokens));
             if saved > 0 {
-                out.push(format!(
-                    "`kv_cache.format: {f}` for `{}` saves {} ({})",
-                    c.name,
-                    mib_and_bytes(saved),
-                    self.verdict(saved)
+                out.push((
+                    saved,
+                    format!(
+                        "`kv_cache.format: {f}` for `{}` saves {} ({})",
+                        c.name,
+                        self.size(saved),
+                        self.verdict(saved)
+                    ),
                 ));
             }
         }
@@ -205,7 +324,7 @@ impl Suggester<'_> {
         k: usize,
         c: &ResolvedComponent,
         tokens: u64,
-        out: &mut Vec<String>,
+        out: &mut Vec<(u64, String)>,
     ) -> Option<u64> {
         let per_token = memory::kv_cache_bytes(c, 1);
         if per_token == 0 || tokens <= 1 {
@@ -230,12 +349,15 @@ impl Suggester<'_> {
                 .unwrap_or(tokens);
                 let saved = self.saving_with_kv(k, memory::kv_cache_bytes(c, t2));
                 if saved > 0 {
-                    out.push(format!(
-                        "`kv_cache.paging.resident_pages: {pages}` for `{}` ({} resident tokens) saves {} ({})",
-                        c.name,
-                        t2,
-                        mib_and_bytes(saved),
-                        self.verdict(saved)
+                    out.push((
+                        saved,
+                        format!(
+                            "`kv_cache.paging.resident_pages: {pages}` for `{}` ({} resident tokens) saves {} ({})",
+                            c.name,
+                            t2,
+                            self.size(saved),
+                            self.verdict(saved)
+                        ),
                     ));
                 }
                 Some(t2)
@@ -243,12 +365,15 @@ impl Suggester<'_> {
             _ => {
                 let saved = self.saving_with_kv(k, memory::kv_cache_bytes(c, target));
                 if saved > 0 {
-                    out.push(format!(
-                        "`max_seq_len: {target}` on tier `{}` saves {} ({}); or page the cache with `kv_cache.paging` on `{}`",
-                        self.tier.name,
-                        mib_and_bytes(saved),
-                        self.verdict(saved),
-                        c.name
+                    out.push((
+                        saved,
+                        format!(
+                            "`max_seq_len: {target}` on tier `{}` saves {} ({}); or page the cache with `kv_cache.paging` on `{}`",
+                            self.tier.name,
+                            self.size(saved),
+                            self.verdict(saved),
+                            c.name
+                        ),
                     ));
                 }
                 Some(target)
@@ -259,7 +384,7 @@ impl Suggester<'_> {
     /// Per natively quantized component: the least aggressive smaller weight format that is
     /// enough on its own (else the one saving most), and `compute_units: cpu_and_ne` for Core
     /// ML. Returns the resident bytes each suggestion gives, by component position.
-    fn weight_suggestions(&self, out: &mut Vec<String>) -> Vec<(usize, u64)> {
+    fn weight_suggestions(&self, out: &mut Vec<(u64, String)>) -> Vec<(usize, u64)> {
         let mut resident = Vec::new();
         for (k, tc) in self.model.comps.iter().enumerate() {
             let c = &self.m.components[tc.index];
@@ -275,11 +400,16 @@ impl Suggester<'_> {
                 } else {
                     "quantization.format".to_string()
                 };
-                out.push(format!(
-                    "`{f}` for `{}` (in `{site}`) saves {} ({})",
-                    c.name,
-                    mib_and_bytes(saved),
-                    self.verdict(saved)
+                // The smallest plan already uses the smallest variant of the list: a smaller
+                // format is one the list does not have.
+                out.push((
+                    saved,
+                    format!(
+                        "adding `{f}` to `{site}` of `{}` (it widens the formats the planner may choose) saves {} ({})",
+                        c.name,
+                        self.size(saved),
+                        self.verdict(saved)
+                    ),
                 ));
             }
             if c.runtime == Runtime::Coreml
@@ -292,11 +422,14 @@ impl Suggester<'_> {
                     - self.peak_with(k, &|t| t.options[rank].resident_bytes = w);
                 if saved > 0 {
                     resident.push((k, w));
-                    out.push(format!(
-                        "`compute_units: cpu_and_ne` for `{}` keeps its weights compressed: saves {} ({})",
-                        c.name,
-                        mib_and_bytes(saved),
-                        self.verdict(saved)
+                    out.push((
+                        saved,
+                        format!(
+                            "`compute_units: cpu_and_ne` for `{}` keeps its weights compressed: saves {} ({})",
+                            c.name,
+                            self.size(saved),
+                            self.verdict(saved)
+                        ),
                     ));
                 }
             }
@@ -356,7 +489,7 @@ impl Suggester<'_> {
             .saturating_sub(combined.breakdown(self.ranks).peak_bytes);
         Some(format!(
             "all of the above together (the smallest KV format, fewer tokens, the smaller weight formats) save {}: {}",
-            mib_and_bytes(saved),
+            size_and_bytes(self.m.size_units, saved),
             if saved >= self.over {
                 "enough"
             } else {
@@ -365,16 +498,19 @@ impl Suggester<'_> {
         ))
     }
 
-    fn smaller_min_headroom(&self) -> Option<String> {
+    fn smaller_min_headroom(&self, out: &mut Vec<(u64, String)>) {
         let mem = self.mem;
-        (mem.min_headroom_bytes >= self.over && mem.min_headroom_bytes > 0).then(|| {
-            format!(
-                "`min_headroom: {}` on tier `{}` (from {}) would fit, with less safety margin",
-                mem.min_headroom_bytes - self.over,
-                self.tier.name,
-                mem.min_headroom_bytes
-            )
-        })
+        if mem.min_headroom_bytes >= self.over && mem.min_headroom_bytes > 0 {
+            let target = self.size_floor(mem.min_headroom_bytes - self.over);
+            out.push((
+                mem.min_headroom_bytes - parse_back(&target),
+                format!(
+                    "`min_headroom: {target}` on tier `{}` (from {}) would fit, with less safety margin",
+                    self.tier.name,
+                    self.size(mem.min_headroom_bytes)
+                ),
+            ));
+        }
     }
 
     fn raise_memory_limit(&self) -> String {
@@ -385,9 +521,20 @@ impl Suggester<'_> {
         format!(
             "raise `memory_limit` of tier `{}` to at least {} ({need} bytes), for devices that allow it",
             self.tier.name,
-            format_bytes(need)
+            self.size(need)
         )
     }
+}
+
+/// The suggestions' lines, the largest saving first (ties keep their order).
+fn rank_by_saving(mut suggestions: Vec<(u64, String)>) -> Vec<String> {
+    suggestions.sort_by_key(|(saved, _)| std::cmp::Reverse(*saved));
+    suggestions.into_iter().map(|(_, line)| line).collect()
+}
+
+/// The bytes of a size written by [`SizeUnits::format_floor`].
+fn parse_back(text: &str) -> u64 {
+    omnipack_manifest::parse_size(text).unwrap_or(0)
 }
 
 /// Formats omnipack can write natively for `runtime`: MLX takes every format but NF4, a
@@ -397,5 +544,58 @@ fn allowed_natively(runtime: Runtime, f: Format) -> bool {
         Runtime::Mlx => f != Format::Nf4,
         Runtime::Custom => true,
         _ => f.affine_bits().is_none() && f != Format::Nf4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions_are_ranked_by_bytes_saved() {
+        let lines = rank_by_saving(vec![
+            (10, "small".to_string()),
+            (3 << 20, "large".to_string()),
+            (10, "small, second".to_string()),
+            (1 << 20, "middle".to_string()),
+        ]);
+        assert_eq!(lines, ["large", "middle", "small", "small, second"]);
+    }
+
+    #[test]
+    fn suggested_sizes_round_down_and_parse_back() {
+        let floor = |n| SizeUnits::Binary.format_floor(n);
+        assert_eq!(floor(18_868_480), "17.99 MiB");
+        assert!(parse_back(&floor(18_868_480)) <= 18_868_480);
+        assert_eq!(floor(64 << 20), "64.00 MiB");
+        assert_eq!(parse_back("64.00 MiB"), 64 << 20);
+        assert_eq!(floor(1000), "1000");
+        for units in [SizeUnits::Binary, SizeUnits::Decimal] {
+            for n in [1u64, 999, 1023, 1024, 123_456_789, 5 << 30] {
+                let back = parse_back(&units.format_floor(n));
+                assert!(
+                    back <= n && n - back <= n / 100 + 1,
+                    "{units:?} {n} -> {back}"
+                );
+            }
+        }
+        // A manifest written in decimal units gets decimal suggestions.
+        assert_eq!(SizeUnits::Decimal.format_floor(18_868_480), "18.86 MB");
+        assert_eq!(SizeUnits::Decimal.format(18_868_480), "18.87 MB");
+    }
+
+    #[test]
+    fn the_manifests_units_are_those_most_of_its_sizes_are_whole_in() {
+        assert_eq!(
+            SizeUnits::of([300 << 20, 3 << 30, 64 << 20]),
+            SizeUnits::Binary
+        );
+        assert_eq!(
+            SizeUnits::of([300_000_000, 3_000_000_000, 64_000_000]),
+            SizeUnits::Decimal
+        );
+        // 1.4 GiB is whole in neither; ties stay binary.
+        assert_eq!(SizeUnits::of([1_503_238_553]), SizeUnits::Binary);
+        assert_eq!(SizeUnits::of([1 << 20, 1_000_000]), SizeUnits::Binary);
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct TierComponent {
     pub index: usize,
     pub always: bool,
     pub activation_bytes: u64,
+    /// Where `activation_bytes` comes from.
+    pub activation_source: memory::ActivationSource,
     pub kv_cache_bytes: u64,
     pub kv_tokens: Option<u64>,
     /// The preference list, best first: the rank of a variant is its index here.
@@ -130,10 +132,12 @@ pub(crate) fn tier_model(
         if options.is_empty() {
             continue;
         }
+        let (activation_bytes, activation_source) = memory::activation_bytes(c, kv_tokens);
         comps.push(TierComponent {
             index,
             always: c.residency == Residency::Always,
-            activation_bytes: memory::activation_bytes(c),
+            activation_bytes,
+            activation_source,
             kv_cache_bytes,
             kv_tokens,
             options,

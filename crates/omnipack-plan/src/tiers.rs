@@ -2,11 +2,14 @@
 //! what is worth saying about it (a tier that does not fit, lazy components larger than the
 //! headroom), and what the chosen plan trades (its rank sum, the step ups that do not fit).
 
+use std::collections::BTreeMap;
+
 use omnipack_manifest::{Paging, ResolvedManifest, format_bytes};
 use omnipack_summary::{KvCacheInfo, MemoryBreakdown, PagingInfo, TierEntry};
 
 use crate::bundles::ChosenBundles;
 use crate::diag::PlanDiagnostic;
+use crate::memory;
 use crate::model::{PlanWarning, StepUpCost, TierPlan, VariantChoice};
 use crate::sizing::ComponentSizer;
 use crate::suggestions::does_not_fit;
@@ -48,6 +51,7 @@ pub(crate) fn tier_plans(
                 memory_limit_bytes: tier.memory_limit,
                 bundles: load_order(&r.model, ids),
                 kv_cache: kv_cache_info(m, &r.model),
+                required_bytes: memory::required_bytes(&memory),
                 memory,
                 fits: r.outcome.fits,
             },
@@ -57,7 +61,41 @@ pub(crate) fn tier_plans(
             step_ups: step_ups(m, r),
         });
     }
+    warnings.extend(default_activation_warnings(m, searched, selected));
     plans
+}
+
+/// One warning per decode step that counts the default activations (no `activation_memory`),
+/// with the bytes and context of each selected tier that ships it.
+fn default_activation_warnings(
+    m: &ResolvedManifest,
+    searched: &[TierSearch],
+    selected: &[usize],
+) -> Vec<PlanWarning> {
+    let mut per_component: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for &ti in selected {
+        for tc in &searched[ti].model.comps {
+            if tc.activation_source == memory::ActivationSource::Default {
+                per_component.entry(tc.index).or_default().push(format!(
+                    "{} at {} tokens on tier `{}`",
+                    m.size_units.format(tc.activation_bytes),
+                    tc.kv_tokens.unwrap_or(0),
+                    m.tiers[ti].name
+                ));
+            }
+        }
+    }
+    per_component
+        .into_iter()
+        .map(|(index, uses)| PlanWarning {
+            message: format!(
+                "component `{}` has no `activation_memory`: the plan counts the decode-step default, 4 * vocab_size + layers * (4 * heads * context + 32 * hidden_size) bytes ({}); a runtime's caches and scratch can take far more: declare what it allocates per step",
+                m.components[index].name,
+                uses.join(", ")
+            ),
+            path: Some(format!("components[{index}]")),
+        })
+        .collect()
 }
 
 /// Bundle ids in load order: resident (`always`) components first, then lazy ones, each in
@@ -84,7 +122,7 @@ fn kv_cache_info(m: &ResolvedManifest, model: &TierModel) -> Option<KvCacheInfo>
             let c = &m.components[tc.index];
             KvCacheInfo {
                 tokens: tc.kv_tokens.unwrap_or(0),
-                format: c.kv_cache.format.as_str().to_string(),
+                format: c.kv_cache.format,
                 paging: c.kv_cache.paging.map(|p: Paging| PagingInfo {
                     page_len: p.page_len,
                     resident_pages: p.resident_pages,
@@ -107,6 +145,8 @@ fn choices(
             bundle: id.clone(),
             format: tc.options[*rank].format,
             preference_rank: *rank,
+            activation_bytes: tc.activation_bytes,
+            activation_source: tc.activation_source.as_str().to_string(),
         })
         .collect()
 }

@@ -88,9 +88,13 @@ fn planned_weights_bytes_equal_the_written_package_for_every_format() {
         );
         let b = &p.bundles[0];
         assert_eq!(b.weights_bytes, written.stored_bytes, "{}", b.id);
-        let q = b.quantization.coreml.as_ref().expect("a Core ML record");
+        let q = b
+            .quantization
+            .as_ref()
+            .and_then(|q| q.coreml.as_ref())
+            .expect("a Core ML record");
         assert_eq!(q.deployment_target, "iOS 18");
-        assert_eq!(q.format, format.as_str());
+        assert_eq!(q.format, format);
         // Bundle ids as for other formats; Core ML int8 is per channel, so no group.
         match format {
             Format::Int4 => assert_eq!(b.id, format!("text-int4-g{group}")),

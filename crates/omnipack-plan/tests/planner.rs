@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use omnipack_manifest::{Delivery, Format, Manifest, resolve};
 use omnipack_plan::{
-    ComponentSizer, Plan, PlanFailure, SizeSource, StageKind, plan_with_sizers, with_measured_sizes,
+    ComponentSizer, Plan, PlanFailure, PlanWarning, SizeSource, StageKind, plan_with_sizers,
+    with_measured_sizes,
 };
 use omnipack_quant::{Dtype, TensorInfo};
 use serde_json::json;
@@ -66,7 +67,8 @@ fn ok(p: Result<Plan, PlanFailure>) -> Plan {
 #[test]
 fn breakdown_by_hand() {
     // text f16: 2 MiB weights; KV f16 2048 tokens = 2*4*4*2048*64 = 4 MiB;
-    // activations 4*(512+16*128) = 10_240. decoder: 2 MiB + 1 MiB activations, lazy.
+    // activations (the decode-step default at 2048 tokens, heads = 128 / 32 = 4)
+    // 4*512 + 4*(4*4*2048 + 32*128) = 149_504. decoder: 2 MiB + 1 MiB activations, lazy.
     let m = base(
         json!([{"name": "a", "device_memory": 1 << 30, "memory_limit": 100 * MIB}]),
         json!([
@@ -80,11 +82,11 @@ fn breakdown_by_hand() {
     let mem = &t.memory;
     assert_eq!(mem.runtime_overhead_bytes, 10 * MIB);
     assert_eq!(mem.weights_resident_bytes, 2 * MIB);
-    assert_eq!(mem.activations_bytes, 10_240);
+    assert_eq!(mem.activations_bytes, 149_504);
     assert_eq!(mem.kv_cache_bytes, 4 * MIB);
     assert_eq!(mem.lazy_peak_bytes, 3 * MIB);
-    assert_eq!(mem.peak_bytes, 19 * MIB + 10_240);
-    assert_eq!(mem.headroom_bytes, (81 * MIB - 10_240) as i64);
+    assert_eq!(mem.peak_bytes, 19 * MIB + 149_504);
+    assert_eq!(mem.headroom_bytes, (81 * MIB - 149_504) as i64);
     assert!(t.fits);
     assert_eq!(t.bundles, ["text-f16", "dec-f16"]);
     assert_eq!(t.kv_cache.as_ref().map(|k| k.tokens), Some(2048));
@@ -92,8 +94,8 @@ fn breakdown_by_hand() {
 
 #[test]
 fn best_fit_walks_down_the_preference_list() {
-    // Fixed part: 10 MiB + 10_240 + 4 MiB KV = 14 MiB + 10_240.
-    let fixed = 14 * MIB + 10_240;
+    // Fixed part: 10 MiB + 149_504 + 4 MiB KV = 14 MiB + 149_504.
+    let fixed = 14 * MIB + 149_504;
     let cases = [
         (fixed + 2 * MIB, Format::F16, 0),
         (fixed + 2 * MIB - 1, Format::Int8, 1),
@@ -174,7 +176,56 @@ fn per_tier_overrides_are_honoured() {
     for b in &p.bundles {
         assert_eq!(b.delivery, Delivery::OnDemand);
     }
-    assert_eq!(p.warnings.len(), 2);
+    // Two about the delivery, one about the default activations of `text`.
+    assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+}
+
+#[test]
+fn the_default_activations_follow_the_tier_context_and_are_warned_about() {
+    let m = base(
+        json!([
+            {"name": "short", "device_memory": 1 << 30, "memory_limit": 100 * MIB, "max_seq_len": 512},
+            {"name": "long", "device_memory": 1 << 30, "memory_limit": 100 * MIB}
+        ]),
+        json!([text(json!("f16"))]),
+    );
+    let p = ok(plan_with_sizers(&m, &[square()], &[]));
+    // 4 * 512 + 4 * (4 * 4 * T + 32 * 128): T = 512 on `short`, 2048 (max_seq_len) on `long`.
+    let by_hand = |t: u64| 4 * 512 + 4 * (4 * 4 * t + 32 * 128);
+    for (tier, tokens) in [(0, 512), (1, 2048)] {
+        let c = &p.tiers[tier].choices[0];
+        assert_eq!(c.activation_source, "default");
+        assert_eq!(c.activation_bytes, by_hand(tokens));
+        assert_eq!(
+            p.tiers[tier].entry.memory.activations_bytes,
+            by_hand(tokens)
+        );
+    }
+    let w: Vec<&PlanWarning> = p
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("has no `activation_memory`"))
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", p.warnings);
+    assert_eq!(w[0].path.as_deref(), Some("components[0]"));
+    assert!(
+        w[0].message.contains("at 512 tokens on tier `short`")
+            && w[0].message.contains("at 2048 tokens on tier `long`"),
+        "{}",
+        w[0].message
+    );
+
+    // Declared: counted as written, no warning.
+    let mut declared = text(json!("f16"));
+    declared["activation_memory"] = json!(MIB);
+    let m = base(
+        json!([{"name": "a", "device_memory": 1 << 30, "memory_limit": 100 * MIB}]),
+        json!([declared]),
+    );
+    let p = ok(plan_with_sizers(&m, &[square()], &[]));
+    assert_eq!(p.tiers[0].choices[0].activation_source, "manifest");
+    assert_eq!(p.tiers[0].entry.memory.activations_bytes, MIB);
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings);
 }
 
 #[test]
@@ -283,7 +334,7 @@ fn stages_are_in_a_valid_order() {
 
 #[test]
 fn measured_sizes_rebudget_every_tier() {
-    let fixed = 14 * MIB + 10_240;
+    let fixed = 14 * MIB + 149_504;
     let m = base(
         json!([{"name": "a", "device_memory": 1 << 30, "memory_limit": fixed + 2 * MIB}]),
         json!([text(json!("f16"))]),
@@ -307,7 +358,7 @@ fn measured_sizes_rebudget_every_tier() {
 #[test]
 fn suggestions_carry_savings_from_the_model() {
     // f16 KV of 4 MiB; u8 would be 2*4*4*2048*36 = 2_359_296 (saves 1_835_008).
-    let fixed = 14 * MIB + 10_240;
+    let fixed = 14 * MIB + 149_504;
     let m = base(
         json!([{"name": "a", "device_memory": 1 << 30, "memory_limit": fixed + 589_823}]),
         json!([text(json!(["f16", "int8", "int4"]))]),
@@ -315,9 +366,7 @@ fn suggestions_carry_savings_from_the_model() {
     let f = plan_with_sizers(&m, &[square()], &[]).expect_err("does not fit");
     let help = f.diagnostics[0].help.join("\n");
     assert!(
-        help.contains(
-            "`kv_cache.format: u8` for `text` saves 1.75 MiB (1835008 bytes) (enough on its own)"
-        ),
+        help.contains("`kv_cache.format: u8` for `text` saves 1.75 MiB (enough on its own)"),
         "{help}"
     );
     assert!(
@@ -326,7 +375,7 @@ fn suggestions_carry_savings_from_the_model() {
     );
     assert!(
         help.contains(&format!(
-            "raise `memory_limit` of tier `a` to at least 14.57 MiB ({} bytes)",
+            "raise `memory_limit` of tier `a` to at least 14.71 MiB ({} bytes)",
             fixed + 589_824
         )),
         "{help}"
@@ -356,7 +405,7 @@ fn weight_format_suggestions_name_the_tier_override_in_effect() {
     };
     let a = help("tiers[0].memory_limit");
     assert!(
-        a.contains("for `text` (in `quantization.tiers.a.format`) saves"),
+        a.contains("to `quantization.tiers.a.format` of `text` (it widens the formats the planner may choose) saves"),
         "{a}"
     );
     // A change that is enough on its own (here a tier max_seq_len) makes the "all of the
@@ -368,7 +417,7 @@ fn weight_format_suggestions_name_the_tier_override_in_effect() {
     assert!(!a.contains("all of the above"), "{a}");
     let b = help("tiers[1].memory_limit");
     assert!(
-        b.contains("for `text` (in `quantization.format`) saves"),
+        b.contains("to `quantization.format` of `text` (it widens the formats the planner may choose) saves"),
         "{b}"
     );
 }

@@ -392,7 +392,8 @@ fn tier_input(
                 .expect("a component of the manifest");
             let (c, sizer) = (&m.components[i], &sizers[i]);
             let q = c.quantization.for_tier(&tier.name);
-            let activations = memory::activation_bytes(c);
+            let tokens = memory::kv_tokens(c.max_seq_len, tier.max_seq_len, c.kv_cache.paging);
+            let (activations, _) = memory::activation_bytes(c, tokens);
             SearchComponent {
                 lazy: c.residency == Residency::Lazy,
                 variant_bytes: q

@@ -8,6 +8,18 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod names;
+pub mod swift;
+
+pub use names::{Delivery, Format, KvFormat, Method, QuantMode, Residency, Role, Runtime};
+
+/// The pattern of every sha256 in the summary and `bundle.json`: 64 lowercase hex digits.
+pub const SHA256_PATTERN: &str = r"^[0-9a-f]{64}$";
+/// The pattern of bundle and component ids (the manifest's name rule).
+pub const ID_PATTERN: &str = r"^[a-z0-9][a-z0-9_-]*$";
+/// The pattern of asset-pack IDs: letters, digits and hyphens (App Store Connect refuses dots).
+pub const ASSET_PACK_ID_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9-]*$";
+
 /// Current `summary_version`.
 pub const SUMMARY_VERSION: u32 = 1;
 
@@ -30,13 +42,15 @@ pub fn read_summary(path: &std::path::Path) -> Result<Summary, String> {
 #[serde(deny_unknown_fields)]
 #[schemars(title = "mobile_packager_summary.json")]
 pub struct Summary {
-    /// Version of this summary format.
+    /// Version of this summary format: always `1` for this omnipack.
+    #[schemars(extend("const" = 1))]
     pub summary_version: u32,
     /// The tool that wrote it, for example `omnipack 0.1.0`.
     pub generator: String,
     /// The package built.
     pub package: PackageInfo,
     /// sha256 (hex) of the resolved manifest (its `extends` chain merged) as canonical JSON.
+    #[schemars(regex(pattern = SHA256_PATTERN))]
     pub manifest_sha256: String,
     /// Every input file read, relative to the manifest, with its sha256.
     pub inputs: Vec<InputFile>,
@@ -54,8 +68,12 @@ pub struct PackageInfo {
     pub name: String,
     /// Package version.
     pub version: String,
-    /// Prefix of every asset-pack ID.
+    /// The app's reverse-DNS bundle identifier.
     pub bundle_id: String,
+    /// The namespace of every asset-pack ID (`<asset_pack_prefix>-<bundle id>`), when the
+    /// manifest sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_pack_prefix: Option<String>,
 }
 
 /// An input file and its digest.
@@ -65,35 +83,50 @@ pub struct InputFile {
     /// Path relative to the manifest's folder, with `/` separators.
     pub path: String,
     /// sha256 of the file's bytes, lowercase hex.
+    #[schemars(regex(pattern = SHA256_PATTERN))]
     pub sha256: String,
 }
 
 /// One bundle: a zip under `bundles/` and its asset-pack folder.
+///
+/// A `data` bundle (files shipped as they are) has neither `runtime` nor `quantization`; every
+/// other bundle has both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "if" = {"properties": {"role": {"const": "data"}}, "required": ["role"]},
+    "then" = {"not": {"anyOf": [{"required": ["runtime"]}, {"required": ["quantization"]}]}},
+    "else" = {"required": ["runtime", "quantization"]}
+))]
 pub struct BundleEntry {
-    /// Bundle id: `<component>-<format>[-g<group>][-<tier>]`.
+    /// Bundle id: `<component>-<format>[-g<group>][-<tier>]`, or `<component>[-<tier>]` for a
+    /// `data` component.
+    #[schemars(regex(pattern = ID_PATTERN))]
     pub id: String,
     /// Component name.
+    #[schemars(regex(pattern = ID_PATTERN))]
     pub component: String,
-    /// Component role: `text_decode_step`, `image_decoder`, `video_decoder` or `data`.
-    pub role: String,
-    /// Runtime that loads it: `mlx`, `coreml`, `mlc`, `llama_cpp` or `custom`.
-    pub runtime: String,
-    /// Download policy: `essential`, `prefetch` or `on_demand`.
-    pub delivery: String,
-    /// Memory policy: `always` or `lazy`.
-    pub residency: String,
+    /// Component role.
+    pub role: Role,
+    /// Runtime that loads it; absent for `data` bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// Download policy.
+    pub delivery: Delivery,
+    /// Memory policy.
+    pub residency: Residency,
     /// Path of the zip relative to the output folder, for example `bundles/text-int4-g64.zip`.
     pub file: String,
     /// Size of the zip in bytes.
     pub size_bytes: u64,
     /// sha256 of the zip, lowercase hex.
+    #[schemars(regex(pattern = SHA256_PATTERN))]
     pub sha256: String,
     /// The Background Assets asset pack built from this bundle.
     pub asset_pack: AssetPackRef,
-    /// How the weights are stored.
-    pub quantization: QuantizationInfo,
+    /// How the weights are stored; absent for `data` bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationInfo>,
     /// Number of weight parameters (elements of the source tensors); 0 when unknown.
     pub parameters: u64,
     /// Tensor data bytes of the stored weights (codes, scales, biases, absmax, kept tensors),
@@ -153,7 +186,10 @@ fn nullable_quality(generator: &mut schemars::SchemaGenerator) -> schemars::Sche
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AssetPackRef {
-    /// The asset-pack ID: `<package.bundle_id>.<bundle id>`.
+    /// The asset-pack ID (`assetPackID`): the bundle id with `_` turned into `-`, after
+    /// `<package.asset_pack_prefix>-` when the manifest sets a prefix. Letters, digits and
+    /// hyphens only.
+    #[schemars(regex(pattern = ASSET_PACK_ID_PATTERN))]
     pub id: String,
     /// Path of its `Manifest.json`, relative to the output folder.
     pub manifest: String,
@@ -163,22 +199,23 @@ pub struct AssetPackRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuantizationInfo {
-    /// Weight format: `f32`, `f16`, `bf16`, `int2`..`int8` (MLX affine) or `nf4`.
-    pub format: String,
+    /// Weight format.
+    pub format: Format,
     /// Elements per group for grouped formats, absent for float formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_size: Option<u32>,
     /// Bits per code for integer formats, absent for float formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bits: Option<u32>,
-    /// `affine` for MLX integer formats, `nf4` for NF4, absent for float formats.
+    /// `affine` for MLX integer formats, `nf4` for NF4, `linear_symmetric` for Core ML int8
+    /// and int4, absent for float formats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<QuantMode>,
     /// How omnipack chose the scales and biases of MLX affine weights it quantized: `rtn`
     /// (bit-exact with `mx.quantize`) or `mse` (error-minimising, same layout); absent for
     /// other formats and for exporter outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
+    pub method: Option<Method>,
     /// For a Core ML model omnipack read and wrote: how its weights are stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coreml: Option<CoreMlCompression>,
@@ -190,7 +227,7 @@ pub struct QuantizationInfo {
 pub struct CoreMlCompression {
     /// `f16` (the weights as the model has them), `int8` (symmetric, one scale per output
     /// channel) or `int4` (symmetric, one scale per block of `block_size` input elements).
-    pub format: String,
+    pub format: Format,
     /// Elements per block of `int4`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
@@ -215,6 +252,7 @@ pub struct FileEntry {
     /// Size in bytes.
     pub size_bytes: u64,
     /// sha256, lowercase hex.
+    #[schemars(regex(pattern = SHA256_PATTERN))]
     pub sha256: String,
 }
 
@@ -226,17 +264,23 @@ pub struct TierEntry {
     pub name: String,
     /// Physical memory of the device class, in bytes.
     pub device_memory_bytes: u64,
-    /// Memory the app may use before iOS terminates it, in bytes. At launch, pick the tier
-    /// with the largest `memory_limit_bytes` not above `os_proc_available_memory()`.
+    /// Memory the app may use before iOS terminates it, in bytes (the process limit the tier
+    /// was planned for).
     pub memory_limit_bytes: u64,
+    /// The number an app compares on device: `peak_bytes + min_headroom_bytes`. At launch,
+    /// pick the tier with the largest `required_bytes` not above the process limit, that is
+    /// `os_proc_available_memory()` plus the app's current footprint (`phys_footprint`), both
+    /// from one moment (README, "Choosing a tier at run time").
+    pub required_bytes: u64,
     /// Bundle ids this tier uses, in load order (resident components first, then lazy ones).
+    #[schemars(inner(regex(pattern = ID_PATTERN)))]
     pub bundles: Vec<String>,
     /// The text decode step's KV cache on this tier; absent when the tier has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache: Option<KvCacheInfo>,
     /// The memory breakdown.
     pub memory: MemoryBreakdown,
-    /// True when `peak_bytes + min_headroom_bytes <= memory_limit_bytes`.
+    /// True when `required_bytes <= memory_limit_bytes`.
     pub fits: bool,
 }
 
@@ -246,8 +290,8 @@ pub struct TierEntry {
 pub struct KvCacheInfo {
     /// Tokens resident: min(component max_seq_len, tier max_seq_len, page_len * resident_pages).
     pub tokens: u64,
-    /// Storage format: `f16`, `u8` or `nf4`.
-    pub format: String,
+    /// Storage format.
+    pub format: KvFormat,
     /// Paging, when on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paging: Option<PagingInfo>,
@@ -286,7 +330,8 @@ pub struct MemoryBreakdown {
     pub headroom_bytes: i64,
 }
 
-/// `bundle.json`, the first entry of every bundle zip.
+/// `bundle.json`, the first entry of every bundle zip. A `data` bundle has neither `runtime`
+/// nor `quantization`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BundleManifest {
@@ -295,11 +340,13 @@ pub struct BundleManifest {
     /// Component name.
     pub component: String,
     /// Component role.
-    pub role: String,
-    /// Runtime that loads it.
-    pub runtime: String,
-    /// How the weights are stored.
-    pub quantization: QuantizationInfo,
+    pub role: Role,
+    /// Runtime that loads it; absent for `data` bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// How the weights are stored; absent for `data` bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantizationInfo>,
     /// Every other file of the bundle, sorted by path, with size and sha256.
     pub files: Vec<FileEntry>,
     /// The measured error of the weights omnipack wrote; `null` for exporter outputs and

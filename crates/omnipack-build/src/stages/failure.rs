@@ -95,7 +95,7 @@ pub enum BuildError {
     #[error(transparent)]
     Graph(#[from] GraphError),
     /// One or more stages failed.
-    #[error("{} stage(s) failed: {}", .0.iter().filter(|f| matches!(f, StageFailure::Failed { .. })).count(), .0.iter().filter(|f| matches!(f, StageFailure::Failed { .. })).map(StageFailure::stage).collect::<Vec<_>>().join(", "))]
+    #[error("{} failed: {}", omnipack_manifest::counted(.0.iter().filter(|f| matches!(f, StageFailure::Failed { .. })).count(), "stage"), .0.iter().filter(|f| matches!(f, StageFailure::Failed { .. })).map(StageFailure::stage).collect::<Vec<_>>().join(", "))]
     Stages(Vec<StageFailure>),
     /// A bundle of the plan has no package stage (a plan edited by hand).
     #[error(
@@ -111,6 +111,9 @@ pub enum BuildError {
     /// The summary could not be encoded.
     #[error("cannot encode the summary: {0}")]
     Summary(serde_json::Error),
+    /// The summary's schema has a field the Swift generator cannot express.
+    #[error("cannot generate the summary's Swift types: {0}")]
+    SwiftTypes(String),
 }
 
 /// How a stage was satisfied.

@@ -1,6 +1,7 @@
 //! The last steps of a build: the new output tree assembled in the staging folder (bundles and
-//! asset packs hard-linked from the cache, the summary written last), swapped into the output
-//! folder, then the private cache pruned.
+//! asset packs hard-linked from the cache, `app/` with a copy of the summary and its Swift
+//! types, the summary written last), swapped into the output folder, then the private cache
+//! pruned.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,7 +12,7 @@ use omnipack_summary::Summary;
 
 use super::BuildError;
 use crate::cache::Cache;
-use crate::output::SwapArea;
+use crate::output::{APP_DIR, SwapArea};
 use crate::progress::{Event, Progress};
 use crate::stages::PackagedBundle;
 use omnipack_fs::{link_or_copy, walk_files, write_atomic};
@@ -47,6 +48,14 @@ pub(crate) fn install(
     fs::create_dir_all(new.join("asset-packs")).map_err(io_err(&new))?;
     let mut text = serde_json::to_vec_pretty(summary).map_err(BuildError::Summary)?;
     text.push(b'\n');
+    // What the app target takes: the summary (as a bundle resource) and its Swift types.
+    let app = new.join(APP_DIR);
+    fs::create_dir_all(&app).map_err(io_err(&app))?;
+    let swift = omnipack_summary::swift::summary_swift().map_err(BuildError::SwiftTypes)?;
+    let path = app.join(omnipack_summary::swift::SWIFT_FILE);
+    write_atomic(&path, swift.as_bytes()).map_err(io_err(&path))?;
+    let path = app.join(omnipack_summary::SUMMARY_FILE);
+    write_atomic(&path, &text).map_err(io_err(&path))?;
     let path = new.join(omnipack_summary::SUMMARY_FILE);
     write_atomic(&path, &text).map_err(io_err(&path))?;
     swap.commit()?;

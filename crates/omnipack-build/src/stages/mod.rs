@@ -341,11 +341,15 @@ fn run_stage(ctx: &BuildContext, stage: &Stage, deps: Vec<Ran>) -> Result<Ran, S
 fn describe(o: &StageOutput) -> String {
     match o {
         StageOutput::Tensors(s) => {
-            format!("{} tensors, {} parameters", s.tensors.len(), s.parameters)
+            format!(
+                "{}, {} parameters",
+                omnipack_manifest::counted(s.tensors.len(), "tensor"),
+                s.parameters
+            )
         }
         StageOutput::Files(f) => format!(
-            "{} files, {} bytes",
-            f.len(),
+            "{}, {} bytes",
+            omnipack_manifest::counted(f.len(), "file"),
             f.iter().map(|x| x.digest.size).sum::<u64>()
         ),
         StageOutput::Weights(w) => format!("{} bytes of weights", w.data_bytes),

@@ -297,7 +297,11 @@ fn source_config(
 
 /// The decode-step sidecars; an exported file may not take their names, nor `bundle.json`.
 fn add_sidecars(p: &PackageParams, contents: &mut Contents) -> Result<(), PackageError> {
-    for (path, bytes) in p.decode_step.iter().flat_map(decode_step_sidecars) {
+    let sidecars = p
+        .decode_step
+        .iter()
+        .flat_map(|s| decode_step_sidecars(s, p.runtime));
+    for (path, bytes) in sidecars {
         if contents.entries.iter().any(|e| e.path == path) {
             return Err(PackageError::SidecarClash { path });
         }
@@ -333,8 +337,8 @@ fn bundle_json(
     let manifest = BundleManifest {
         bundle_id: p.bundle.clone(),
         component: p.component.clone(),
-        role: p.role.as_str().into(),
-        runtime: p.runtime.as_str().into(),
+        role: p.role,
+        runtime: p.runtime,
         quantization: p.quantization.clone(),
         files: files.to_vec(),
         quality,

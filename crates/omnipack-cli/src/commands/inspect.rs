@@ -63,20 +63,42 @@ pub fn detect(path: &Path) -> Result<FileKind, String> {
     if name.ends_with(".json") {
         return Ok(FileKind::Summary);
     }
-    let mut magic = [0u8; 4];
-    {
+    let mut head = [0u8; 9];
+    let (n, len) = {
         use std::io::Read;
         // A FIFO, socket or device is refused at once (reading it could block forever).
         let mut f =
             omnipack_fs::open_regular(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let len = f
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
         let n = f
-            .read(&mut magic)
+            .read(&mut head)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        if n == 4 && magic == *b"PK\x03\x04" {
-            return Ok(FileKind::BundleZip);
-        }
+        (n, len)
+    };
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(FileKind::BundleZip);
     }
-    Ok(FileKind::Safetensors)
+    // A `.safetensors` name gets the reader's precise error; any other file must look like one.
+    if name.ends_with(".safetensors") || looks_like_safetensors(&head[..n], len) {
+        return Ok(FileKind::Safetensors);
+    }
+    Err(format!(
+        "{}: not a safetensors file, bundle, summary or Core ML package",
+        path.display()
+    ))
+}
+
+/// Whether a file of `len` bytes starting with `head` can be safetensors: an 8-byte
+/// little-endian header length that fits in the file, then the header's `{`.
+pub(crate) fn looks_like_safetensors(head: &[u8], len: u64) -> bool {
+    let Some(size) = head.get(..8) else {
+        return false;
+    };
+    let header_len = u64::from_le_bytes(size.try_into().expect("8 bytes"));
+    header_len >= 2 && header_len <= len.saturating_sub(8) && head.get(8) == Some(&b'{')
 }
 
 /// Runs `omnipack inspect`.
@@ -389,4 +411,33 @@ fn inspect_coreml(path: &Path) -> Result<String, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_of_no_known_kind_are_named_and_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "root:x:0:0:root:/root:/bin/bash\n").unwrap();
+        let e = detect(&passwd).unwrap_err();
+        assert!(
+            e.ends_with("passwd: not a safetensors file, bundle, summary or Core ML package"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        assert!(detect(&empty).is_err());
+        // Named or not, something shaped like safetensors is read as one.
+        let mut st = 2u64.to_le_bytes().to_vec();
+        st.extend_from_slice(b"{}");
+        let unnamed = dir.path().join("weights");
+        std::fs::write(&unnamed, &st).unwrap();
+        assert_eq!(detect(&unnamed), Ok(FileKind::Safetensors));
+        let named = dir.path().join("junk.safetensors");
+        std::fs::write(&named, "junk").unwrap();
+        assert_eq!(detect(&named), Ok(FileKind::Safetensors));
+    }
 }

@@ -5,6 +5,7 @@
 //! `main` prints.
 
 pub mod build;
+pub mod init;
 pub mod inspect;
 pub mod plan;
 pub mod quantize;

@@ -14,8 +14,9 @@ use super::CommandResult;
 /// Output format of `omnipack plan`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PlanFormat {
-    /// Tables for people.
-    Human,
+    /// Tables for people (`human`, its earlier name, is accepted too).
+    #[value(alias = "human")]
+    Text,
     /// The Plan as JSON on stdout (tiers[] with the summary's field names).
     Json,
 }
@@ -28,8 +29,9 @@ pub struct PlanArgs {
     /// Plan only this tier (repeatable). Default: every tier.
     #[arg(long = "tier", value_name = "NAME")]
     pub tiers: Vec<String>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
+    /// `text` (tables for people) or `json` (the plan, the input of `omnipack build --plan`),
+    /// the same words as `omnipack validate --format`.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Text)]
     pub format: PlanFormat,
 }
 
@@ -63,7 +65,7 @@ pub fn run(args: PlanArgs) -> CommandResult {
                     .map_err(|e| miette::miette!("cannot serialize the plan: {e}"))?;
                 println!("{json}");
             }
-            PlanFormat::Human => print!("{}", human(plan)),
+            PlanFormat::Text => print!("{}", human(plan)),
         }
     }
     if let Some(errors) = &failure {
@@ -202,7 +204,11 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
             "  {:<16} {:<32} {:<8} {:<10} {:>14} {:>14} {:>12}",
             c.component,
             c.bundle,
-            c.format.as_str(),
+            // A data bundle ships its files as they are: no format.
+            match b {
+                Some(b) if b.quantization.is_none() => "-",
+                _ => c.format.as_str(),
+            },
             b.map(|b| match b.residency {
                 omnipack_manifest::Residency::Always => "always",
                 omnipack_manifest::Residency::Lazy => "lazy",
@@ -242,6 +248,11 @@ fn tier_table(s: &mut String, plan: &Plan, t: &TierPlan) {
         ("peak_bytes", m.peak_bytes, String::new()),
         ("memory_limit_bytes", e.memory_limit_bytes, String::new()),
         ("min_headroom_bytes", m.min_headroom_bytes, String::new()),
+        (
+            "required_bytes",
+            e.required_bytes,
+            "  peak + min_headroom: what the app compares".to_string(),
+        ),
     ] {
         let _ = writeln!(s, "  {name:<26} {v:>14} {:>10}{note}", format_mib(v.into()));
     }

@@ -13,6 +13,8 @@ use omnipack_quant::{
     WeightFormat,
 };
 
+use omnipack_manifest::counted;
+
 use super::CommandResult;
 
 /// Arguments of `omnipack quantize`.
@@ -174,11 +176,13 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         let (again, passed) = (count(Treatment::Requantize), count(Treatment::PassThrough));
         if again > 0 {
             eprintln!(
-                "warning: the input is already quantized ({source}): {again} tensor(s) dequantized and quantized again, so the error compounds; the quality below is measured against the dequantized input"
+                "warning: the input is already quantized ({source}): {} dequantized and quantized again, so the error compounds; the quality below is measured against the dequantized input",
+                counted(again, "tensor")
             );
         } else if passed > 0 {
             eprintln!(
-                "note: the input is already quantized ({source}): {passed} quantized tensor(s) passed through byte for byte"
+                "note: the input is already quantized ({source}): {} passed through byte for byte",
+                counted(passed, "quantized tensor")
             );
         } else {
             eprintln!("note: the input is already quantized ({source}): dequantized as MLX does");
@@ -223,7 +227,7 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         );
     }
     eprintln!(
-        "wrote {} ({} {}): {} tensors, {} parameters, {} bytes ({} of tensor data), sha256 {} in {:.2}s",
+        "wrote {} ({} {}): {}, {} parameters, {} bytes ({} of tensor data), sha256 {} in {:.2}s",
         args.output.display(),
         format,
         if format.uses_groups() {
@@ -231,7 +235,7 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
         } else {
             String::from("cast")
         },
-        outcome.outputs.len(),
+        counted(outcome.outputs.len(), "tensor"),
         outcome.parameters,
         outcome.file_bytes,
         outcome.data_bytes,

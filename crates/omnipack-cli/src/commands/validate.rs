@@ -5,14 +5,15 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use omnipack_manifest::{Diagnostic, load, render};
+use omnipack_manifest::{Diagnostic, counted, load, render};
 
 use super::CommandResult;
 
 /// Output format of `omnipack validate`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Human-readable diagnostics on stderr.
+    /// Human-readable diagnostics on stderr (`human`, as `plan` once called it, is accepted too).
+    #[value(alias = "human")]
     Text,
     /// A JSON array of diagnostics on stdout.
     Json,
@@ -25,7 +26,8 @@ pub struct ValidateArgs {
     #[arg(required = true, value_name = "MANIFEST")]
     pub manifests: Vec<PathBuf>,
     /// `text` (diagnostics on stderr) or `json` (an array of `{severity, message, file,
-    /// line, column, path, help}` on stdout).
+    /// line, column, path, help}` on stdout;
+    /// `help`, the suggested fix, only when there is one).
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
 }
@@ -62,8 +64,7 @@ pub fn run(args: ValidateArgs) -> CommandResult {
                 };
                 let warn = match m.warnings.len() + budget.len() {
                     0 => String::new(),
-                    1 => ", 1 warning".to_string(),
-                    n => format!(", {n} warnings"),
+                    n => format!(", {}", counted(n, "warning")),
                 };
                 ok_lines.push(format!("{}: valid{what}{warn}", path.display()));
                 all.extend(m.warnings);
@@ -91,7 +92,7 @@ pub fn run(args: ValidateArgs) -> CommandResult {
             }
             if failed {
                 let errors = all.iter().filter(|d| d.is_error()).count();
-                let _ = writeln!(err, "{errors} error(s) found");
+                let _ = writeln!(err, "{} found", counted(errors, "error"));
             }
         }
     }

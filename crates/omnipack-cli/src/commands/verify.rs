@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use omnipack_manifest::{counted, counted_as};
+
 use super::CommandResult;
 
 /// Arguments of `omnipack verify`.
@@ -24,10 +26,9 @@ pub fn run(args: VerifyArgs) -> CommandResult {
     };
     if report.mismatches.is_empty() {
         println!(
-            "ok: {} bundle{}, {} files verified in {}",
-            report.bundles,
-            if report.bundles == 1 { "" } else { "s" },
-            report.files,
+            "ok: {}, {} verified in {}",
+            counted(report.bundles, "bundle"),
+            counted(report.files, "file"),
             args.out_dir.display()
         );
         return Ok(ExitCode::SUCCESS);
@@ -36,15 +37,10 @@ pub fn run(args: VerifyArgs) -> CommandResult {
         eprintln!("mismatch: {m}");
     }
     eprintln!(
-        "error: {} mismatch{} in {} ({} files checked)",
-        report.mismatches.len(),
-        if report.mismatches.len() == 1 {
-            ""
-        } else {
-            "es"
-        },
+        "error: {} in {} ({} checked)",
+        counted_as(report.mismatches.len(), "mismatch", "mismatches"),
         args.out_dir.display(),
-        report.files
+        counted(report.files, "file")
     );
     Ok(ExitCode::from(1))
 }

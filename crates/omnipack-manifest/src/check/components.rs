@@ -1,6 +1,7 @@
 //! Component rules that follow from its role and runtime: a `text_decode_step` has an
-//! `architecture`, other roles ignore `kv_cache` and `architecture`, and `compute_units`
-//! belongs to Core ML.
+//! `architecture`, other roles ignore `kv_cache` and `architecture`, a `data` component ships
+//! files as they are (no `quantization`, no `runtime`, no `safetensors` source), and
+//! `compute_units` belongs to Core ML.
 
 use crate::check::typed::TypedComponent;
 use crate::diagnostic::{Diagnostic, Severity};
@@ -44,6 +45,41 @@ pub(crate) fn check(
                     )
                     .with_label("ignored")
                     .with_help(format!("only a `{}` has a KV cache", Role::TextDecodeStep)),
+            );
+        }
+    }
+    if role == Role::Data {
+        let not_for_data = [
+            (
+                "quantization",
+                written.quantization.is_some(),
+                "data files are shipped as they are: remove `quantization` (or give the component a model role)",
+            ),
+            (
+                "runtime",
+                written.runtime.is_some(),
+                "no runtime loads a `data` bundle: remove `runtime` (the app reads the files itself)",
+            ),
+            (
+                "source.safetensors",
+                written.source.safetensors.is_some(),
+                "a `data` component ships files as they are: list the file under `source.files`, or give the component a model role to quantize it",
+            ),
+        ];
+        for (key, _, help) in not_for_data.into_iter().filter(|(_, given, _)| *given) {
+            let path = match key {
+                "source.safetensors" => at.key("source").key("safetensors"),
+                k => at.key(k),
+            };
+            out.push(
+                locator
+                    .at_key(
+                        &path,
+                        Severity::Error,
+                        format!("component `{name}`: `{key}` does not apply to role `{role}`"),
+                    )
+                    .with_label(format!("not for `{role}`"))
+                    .with_help(help),
             );
         }
     }

@@ -37,6 +37,48 @@ pub(crate) fn check(manifest: &TypedManifest, locator: &Locator<'_>, out: &mut V
         locator,
         out,
     );
+    for (names, what, list) in [
+        (&tiers, "tier", "tiers"),
+        (&components, "component", "components"),
+    ] {
+        same_asset_pack_ids(names, what, &root.key(list), locator, out);
+    }
+}
+
+/// Reports every name of `names` that differs from an earlier one only by `_` against `-`:
+/// asset-pack IDs turn `_` into `-`, so their bundles would get the same asset-pack ID.
+fn same_asset_pack_ids(
+    names: &[Option<&str>],
+    what: &str,
+    list: &ManifestPath,
+    locator: &Locator<'_>,
+    out: &mut Vec<Diagnostic>,
+) {
+    let mut seen: Vec<(&str, String, usize)> = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = *name else { continue };
+        let hyphenated = name.replace('_', "-");
+        match seen.iter().find(|(n, h, _)| *h == hyphenated && *n != name) {
+            Some((other, _, first)) => {
+                let first_loc = locator.location(&list.index(*first).key("name"));
+                out.push(
+                    locator
+                        .at(
+                            &list.index(i).key("name"),
+                            Severity::Error,
+                            format!(
+                                "{what} names `{other}` and `{name}` give the same asset-pack IDs"
+                            ),
+                        )
+                        .with_label("same as an earlier name once `_` becomes `-`")
+                        .with_help(format!(
+                            "asset-pack IDs turn `_` into `-` (App Store Connect accepts letters, digits and hyphens); rename one of them (the other is at {first_loc})"
+                        )),
+                );
+            }
+            None => seen.push((name, hyphenated, i)),
+        }
+    }
 }
 
 /// Reports every name of `names` (the items of the list at `list`) used by an earlier item.

@@ -570,6 +570,10 @@ fn bad_pattern(locator: &Locator<'_>, site: &Rejected<'_>) -> Diagnostic {
             format!("`{got}` is not a valid bundle id"),
             "use a reverse-DNS name of letters, digits and `-` separated by dots, such as `com.example.app`".to_string(),
         ),
+        (_, "asset_pack_prefix") => (
+            format!("`{got}` is not a valid asset-pack prefix"),
+            "use letters, digits and single `-` between them, such as `omnicoder` (App Store Connect refuses `.` in asset-pack IDs; see docs/build.md)".to_string(),
+        ),
         (_, "artifact") => (
             format!("`{got}` is not a valid artifact name"),
             "use letters, digits, `_`, `-` and `.`, starting with a letter or digit (it names files in the bundle)"
