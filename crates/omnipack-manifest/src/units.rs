@@ -96,18 +96,7 @@ impl fmt::Display for ByteSize {
 
 /// Human form of a byte count with binary units, for example `1.40 GiB` or `512 B`.
 pub fn format_bytes(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [
-        ("TiB", 1 << 40),
-        ("GiB", 1 << 30),
-        ("MiB", 1 << 20),
-        ("KiB", 1 << 10),
-    ];
-    for (name, size) in UNITS {
-        if n >= size {
-            return format!("{:.2} {name}", n as f64 / size as f64);
-        }
-    }
-    format!("{n} B")
+    SizeUnits::Binary.format(n)
 }
 
 /// The kind of size units a manifest is written in: binary (`KiB`, `MiB`, `GiB`, `TiB`, the

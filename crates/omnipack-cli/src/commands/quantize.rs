@@ -268,17 +268,23 @@ pub fn run(args: QuantizeArgs) -> CommandResult {
 
 /// `omnipack quantize IN.mlpackage -o OUT.mlpackage --format int8|int4|f16`.
 fn run_core_ml(args: QuantizeArgs) -> CommandResult {
-    let format = match args.format.as_str() {
-        "f16" => CompressionFormat::F16,
-        "int8" => CompressionFormat::Int8,
-        "int4" => CompressionFormat::Int4 {
-            block_size: args.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
-        },
-        other => usage_error(format!(
-            "error: invalid value '{other}' for '--format <F>': a Core ML package ({}) is compressed to `int8`, `int4` or `f16`",
-            args.input.display()
-        )),
-    };
+    // The manifest's mapping of formats to Core ML compressions, so both agree.
+    let format = omnipack_manifest::Format::ALL
+        .iter()
+        .find(|f| f.as_str() == args.format)
+        .and_then(|&f| {
+            omnipack_manifest::compression_format(
+                f,
+                args.group_size.unwrap_or(DEFAULT_GROUP_SIZE),
+            )
+        })
+        .unwrap_or_else(|| {
+            usage_error(format!(
+                "error: invalid value '{}' for '--format <F>': a Core ML package ({}) is compressed to `int8`, `int4` or `f16`",
+                args.format,
+                args.input.display()
+            ))
+        });
     if args.method != "rtn" {
         usage_error(format!(
             "error: invalid value '{}' for '--method <M>': Core ML compression is coremltools' symmetric round-to-nearest (`rtn`)",

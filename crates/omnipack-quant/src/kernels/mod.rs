@@ -552,11 +552,50 @@ fn affine_codes<const AVX: bool, const BITS: u32>(
     }
 }
 
+/// How the groups of an MLX affine format are quantized: [`Rtn`] (as `mx.quantize`) or the
+/// error-minimising search of [`mse`]. Both share the row loops below; only the group differs.
+pub(crate) trait GroupMethod {
+    /// Quantizes one group `w`: packs its codes into `words` and returns its scale and bias
+    /// rounded to `store`; on a non-finite weight, its index in the group.
+    fn group<const AVX: bool, const BITS: u32>(
+        &mut self,
+        w: &[f32],
+        store: Dtype,
+        words: &mut [u32],
+        stats: Option<&mut ErrorStats>,
+    ) -> Result<(f32, f32), usize>;
+}
+
+/// Round to nearest, bit-exact with `mx.quantize`.
+pub(crate) struct Rtn;
+
+impl GroupMethod for Rtn {
+    #[inline(always)]
+    fn group<const AVX: bool, const BITS: u32>(
+        &mut self,
+        w: &[f32],
+        store: Dtype,
+        words: &mut [u32],
+        stats: Option<&mut ErrorStats>,
+    ) -> Result<(f32, f32), usize> {
+        let Some((scale, bias)) = affine_params::<BITS>(w) else {
+            return Err(first_non_finite(w).unwrap_or(0));
+        };
+        let (s, b) = (
+            round_one::<AVX>(scale, store),
+            round_one::<AVX>(bias, store),
+        );
+        affine_codes::<AVX, BITS>(w, scale, bias, (s, b), store, words, stats);
+        Ok((s, b))
+    }
+}
+
+/// The f32 API's loop: every group of `w` through `method`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn affine_rows_bits<const AVX: bool, const BITS: u32>(
+fn groups_bits<const AVX: bool, const BITS: u32, M: GroupMethod>(
+    method: &mut M,
     w: &[f32],
-    cols: usize,
     group: usize,
     store: Dtype,
     codes: &mut [u32],
@@ -571,16 +610,35 @@ fn affine_rows_bits<const AVX: bool, const BITS: u32>(
         .zip(scales.iter_mut().zip(biases.iter_mut()))
         .enumerate()
     {
-        let Some((scale, bias)) = affine_params::<BITS>(wg) else {
-            let at = first_non_finite(wg).unwrap_or(0);
-            return Err(gi * group + at);
-        };
-        *s = round_one::<AVX>(scale, store);
-        *b = round_one::<AVX>(bias, store);
-        affine_codes::<AVX, BITS>(wg, scale, bias, (*s, *b), store, cg, stats.as_deref_mut());
+        (*s, *b) = method
+            .group::<AVX, BITS>(wg, store, cg, stats.as_deref_mut())
+            .map_err(|at| gi * group + at)?;
     }
-    let _ = cols;
     Ok(())
+}
+
+/// [`groups_bits`] for a runtime bit width.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn groups<const AVX: bool, M: GroupMethod>(
+    method: &mut M,
+    w: &[f32],
+    group: usize,
+    bits: u8,
+    store: Dtype,
+    codes: &mut [u32],
+    scales: &mut [f32],
+    biases: &mut [f32],
+    stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    let m = method;
+    match bits {
+        2 => groups_bits::<AVX, 2, M>(m, w, group, store, codes, scales, biases, stats),
+        3 => groups_bits::<AVX, 3, M>(m, w, group, store, codes, scales, biases, stats),
+        4 => groups_bits::<AVX, 4, M>(m, w, group, store, codes, scales, biases, stats),
+        6 => groups_bits::<AVX, 6, M>(m, w, group, store, codes, scales, biases, stats),
+        _ => groups_bits::<AVX, 8, M>(m, w, group, store, codes, scales, biases, stats),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -596,13 +654,10 @@ fn affine_impl<const AVX: bool>(
     biases: &mut [f32],
     stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
-    match bits {
-        2 => affine_rows_bits::<AVX, 2>(w, cols, group, store, codes, scales, biases, stats),
-        3 => affine_rows_bits::<AVX, 3>(w, cols, group, store, codes, scales, biases, stats),
-        4 => affine_rows_bits::<AVX, 4>(w, cols, group, store, codes, scales, biases, stats),
-        6 => affine_rows_bits::<AVX, 6>(w, cols, group, store, codes, scales, biases, stats),
-        _ => affine_rows_bits::<AVX, 8>(w, cols, group, store, codes, scales, biases, stats),
-    }
+    let _ = cols;
+    groups::<AVX, _>(
+        &mut Rtn, w, group, bits, store, codes, scales, biases, stats,
+    )
 }
 
 mod affine {
@@ -610,9 +665,12 @@ mod affine {
     dispatch!(affine_impl, affine_avx, (w: &[f32], cols: usize, group: usize, bits: u8, store: Dtype, codes: &mut [u32], scales: &mut [f32], biases: &mut [f32], stats: Option<&mut ErrorStats>) -> Result<(), usize>);
 }
 
+/// The bytes API's loop: each row decoded from `dtype`, its groups through `method`, codes
+/// written as little-endian u32 words, scales and biases encoded back to `dtype`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
+fn group_bytes_bits<const AVX: bool, const BITS: u32, M: GroupMethod>(
+    method: &mut M,
     src: &[u8],
     dtype: Dtype,
     cols: usize,
@@ -646,22 +704,9 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
             .zip(crow.chunks_exact_mut(wpg * 4))
             .enumerate()
         {
-            let Some((scale, bias)) = affine_params::<BITS>(wg) else {
-                return Err(r * cols + g * group + first_non_finite(wg).unwrap_or(0));
-            };
-            let (s, b) = (
-                round_one::<AVX>(scale, dtype),
-                round_one::<AVX>(bias, dtype),
-            );
-            affine_codes::<AVX, BITS>(
-                wg,
-                scale,
-                bias,
-                (s, b),
-                dtype,
-                &mut words[..wpg],
-                stats.as_deref_mut(),
-            );
+            let (s, b) = method
+                .group::<AVX, BITS>(wg, dtype, &mut words[..wpg], stats.as_deref_mut())
+                .map_err(|at| r * cols + g * group + at)?;
             for (dst, w) in cg.chunks_exact_mut(4).zip(&words[..wpg]) {
                 dst.copy_from_slice(&w.to_le_bytes());
             }
@@ -672,6 +717,41 @@ fn affine_bytes_bits<const AVX: bool, const BITS: u32>(
         encode_impl::<AVX>(&b_row, dtype, brow);
     }
     Ok(())
+}
+
+/// [`group_bytes_bits`] for a runtime bit width.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn group_bytes<const AVX: bool, M: GroupMethod>(
+    method: &mut M,
+    src: &[u8],
+    dtype: Dtype,
+    cols: usize,
+    group: usize,
+    bits: u8,
+    codes: &mut [u8],
+    scales: &mut [u8],
+    biases: &mut [u8],
+    stats: Option<&mut ErrorStats>,
+) -> Result<(), usize> {
+    let m = method;
+    match bits {
+        2 => {
+            group_bytes_bits::<AVX, 2, M>(m, src, dtype, cols, group, codes, scales, biases, stats)
+        }
+        3 => {
+            group_bytes_bits::<AVX, 3, M>(m, src, dtype, cols, group, codes, scales, biases, stats)
+        }
+        4 => {
+            group_bytes_bits::<AVX, 4, M>(m, src, dtype, cols, group, codes, scales, biases, stats)
+        }
+        6 => {
+            group_bytes_bits::<AVX, 6, M>(m, src, dtype, cols, group, codes, scales, biases, stats)
+        }
+        _ => {
+            group_bytes_bits::<AVX, 8, M>(m, src, dtype, cols, group, codes, scales, biases, stats)
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -687,13 +767,9 @@ fn affine_bytes_impl<const AVX: bool>(
     biases: &mut [u8],
     stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
-    match bits {
-        2 => affine_bytes_bits::<AVX, 2>(src, dtype, cols, group, codes, scales, biases, stats),
-        3 => affine_bytes_bits::<AVX, 3>(src, dtype, cols, group, codes, scales, biases, stats),
-        4 => affine_bytes_bits::<AVX, 4>(src, dtype, cols, group, codes, scales, biases, stats),
-        6 => affine_bytes_bits::<AVX, 6>(src, dtype, cols, group, codes, scales, biases, stats),
-        _ => affine_bytes_bits::<AVX, 8>(src, dtype, cols, group, codes, scales, biases, stats),
-    }
+    group_bytes::<AVX, _>(
+        &mut Rtn, src, dtype, cols, group, bits, codes, scales, biases, stats,
+    )
 }
 
 mod affine_bytes {

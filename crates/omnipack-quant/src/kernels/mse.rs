@@ -30,8 +30,8 @@
 use super::has_avx2;
 use super::lanes::{LaneErrors, affine_error32, round_one};
 use super::{
-    ErrorStats, MAGIC, affine_codes32, affine_params_of_range, affine_range, decode_impl, dispatch,
-    encode_impl, first_non_finite, pack32,
+    ErrorStats, GroupMethod, MAGIC, affine_codes32, affine_params_of_range, affine_range, dispatch,
+    first_non_finite, group_bytes, groups, pack32,
 };
 use crate::dtype::Dtype;
 
@@ -457,29 +457,17 @@ fn mse_group<const AVX: bool, const BITS: u32>(
     Ok((s, b))
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn mse_rows_bits<const AVX: bool, const BITS: u32>(
-    w: &[f32],
-    group: usize,
-    store: Dtype,
-    codes: &mut [u32],
-    scales: &mut [f32],
-    biases: &mut [f32],
-    mut stats: Option<&mut ErrorStats>,
-) -> Result<(), usize> {
-    let words_per_group = group * BITS as usize / 32;
-    let mut scratch = Scratch::new();
-    for (gi, ((wg, cg), (s, b))) in w
-        .chunks_exact(group)
-        .zip(codes.chunks_exact_mut(words_per_group))
-        .zip(scales.iter_mut().zip(biases.iter_mut()))
-        .enumerate()
-    {
-        (*s, *b) = mse_group::<AVX, BITS>(wg, store, cg, &mut scratch, stats.as_deref_mut())
-            .map_err(|at| gi * group + at)?;
+impl GroupMethod for Scratch {
+    #[inline(always)]
+    fn group<const AVX: bool, const BITS: u32>(
+        &mut self,
+        w: &[f32],
+        store: Dtype,
+        words: &mut [u32],
+        stats: Option<&mut ErrorStats>,
+    ) -> Result<(f32, f32), usize> {
+        mse_group::<AVX, BITS>(w, store, words, self, stats)
     }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -494,75 +482,23 @@ fn mse_impl<const AVX: bool>(
     biases: &mut [f32],
     stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
-    match bits {
-        2 => mse_rows_bits::<AVX, 2>(w, group, store, codes, scales, biases, stats),
-        3 => mse_rows_bits::<AVX, 3>(w, group, store, codes, scales, biases, stats),
-        4 => mse_rows_bits::<AVX, 4>(w, group, store, codes, scales, biases, stats),
-        6 => mse_rows_bits::<AVX, 6>(w, group, store, codes, scales, biases, stats),
-        _ => mse_rows_bits::<AVX, 8>(w, group, store, codes, scales, biases, stats),
-    }
+    let mut scratch = Scratch::new();
+    groups::<AVX, _>(
+        &mut scratch,
+        w,
+        group,
+        bits,
+        store,
+        codes,
+        scales,
+        biases,
+        stats,
+    )
 }
 
 mod mse_f32 {
     use super::*;
     dispatch!(mse_impl, mse_avx, (w: &[f32], group: usize, bits: u8, store: Dtype, codes: &mut [u32], scales: &mut [f32], biases: &mut [f32], stats: Option<&mut ErrorStats>) -> Result<(), usize>);
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn mse_bytes_bits<const AVX: bool, const BITS: u32>(
-    src: &[u8],
-    dtype: Dtype,
-    cols: usize,
-    group: usize,
-    codes: &mut [u8],
-    scales: &mut [u8],
-    biases: &mut [u8],
-    mut stats: Option<&mut ErrorStats>,
-) -> Result<(), usize> {
-    let es = dtype.size_bytes() as usize;
-    let groups = cols / group;
-    let wpg = group * BITS as usize / 32;
-    let row_code_bytes = cols * BITS as usize / 8;
-    let mut row = vec![0f32; cols];
-    let mut s_row = vec![0f32; groups];
-    let mut b_row = vec![0f32; groups];
-    let mut words = [0u32; 32];
-    let mut scratch = Scratch::new();
-    for (r, ((src_row, crow), (srow, brow))) in src
-        .chunks_exact(cols * es)
-        .zip(codes.chunks_exact_mut(row_code_bytes))
-        .zip(
-            scales
-                .chunks_exact_mut(groups * es)
-                .zip(biases.chunks_exact_mut(groups * es)),
-        )
-        .enumerate()
-    {
-        decode_impl::<AVX>(src_row, dtype, &mut row);
-        for (g, (wg, cg)) in row
-            .chunks_exact(group)
-            .zip(crow.chunks_exact_mut(wpg * 4))
-            .enumerate()
-        {
-            let (s, b) = mse_group::<AVX, BITS>(
-                wg,
-                dtype,
-                &mut words[..wpg],
-                &mut scratch,
-                stats.as_deref_mut(),
-            )
-            .map_err(|at| r * cols + g * group + at)?;
-            for (dst, w) in cg.chunks_exact_mut(4).zip(&words[..wpg]) {
-                dst.copy_from_slice(&w.to_le_bytes());
-            }
-            s_row[g] = s;
-            b_row[g] = b;
-        }
-        encode_impl::<AVX>(&s_row, dtype, srow);
-        encode_impl::<AVX>(&b_row, dtype, brow);
-    }
-    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -578,13 +514,19 @@ fn mse_bytes_impl<const AVX: bool>(
     biases: &mut [u8],
     stats: Option<&mut ErrorStats>,
 ) -> Result<(), usize> {
-    match bits {
-        2 => mse_bytes_bits::<AVX, 2>(src, dtype, cols, group, codes, scales, biases, stats),
-        3 => mse_bytes_bits::<AVX, 3>(src, dtype, cols, group, codes, scales, biases, stats),
-        4 => mse_bytes_bits::<AVX, 4>(src, dtype, cols, group, codes, scales, biases, stats),
-        6 => mse_bytes_bits::<AVX, 6>(src, dtype, cols, group, codes, scales, biases, stats),
-        _ => mse_bytes_bits::<AVX, 8>(src, dtype, cols, group, codes, scales, biases, stats),
-    }
+    let mut scratch = Scratch::new();
+    group_bytes::<AVX, _>(
+        &mut scratch,
+        src,
+        dtype,
+        cols,
+        group,
+        bits,
+        codes,
+        scales,
+        biases,
+        stats,
+    )
 }
 
 mod mse_bytes {
