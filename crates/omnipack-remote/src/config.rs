@@ -33,6 +33,9 @@ pub enum ConfigError {
         profile: String,
         why: String,
     },
+    /// The threads that move bytes to and from the store could not be started.
+    #[error("cannot start the remote cache's transfer threads: {0}")]
+    Runtime(String),
 }
 
 /// A parsed `s3://BUCKET/PREFIX`.

@@ -178,6 +178,8 @@ impl RemoteCache {
                 retry_timeout: Duration::from_secs(30),
                 ..Default::default()
             });
+        // TLS through ring (see the workspace Cargo.toml); installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = b.build().map_err(|e| ConfigError::Url {
             url: parsed.display(),
             why: match e {
@@ -187,23 +189,26 @@ impl RemoteCache {
                 _ => "the AWS settings of the environment are not usable",
             },
         })?;
-        Ok(RemoteCache::with_store(Arc::new(store), &parsed))
+        RemoteCache::with_store(Arc::new(store), &parsed)
     }
 
     /// A remote cache on any `object_store` store (tests use an in-memory one).
-    pub fn with_store(store: Arc<dyn ObjectStore>, url: &CacheUrl) -> RemoteCache {
+    pub fn with_store(
+        store: Arc<dyn ObjectStore>,
+        url: &CacheUrl,
+    ) -> Result<RemoteCache, ConfigError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("omnipack-remote")
             .enable_all()
             .build()
-            .expect("a tokio runtime can be created");
+            .map_err(|e| ConfigError::Runtime(e.to_string()))?;
         let root = if url.prefix.is_empty() {
             "v1".to_string()
         } else {
             format!("{}/v1", url.prefix)
         };
-        RemoteCache {
+        Ok(RemoteCache {
             rt,
             store,
             root,
@@ -218,7 +223,7 @@ impl RemoteCache {
             rejected: AtomicU64::new(0),
             blobs_fetched: AtomicU64::new(0),
             min_part: MIN_PART,
-        }
+        })
     }
 
     /// The same cache with another smallest multipart part: a file larger than the part
@@ -649,7 +654,7 @@ mod tests {
     fn cache() -> (RemoteCache, Arc<InMemory>) {
         let mem = Arc::new(InMemory::new());
         let url = CacheUrl::parse("s3://b/team").unwrap();
-        (RemoteCache::with_store(mem.clone(), &url), mem)
+        (RemoteCache::with_store(mem.clone(), &url).unwrap(), mem)
     }
 
     fn entry(dir: &FsPath, files: &[(&str, &[u8])]) -> Record {

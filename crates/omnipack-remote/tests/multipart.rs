@@ -118,6 +118,7 @@ fn a_large_file_goes_up_in_parts_and_comes_back_streamed_and_verified() {
     let store = moto.store("big");
     let part = 64 << 10;
     let cache = RemoteCache::with_store(store.clone(), &CacheUrl::parse("s3://big/p").unwrap())
+        .unwrap()
         .with_min_part_size(part);
     // Bytes that differ from part to part (a part sent twice or out of order shows).
     let size = 17 * part as usize + 123;
