@@ -129,6 +129,13 @@ impl std::fmt::Debug for RemoteCache {
     }
 }
 
+/// Makes ring this process's TLS provider (omnipack builds reqwest without a provider of its
+/// own, see the workspace Cargo.toml). [`RemoteCache::connect`] calls it; call it before
+/// building any other S3 store. Calling it again does nothing.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl RemoteCache {
     /// The cache at `url` (`s3://BUCKET/PREFIX`), reached with the AWS settings of this
     /// process's environment (and profile files when the environment has no key). Nothing is
@@ -178,8 +185,7 @@ impl RemoteCache {
                 retry_timeout: Duration::from_secs(30),
                 ..Default::default()
             });
-        // TLS through ring (see the workspace Cargo.toml); installing it twice is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let store = b.build().map_err(|e| ConfigError::Url {
             url: parsed.display(),
             why: match e {

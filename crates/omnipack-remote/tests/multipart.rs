@@ -90,6 +90,7 @@ impl Moto {
     }
 
     fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        omnipack_remote::install_tls_provider();
         Arc::new(
             AmazonS3Builder::new()
                 .with_endpoint(format!("http://127.0.0.1:{}", self.port))
