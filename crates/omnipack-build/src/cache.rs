@@ -290,7 +290,8 @@ impl Cache {
         &self.root
     }
 
-    fn entry_dir(&self, kind: CacheKind, key: &str) -> PathBuf {
+    /// The folder of the entry `kind/key` (whether it exists or not).
+    pub(crate) fn entry_dir(&self, kind: CacheKind, key: &str) -> PathBuf {
         self.root.join(kind.as_str()).join(key)
     }
 

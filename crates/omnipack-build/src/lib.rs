@@ -17,8 +17,10 @@ pub mod stages;
 pub mod verify;
 
 pub use digest_memo::Clock;
+pub use omnipack_remote::{ConfigError as RemoteConfigError, RemoteCache};
 pub use pipeline::{
-    BuildError, BuildOptions, BuildReport, StageFailure, StageReport, UnbuildablePlan, build,
+    BuildError, BuildOptions, BuildReport, RemoteReport, SliceReport, StageFailure, StageReport,
+    UnbuildablePlan, build, build_only,
 };
 pub use progress::{Event, NoProgress, Progress};
 pub use stages::StageError;

@@ -3,6 +3,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use omnipack_remote::{RemoteCache, Stats};
 
 use omnipack_manifest::lexical_path::{absolute, normalize};
 use omnipack_plan::{PLAN_VERSION, Plan};
@@ -31,6 +35,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Where the build reads the time (the system clock unless testing).
     pub clock: Clock,
+    /// The remote cache (`--cache-url`): looked up after the local cache, pushed to after.
+    pub remote: Option<Arc<RemoteCache>>,
+    /// Fail (instead of a warning and a local build) when the remote cache is unavailable.
+    pub require_remote: bool,
 }
 
 impl BuildOptions {
@@ -42,6 +50,8 @@ impl BuildOptions {
             jobs: None,
             no_cache: false,
             clock: Clock::system(),
+            remote: None,
+            require_remote: false,
         }
     }
 }
@@ -57,6 +67,38 @@ pub struct BuildReport {
     pub input_bytes_hashed: u64,
     /// Warnings (also sent as events).
     pub warnings: Vec<String>,
+    /// What the remote cache did, when there was one.
+    pub remote: Option<RemoteReport>,
+}
+
+/// What the remote cache did in a build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteReport {
+    /// The cache URL.
+    pub url: String,
+    /// Hits, pushes and bytes moved.
+    pub stats: Stats,
+    /// Why the store stopped being used, when it did (the build went on locally).
+    pub unavailable: Option<String>,
+}
+
+impl RemoteReport {
+    fn of(remote: Option<&RemoteCache>) -> Option<RemoteReport> {
+        remote.map(|r| RemoteReport {
+            url: r.url().to_string(),
+            stats: r.stats(),
+            unavailable: stages::remote_unavailable(Some(r)),
+        })
+    }
+}
+
+/// A finished `--only` run: the stages that ran (the ones named and what they need).
+#[derive(Debug, Clone)]
+pub struct SliceReport {
+    /// Every stage run, in plan order.
+    pub stages: Vec<StageReport>,
+    /// What the remote cache did.
+    pub remote: Option<RemoteReport>,
 }
 
 /// Runs the whole build of `plan` into `opts.out_dir`: check the plan, take the output folder,
@@ -85,6 +127,7 @@ pub fn build(
         dir_identity(cache.root()).map_err(io_err(cache.root()))?,
     ];
     let jobs = jobs(opts);
+    probe_remote(opts, progress)?;
     let inputs = stages::inputs::digest_inputs(
         plan,
         &root,
@@ -103,6 +146,14 @@ pub fn build(
         skip,
         logs,
         progress,
+        remote: opts.remote.as_deref(),
+        require_remote: opts.require_remote,
+        // The probe's warning is the one warning.
+        remote_warned: AtomicBool::new(
+            stages::remote_unavailable(opts.remote.as_deref()).is_some(),
+        ),
+        remote_deferred: Default::default(),
+        stage_inputs: Default::default(),
     };
     let done = stages::run_all(&ctx, jobs)?;
     let summary = stages::summary::make_summary(&ctx, &done.bundles)?;
@@ -126,7 +177,146 @@ pub fn build(
         stages: done.reports,
         input_bytes_hashed: inputs.bytes_hashed,
         warnings,
+        remote: RemoteReport::of(opts.remote.as_deref()),
     })
+}
+
+/// Runs the stages `only` names and the stages they depend on, pushing every result to the
+/// remote cache, which is required (`opts.remote`; a failing store fails the run). Writes no
+/// output folder: the local cache is `opts.cache_dir`, else a temporary folder removed at the
+/// end. A later build with the same remote cache finds these stages there.
+pub fn build_only(
+    plan: &Plan,
+    only: &[String],
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<SliceReport, BuildError> {
+    check_buildable(plan)?;
+    let wanted = stage_closure(plan, only)?;
+    let mut slice = plan.clone();
+    slice.stages.retain(|s| wanted.contains(s.id.as_str()));
+    let root = root_folder(plan)?;
+    let (cache_root, temp) = match &opts.cache_dir {
+        Some(d) => (d.clone(), None),
+        None => {
+            let t = TempCache::new().map_err(|e| BuildError::Io {
+                path: std::env::temp_dir().display().to_string(),
+                source: e,
+            })?;
+            (t.0.clone(), Some(t))
+        }
+    };
+    fs::create_dir_all(&cache_root).map_err(io_err(&cache_root))?;
+    let cache = Cache::new(cache_root);
+    let logs = cache.root().join("logs");
+    fs::create_dir_all(&logs).map_err(io_err(&logs))?;
+    let skip = vec![dir_identity(cache.root()).map_err(io_err(cache.root()))?];
+    let jobs = jobs(opts);
+    let required = BuildOptions {
+        require_remote: true,
+        ..opts.clone()
+    };
+    probe_remote(&required, progress)?;
+    let inputs = stages::inputs::digest_inputs(
+        &slice,
+        &root,
+        &skip,
+        cache.root().join("digests.json"),
+        opts.clock.clone(),
+        jobs,
+        progress,
+    )?;
+    let ctx = BuildContext {
+        plan: &slice,
+        root,
+        cache,
+        no_cache: opts.no_cache,
+        inputs: inputs.digests,
+        skip,
+        logs,
+        progress,
+        remote: opts.remote.as_deref(),
+        require_remote: true,
+        remote_warned: AtomicBool::new(false),
+        remote_deferred: Default::default(),
+        stage_inputs: Default::default(),
+    };
+    let done = stages::run_all(&ctx, jobs)?;
+    drop(temp);
+    Ok(SliceReport {
+        stages: done.reports,
+        remote: RemoteReport::of(opts.remote.as_deref()),
+    })
+}
+
+/// The ids in `only` and every stage they depend on, transitively.
+fn stage_closure<'p>(
+    plan: &'p Plan,
+    only: &[String],
+) -> Result<std::collections::BTreeSet<&'p str>, BuildError> {
+    let by_id: std::collections::BTreeMap<&str, &omnipack_plan::Stage> =
+        plan.stages.iter().map(|s| (s.id.as_str(), s)).collect();
+    let mut wanted = std::collections::BTreeSet::new();
+    let mut todo: Vec<&str> = Vec::new();
+    for id in only {
+        let Some((&id, _)) = by_id.get_key_value(id.as_str()) else {
+            return Err(BuildError::UnknownStage {
+                stage: id.clone(),
+                known: plan
+                    .stages
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        todo.push(id);
+    }
+    while let Some(id) = todo.pop() {
+        if wanted.insert(id)
+            && let Some(&s) = by_id.get(id)
+        {
+            todo.extend(s.depends_on.iter().map(String::as_str));
+        }
+    }
+    Ok(wanted)
+}
+
+/// A temporary local cache for an `--only` run, removed when dropped.
+struct TempCache(PathBuf);
+
+impl TempCache {
+    fn new() -> std::io::Result<TempCache> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let d = std::env::temp_dir().join(format!("omnipack-only-{}-{nanos}", std::process::id()));
+        fs::create_dir_all(&d)?;
+        Ok(TempCache(d))
+    }
+}
+
+impl Drop for TempCache {
+    fn drop(&mut self) {
+        let _ = remove_any(&self.0);
+    }
+}
+
+/// One request to the remote cache before any work: an unreachable or refused store is an
+/// error when required, else a warning (the build goes on locally).
+fn probe_remote(opts: &BuildOptions, progress: &dyn Progress) -> Result<(), BuildError> {
+    let Some(remote) = &opts.remote else {
+        return Ok(());
+    };
+    match remote.probe() {
+        Ok(()) => Ok(()),
+        Err(u) if opts.require_remote => Err(BuildError::Remote(u)),
+        Err(u) => {
+            progress.event(Event::Warning(format!("{u}; building locally")));
+            Ok(())
+        }
+    }
 }
 
 fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {

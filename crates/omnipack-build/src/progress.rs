@@ -24,6 +24,15 @@ pub enum Event {
     Failed { stage: String, error: String },
     /// A stage did not run because a stage it depends on failed.
     Skipped { stage: String, because: String },
+    /// Bytes moved to (`upload`) or from the remote cache for one cache entry (`entry` is
+    /// `kind/key` with the key shortened): sent as the transfer goes and once at its end
+    /// (`done == total`).
+    Transfer {
+        entry: String,
+        upload: bool,
+        done: u64,
+        total: u64,
+    },
     /// Something worth a line (recovery, a corrupt cache entry being rebuilt, ...).
     Note(String),
     /// A warning.

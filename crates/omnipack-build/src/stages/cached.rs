@@ -1,4 +1,5 @@
-//! The one cached-stage sequence every stage uses: key, lookup, work folder, run, commit.
+//! The one cached-stage sequence every stage uses: key, lookup (local, then remote), work
+//! folder, run, commit, push (remote: `remote.rs`).
 
 use std::path::Path;
 
@@ -38,6 +39,13 @@ impl BuildContext<'_> {
     ) -> Result<Cached<T>, E> {
         let key = key_of(kind, material);
         if let Some(entry) = self.lookup(kind, &key) {
+            self.remote_push(kind, &entry, true)?;
+            return Ok(Cached {
+                value: read(&entry)?,
+                from_cache: true,
+            });
+        }
+        if let Some(entry) = self.remote_fetch(kind, &key)? {
             return Ok(Cached {
                 value: read(&entry)?,
                 from_cache: true,
@@ -64,6 +72,7 @@ impl BuildContext<'_> {
             .inspect_err(|_| {
                 let _ = remove_any(&work);
             })?;
+        self.remote_push(kind, &entry, false)?;
         Ok(Cached {
             value: read(&entry)?,
             from_cache: false,

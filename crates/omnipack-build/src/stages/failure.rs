@@ -102,6 +102,12 @@ pub enum BuildError {
         "bundle `{bundle}` is in the plan but no stage packaged it (is the plan edited by hand?)"
     )]
     NotPackaged { bundle: String },
+    /// The remote cache is required and unavailable.
+    #[error("{0} (required by --require-cache or --only)")]
+    Remote(omnipack_remote::Unavailable),
+    /// `--only` names a stage the plan does not have.
+    #[error("--only {stage}: the plan has no such stage (stages: {known})")]
+    UnknownStage { stage: String, known: String },
     /// The summary could not be encoded.
     #[error("cannot encode the summary: {0}")]
     Summary(serde_json::Error),

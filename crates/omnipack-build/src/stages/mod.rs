@@ -26,7 +26,11 @@ pub(crate) mod inputs;
 pub(crate) mod install;
 pub mod package;
 pub mod quantize;
+mod remote;
 pub(crate) mod summary;
+
+pub(crate) use remote::unavailable as remote_unavailable;
+pub(crate) use remote::{DeferredEntries, Materialized};
 
 pub use export::ExportError;
 pub use failure::{BuildError, StageFailure, StageReport, UnbuildablePlan};
@@ -164,6 +168,17 @@ pub(crate) struct BuildContext<'a> {
     pub skip: Vec<(u64, u64)>,
     pub logs: PathBuf,
     pub progress: &'a dyn Progress,
+    /// The remote cache (`--cache-url`), looked up after the local one and pushed to.
+    pub remote: Option<&'a omnipack_remote::RemoteCache>,
+    /// A failing remote cache fails the stage instead of a warning.
+    pub require_remote: bool,
+    /// Whether the remote cache's failure was reported.
+    pub remote_warned: std::sync::atomic::AtomicBool,
+    /// Entries found in the remote cache whose files are downloaded when read.
+    pub remote_deferred: DeferredEntries,
+    /// What each stage that ran was given (to run it again when its deferred remote entry
+    /// cannot be downloaded).
+    pub stage_inputs: std::sync::Mutex<BTreeMap<String, Vec<Ran>>>,
 }
 
 impl BuildContext<'_> {
@@ -197,6 +212,11 @@ pub(crate) fn run_all(ctx: &BuildContext, jobs: usize) -> Result<StagesDone, Bui
     });
     let work = |s: &Stage| work_estimate(plan, s);
     let results = execute(&plan.stages, jobs, &work, |stage, deps: Vec<Ran>| {
+        if ctx.remote.is_some()
+            && let Ok(mut given) = ctx.stage_inputs.lock()
+        {
+            given.insert(stage.id.clone(), deps.clone());
+        }
         let t0 = Instant::now();
         let r = run_stage(ctx, stage, deps);
         match &r {
@@ -270,6 +290,30 @@ fn work_estimate(plan: &Plan, stage: &Stage) -> u64 {
             .bundle(&p.bundle)
             .map_or(0, |b| b.weights_bytes.saturating_mul(2)),
     }
+}
+
+/// Runs stage `id` again with what it was given, when the remote entry of its output could
+/// not be downloaded at the time a stage read it.
+pub(crate) fn run_again(ctx: &BuildContext, id: &str) -> Result<(), StageError> {
+    let stage =
+        ctx.plan
+            .stages
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| StageError::WrongInput {
+                stage: id.to_string(),
+                expected: "a stage of the plan",
+            })?;
+    let deps = ctx
+        .stage_inputs
+        .lock()
+        .ok()
+        .and_then(|g| g.get(id).cloned())
+        .unwrap_or_default();
+    ctx.progress.event(Event::Note(format!(
+        "running `{id}` again: its output in the remote cache could not be used"
+    )));
+    run_stage(ctx, stage, deps).map(|_| ())
 }
 
 /// Runs one stage with its parameters and the outputs of the stages it depends on.

@@ -18,7 +18,7 @@ use crate::progress::Event;
 use crate::sidecars::{asset_pack_manifest, config_json, decode_step_sidecars};
 use crate::stages::cached::Produced;
 use crate::stages::quantize::WEIGHTS_FILE;
-use crate::stages::{BuildContext, PackagedBundle, Ran, StageError, StageOutput};
+use crate::stages::{BuildContext, Materialized, PackagedBundle, Ran, StageError, StageOutput};
 use omnipack_fs::{copy_file, link_or_copy, write_atomic};
 
 /// Name of the zip in a package entry.
@@ -67,6 +67,21 @@ pub enum PackageError {
     /// The cache failed.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The output of the stage this one depends on was in the remote cache but could not be
+    /// downloaded, and running that stage again failed.
+    #[error("running `{stage}` again (its output in the remote cache could not be used): {source}")]
+    RunAgain {
+        stage: String,
+        source: Box<super::StageError>,
+    },
+    /// A file read from the cache is not the one the stage was given (a remote record that
+    /// lied about its files).
+    #[error("{}: not the file the remote cache's record described (sha256 {found}, expected {expected})", path.display())]
+    NotAsRecorded {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
 }
 
 /// The files of a bundle before `bundle.json`, and what its zip's key says of them.
@@ -112,13 +127,70 @@ pub(crate) fn run(
     let c = ctx.cached(
         CacheKind::Package,
         &material,
-        |work| write_bundle(ctx, stage, p, &contents, &pack_manifest, work),
+        |work| {
+            let contents = local_contents(ctx, stage, contents)?;
+            write_bundle(ctx, stage, p, &contents, &pack_manifest, work)
+        },
         |entry| read_entry(entry, p, files.clone(), weights_bytes, parameters, quality),
     )?;
     Ok(Ran {
         output: StageOutput::Bundle(Arc::new(c.value)),
         from_cache: c.from_cache,
     })
+}
+
+/// `contents` with every file on local disk: the files of a stage output found in the remote
+/// cache are downloaded now (only a package that is built reads them), and their digests
+/// taken from the verified local entry (CRC-32s included). When that download is refused, the
+/// stage that made them runs again.
+fn local_contents(
+    ctx: &BuildContext,
+    stage: &Stage,
+    mut contents: Contents,
+) -> Result<Contents, PackageError> {
+    for e in &mut contents.entries {
+        let EntrySource::File(path) = &e.source else {
+            continue;
+        };
+        let entry = match ctx.materialize(path)? {
+            Materialized::Local => continue,
+            Materialized::Fetched(entry) => entry,
+            Materialized::Lost { kind, key } => {
+                let dep = stage.depends_on.first().cloned().unwrap_or_default();
+                super::run_again(ctx, &dep).map_err(|source| PackageError::RunAgain {
+                    stage: dep.clone(),
+                    source: Box::new(source),
+                })?;
+                match ctx.cache.lookup(kind, &key) {
+                    crate::cache::Lookup::Hit(entry) => entry,
+                    _ => {
+                        return Err(PackageError::Cache(CacheError {
+                            path: path.clone(),
+                            source: std::io::Error::other(format!(
+                                "not in the cache after running `{dep}` again"
+                            )),
+                        }));
+                    }
+                }
+            }
+        };
+        let rel = path
+            .strip_prefix(&entry.dir)
+            .map(omnipack_manifest::lexical_path::slash)
+            .unwrap_or_default();
+        let found = entry.get(&rel).map(|f| f.digest());
+        match found {
+            Some(d) if d.sha256 == e.digest.sha256 && d.size == e.digest.size => e.digest = d,
+            other => {
+                return Err(PackageError::NotAsRecorded {
+                    path: path.clone(),
+                    found: other.map(|d| d.sha256).unwrap_or_else(|| "none".into()),
+                    expected: e.digest.sha256.clone(),
+                });
+            }
+        }
+    }
+    Ok(contents)
 }
 
 /// The bundle's weights and `config.json`, or the exported files.

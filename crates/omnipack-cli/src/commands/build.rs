@@ -1,6 +1,8 @@
-//! `omnipack build MANIFEST [--out DIR] [--tier NAME]... [--jobs N] [--no-cache] [--cache-dir DIR]`
+//! `omnipack build MANIFEST [--out DIR] [--tier NAME]... [--jobs N] [--no-cache] [--cache-dir DIR]
+//! [--cache-url s3://BUCKET/PREFIX [--require-cache]] [--only STAGE_ID]...`
 //! (or `omnipack build --plan PLAN.json ...`): the whole pipeline, with progress bars on a
-//! terminal and plain lines otherwise, then a table per tier.
+//! terminal and plain lines otherwise, then a table per tier. With `--only`, just those stages
+//! and what they need, pushed to the remote cache, and no output folder.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -45,6 +47,30 @@ pub struct BuildArgs {
     /// Cache folder (share one between output folders). Default: OUT/.omnipack/cache.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Remote cache shared between machines: an S3-compatible bucket and key prefix
+    /// (s3://BUCKET/PREFIX; default: the OMNIPACK_CACHE_URL environment variable). Every stage
+    /// is looked up there after the local cache and pushed there once built. Credentials,
+    /// region and endpoint come from the AWS environment (AWS_ACCESS_KEY_ID, AWS_REGION,
+    /// AWS_ENDPOINT_URL, AWS_PROFILE, ...); plain-HTTP endpoints need AWS_ALLOW_HTTP=true.
+    #[arg(long, value_name = "URL")]
+    pub cache_url: Option<String>,
+    /// Fail (exit 1) instead of building locally when the remote cache is unreachable or
+    /// refuses access. Needs a cache URL.
+    #[arg(long)]
+    pub require_cache: bool,
+    /// Run only this stage (repeatable; ids from `omnipack plan --format json`, `stages[].id`)
+    /// and the stages it depends on, push the results to the remote cache (required), and
+    /// write no output folder. A later build with the same cache URL finds them.
+    #[arg(long = "only", value_name = "STAGE_ID")]
+    pub only: Vec<String>,
+}
+
+/// The cache URL: `--cache-url`, else `OMNIPACK_CACHE_URL` (empty means none).
+fn cache_url(args: &BuildArgs) -> Option<String> {
+    args.cache_url
+        .clone()
+        .or_else(|| std::env::var("OMNIPACK_CACHE_URL").ok())
+        .filter(|u| !u.is_empty())
 }
 
 /// Runs `omnipack build`.
@@ -55,17 +81,64 @@ pub fn run(args: BuildArgs) -> CommandResult {
         // clap requires one of them.
         (None, None) => None,
     };
+    let url = cache_url(&args);
+    if url.is_none() && (args.require_cache || !args.only.is_empty()) {
+        eprintln!(
+            "error: {} needs a remote cache: give --cache-url s3://BUCKET/PREFIX or set OMNIPACK_CACHE_URL",
+            if args.only.is_empty() {
+                "--require-cache"
+            } else {
+                "--only"
+            }
+        );
+        return Ok(ExitCode::from(2));
+    }
     let Some((plan, loaded)) = plan else {
         return Ok(ExitCode::from(1));
+    };
+    let remote = match url.as_deref().map(omnipack_build::RemoteCache::connect) {
+        None => None,
+        Some(Ok(r)) => Some(std::sync::Arc::new(r)),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            eprintln!("error: nothing was built");
+            return Ok(ExitCode::from(1));
+        }
     };
     let opts = BuildOptions {
         cache_dir: args.cache_dir.clone(),
         jobs: args.jobs.map(|j| j as usize),
         no_cache: args.no_cache,
+        remote,
+        require_remote: args.require_cache,
         ..BuildOptions::new(&args.out)
     };
     let reporter = Reporter::new(std::io::stderr().is_terminal());
     let t0 = Instant::now();
+    if !args.only.is_empty() {
+        let result = omnipack_build::build_only(&plan, &args.only, &opts, &reporter);
+        reporter.finish();
+        return Ok(match result {
+            Ok(report) => {
+                let ran = report.stages.iter().filter(|s| !s.cached).count();
+                println!(
+                    "ran --only {} in {:.2}s: {} stage{} ({ran} ran, {} from the cache){}",
+                    args.only.join(" --only "),
+                    t0.elapsed().as_secs_f64(),
+                    report.stages.len(),
+                    if report.stages.len() == 1 { "" } else { "s" },
+                    report.stages.len() - ran,
+                    remote_line(report.remote.as_ref()),
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report_failure(&e, loaded.as_ref());
+                eprintln!("error: --only failed; the remote cache has what was pushed before");
+                ExitCode::from(1)
+            }
+        });
+    }
     let result = omnipack_build::build(&plan, &opts, &reporter);
     reporter.finish();
     match result {
@@ -75,7 +148,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
             let mut stdout = std::io::stdout().lock();
             let _ = writeln!(
                 stdout,
-                "built {} bundle{} into {} in {:.2}s: {ran} stage{} ran, {cached} from the cache",
+                "built {} bundle{} into {} in {:.2}s: {ran} stage{} ran, {cached} from the cache{}",
                 report.summary.bundles.len(),
                 if report.summary.bundles.len() == 1 {
                     ""
@@ -85,6 +158,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
                 args.out.display(),
                 t0.elapsed().as_secs_f64(),
                 if ran == 1 { "" } else { "s" },
+                remote_line(report.remote.as_ref()),
             );
             let _ = write!(stdout, "{}", tier_tables(&report.summary));
             Ok(ExitCode::SUCCESS)
@@ -118,6 +192,46 @@ pub fn run(args: BuildArgs) -> CommandResult {
             eprintln!("error: build failed; {} is unchanged", args.out.display());
             Ok(ExitCode::from(1))
         }
+    }
+}
+
+/// The remote cache's part of the summary line: hits, pushes and bytes, or why the build
+/// went on locally.
+fn remote_line(r: Option<&omnipack_build::RemoteReport>) -> String {
+    let Some(r) = r else {
+        return String::new();
+    };
+    let s = &r.stats;
+    let moved = format!(
+        "{} remote hit{}, {} pushed; {} file{} fetched, {} down, {} up",
+        s.hits,
+        if s.hits == 1 { "" } else { "s" },
+        s.pushed,
+        s.blobs_fetched,
+        if s.blobs_fetched == 1 { "" } else { "s" },
+        format_bytes(s.bytes_down),
+        format_bytes(s.bytes_up)
+    );
+    match &r.unavailable {
+        Some(why) => format!(
+            " (built locally: remote cache {} unavailable: {why}; {moved})",
+            r.url
+        ),
+        None => format!(" ({} {moved})", r.url),
+    }
+}
+
+/// Prints why an `--only` run failed.
+fn report_failure(e: &BuildError, loaded: Option<&LoadedManifest>) {
+    match e {
+        BuildError::Stages(failures) => {
+            for f in failures {
+                if let StageFailure::Failed { stage, error } = f {
+                    eprint!("{}", stage_failure(stage, error, loaded));
+                }
+            }
+        }
+        e => eprintln!("error: {e}"),
     }
 }
 
@@ -358,6 +472,40 @@ impl Progress for Reporter {
             Event::Skipped { stage, because } => {
                 drop(st);
                 self.line(format!("skipped {stage} (needs `{because}`, which failed)"));
+            }
+            Event::Transfer {
+                entry,
+                upload,
+                done,
+                total,
+            } => {
+                let label = format!("{} {entry}", if upload { "push" } else { "fetch" });
+                if done < total {
+                    if self.tty {
+                        let bar = st.bars.entry(label.clone()).or_insert_with(|| {
+                            let b = self.multi.add(ProgressBar::new(total));
+                            b.set_style(
+                                ProgressStyle::with_template("{spinner} {prefix:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+                                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                                    .progress_chars("=> "),
+                            );
+                            b.set_prefix(label.clone());
+                            b
+                        });
+                        bar.set_position(done);
+                    }
+                    return;
+                }
+                if let Some(b) = st.bars.remove(&label) {
+                    b.finish_and_clear();
+                    self.multi.remove(&b);
+                }
+                drop(st);
+                self.line(if upload {
+                    format!("remote: pushed {entry} ({} uploaded)", format_bytes(done))
+                } else {
+                    format!("remote: fetched {entry} ({}, verified)", format_bytes(done))
+                });
             }
             Event::Note(n) => {
                 drop(st);
