@@ -80,6 +80,8 @@ pub struct RemoteReport {
     pub stats: Stats,
     /// Why the store stopped being used, when it did (the build went on locally).
     pub unavailable: Option<String>,
+    /// Why pushes stopped while the store was still read (read-only credentials).
+    pub writes_refused: Option<String>,
 }
 
 impl RemoteReport {
@@ -88,6 +90,7 @@ impl RemoteReport {
             url: r.url().to_string(),
             stats: r.stats(),
             unavailable: stages::remote_unavailable(Some(r)),
+            writes_refused: r.writes_refused(),
         })
     }
 }
@@ -127,34 +130,7 @@ pub fn build(
         dir_identity(cache.root()).map_err(io_err(cache.root()))?,
     ];
     let jobs = jobs(opts);
-    probe_remote(opts, progress)?;
-    let inputs = stages::inputs::digest_inputs(
-        plan,
-        &root,
-        &skip,
-        cache.root().join("digests.json"),
-        opts.clock.clone(),
-        jobs,
-        progress,
-    )?;
-    let ctx = BuildContext {
-        plan,
-        root,
-        cache,
-        no_cache: opts.no_cache,
-        inputs: inputs.digests,
-        skip,
-        logs,
-        progress,
-        remote: opts.remote.as_deref(),
-        require_remote: opts.require_remote,
-        // The probe's warning is the one warning.
-        remote_warned: AtomicBool::new(
-            stages::remote_unavailable(opts.remote.as_deref()).is_some(),
-        ),
-        remote_deferred: Default::default(),
-        stage_inputs: Default::default(),
-    };
+    let (ctx, bytes_hashed) = context(plan, root, cache, skip, logs, opts, progress)?;
     let done = stages::run_all(&ctx, jobs)?;
     let summary = stages::summary::make_summary(&ctx, &done.bundles)?;
     stages::install::install(&swap, &summary, &done.bundles)?;
@@ -175,7 +151,7 @@ pub fn build(
     Ok(BuildReport {
         summary,
         stages: done.reports,
-        input_bytes_hashed: inputs.bytes_hashed,
+        input_bytes_hashed: bytes_hashed,
         warnings,
         remote: RemoteReport::of(opts.remote.as_deref()),
     })
@@ -212,22 +188,48 @@ pub fn build_only(
     fs::create_dir_all(&logs).map_err(io_err(&logs))?;
     let skip = vec![dir_identity(cache.root()).map_err(io_err(cache.root()))?];
     let jobs = jobs(opts);
+    // Publishing is the whole point of a slice: the remote cache is required.
     let required = BuildOptions {
         require_remote: true,
         ..opts.clone()
     };
-    probe_remote(&required, progress)?;
+    let (ctx, _) = context(&slice, root, cache, skip, logs, &required, progress)?;
+    let done = stages::run_all(&ctx, jobs).inspect_err(|_| {
+        // A failed stage's error points at its log in this cache: leave it to be read.
+        if let Some(t) = &temp {
+            t.keep();
+        }
+    })?;
+    drop(temp);
+    Ok(SliceReport {
+        stages: done.reports,
+        remote: RemoteReport::of(opts.remote.as_deref()),
+    })
+}
+
+/// Probes the remote cache, digests the plan's inputs and gathers what every stage may use;
+/// also returns how many input bytes were hashed (not found in the digest memo).
+fn context<'a>(
+    plan: &'a Plan,
+    root: PathBuf,
+    cache: Cache,
+    skip: Vec<(u64, u64)>,
+    logs: PathBuf,
+    opts: &'a BuildOptions,
+    progress: &'a dyn Progress,
+) -> Result<(BuildContext<'a>, u64), BuildError> {
+    probe_remote(opts, progress)?;
     let inputs = stages::inputs::digest_inputs(
-        &slice,
+        plan,
         &root,
         &skip,
         cache.root().join("digests.json"),
         opts.clock.clone(),
-        jobs,
+        jobs(opts),
         progress,
     )?;
     let ctx = BuildContext {
-        plan: &slice,
+        plan,
         root,
         cache,
         no_cache: opts.no_cache,
@@ -236,17 +238,16 @@ pub fn build_only(
         logs,
         progress,
         remote: opts.remote.as_deref(),
-        require_remote: true,
-        remote_warned: AtomicBool::new(false),
+        require_remote: opts.require_remote,
+        // The probe's warning is the one warning.
+        remote_warned: AtomicBool::new(
+            stages::remote_unavailable(opts.remote.as_deref()).is_some(),
+        ),
+        remote_push_warned: AtomicBool::new(false),
         remote_deferred: Default::default(),
         stage_inputs: Default::default(),
     };
-    let done = stages::run_all(&ctx, jobs)?;
-    drop(temp);
-    Ok(SliceReport {
-        stages: done.reports,
-        remote: RemoteReport::of(opts.remote.as_deref()),
-    })
+    Ok((ctx, inputs.bytes_hashed))
 }
 
 /// The ids in `only` and every stage they depend on, transitively.
@@ -282,8 +283,8 @@ fn stage_closure<'p>(
     Ok(wanted)
 }
 
-/// A temporary local cache for an `--only` run, removed when dropped.
-struct TempCache(PathBuf);
+/// A temporary local cache for an `--only` run, removed when dropped unless kept.
+struct TempCache(PathBuf, std::cell::Cell<bool>);
 
 impl TempCache {
     fn new() -> std::io::Result<TempCache> {
@@ -293,13 +294,20 @@ impl TempCache {
             .unwrap_or(0);
         let d = std::env::temp_dir().join(format!("omnipack-only-{}-{nanos}", std::process::id()));
         fs::create_dir_all(&d)?;
-        Ok(TempCache(d))
+        Ok(TempCache(d, std::cell::Cell::new(false)))
+    }
+
+    /// Leaves the folder in place when dropped.
+    fn keep(&self) {
+        self.1.set(true);
     }
 }
 
 impl Drop for TempCache {
     fn drop(&mut self) {
-        let _ = remove_any(&self.0);
+        if !self.1.get() {
+            let _ = remove_any(&self.0);
+        }
     }
 }
 

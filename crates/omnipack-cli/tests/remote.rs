@@ -514,6 +514,48 @@ fn a_tampered_object_is_rebuilt_replaced_and_never_shipped() {
 }
 
 #[test]
+fn a_valid_record_the_stage_cannot_use_is_rebuilt_not_a_failure() {
+    let Some(moto) = Moto::start() else { return };
+    let p = project();
+    let bucket = moto.bucket("unusable");
+    let url = format!("s3://{bucket}/c");
+    let first = p.path().join("first");
+    let o = build_with(p.path(), &moto.endpoint(), &url, &first, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = tree(&first);
+    // Records that parse, for the right key, with verified blobs, but without the quality
+    // every quantize stage records.
+    let keys = moto.keys(&bucket);
+    let mut changed = 0;
+    for k in keys.keys().filter(|k| k.contains("/records/quantize/")) {
+        let mut rec: serde_json::Value = serde_json::from_slice(&moto.get(&bucket, k)).unwrap();
+        rec["meta"].as_object_mut().unwrap().remove("quality");
+        moto.put(&bucket, k, &serde_json::to_vec(&rec).unwrap());
+        changed += 1;
+    }
+    assert!(changed >= 2, "{changed} quantize records");
+    let second = p.path().join("second");
+    let o = build_with(
+        p.path(),
+        &moto.endpoint(),
+        &url,
+        &second,
+        &["--require-cache"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let err = stderr(&o);
+    assert!(err.contains("not usable"), "{err}");
+    assert!(err.contains("rebuilding locally"), "{err}");
+    assert!(tree(&second) == reference, "{}", text(&o));
+    // The pushes replaced them: a third machine takes every stage from the store.
+    let third = p.path().join("third");
+    let o = build_with(p.path(), &moto.endpoint(), &url, &third, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains(" 0 stages ran"), "{}", text(&o));
+    assert!(tree(&third) == reference);
+}
+
+#[test]
 fn concurrent_pushes_of_one_key_both_succeed() {
     let Some(moto) = Moto::start() else { return };
     let p = project();
@@ -660,8 +702,40 @@ fn cache_url_usage_and_configuration_errors_are_clear() {
         ],
         &[("AWS_SECRET_ACCESS_KEY", "s3cr3t-never-printed")],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(stderr(&o).contains("no such stage"), "{}", text(&o));
+    assert!(!stderr(&o).contains("--only failed"), "{}", text(&o));
     // The secret never appears.
+    assert!(!text(&o).contains("s3cr3t"), "{}", text(&o));
+    // Nor does a key written into the URL by mistake.
+    let o = omnipack_s3(
+        p.path(),
+        "",
+        &["build", "omnipack.yaml"],
+        &[(
+            "OMNIPACK_CACHE_URL",
+            "https://AKIAEXAMPLE:s3cr3t@example.invalid/x",
+        )],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("https://***@example.invalid/x"),
+        "{}",
+        text(&o)
+    );
+    assert!(!text(&o).contains("s3cr3t"), "{}", text(&o));
+    // A credential that cannot go into a header is refused by name, not by value.
+    let o = omnipack_s3(
+        p.path(),
+        "http://127.0.0.1:9",
+        &["build", "omnipack.yaml", "--cache-url", "s3://b/p"],
+        &[("AWS_SESSION_TOKEN", "s3cr3t\nwith a line break")],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr(&o).contains("AWS_SESSION_TOKEN contains"),
+        "{}",
+        text(&o)
+    );
     assert!(!text(&o).contains("s3cr3t"), "{}", text(&o));
 }

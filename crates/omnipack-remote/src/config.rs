@@ -33,6 +33,11 @@ pub enum ConfigError {
         profile: String,
         why: String,
     },
+    /// A credential with spaces, control or non-ASCII characters (never printed).
+    #[error(
+        "{name} contains spaces, control characters or non-ASCII characters: copy the key again"
+    )]
+    Credential { name: &'static str },
     /// The threads that move bytes to and from the store could not be started.
     #[error("cannot start the remote cache's transfer threads: {0}")]
     Runtime(String),
@@ -51,7 +56,7 @@ impl CacheUrl {
     /// Parses `s3://BUCKET[/PREFIX]`.
     pub fn parse(url: &str) -> Result<CacheUrl, ConfigError> {
         let err = |why| ConfigError::Url {
-            url: url.to_string(),
+            url: without_userinfo(url),
             why,
         };
         let rest = url
@@ -88,6 +93,20 @@ impl CacheUrl {
     }
 }
 
+/// `url` as it may be printed: a user name or password before an `@` in its authority is
+/// replaced by `***`.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}***@{}", &rest[at + 1..])
+        }
+        None => url.to_string(),
+    }
+}
+
 /// Settings read from a profile, applied only where the environment has none.
 #[derive(Default, PartialEq, Eq)]
 pub(crate) struct ProfileSettings {
@@ -118,24 +137,47 @@ pub(crate) fn check_endpoint(
     profile_endpoint: Option<&str>,
 ) -> Result<(), ConfigError> {
     let allow_http = env("AWS_ALLOW_HTTP").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let from_env = ENDPOINT_VARS
+    // Every one that is set: which one wins is `object_store`'s business, none may be unsafe.
+    let endpoints = ENDPOINT_VARS
         .iter()
-        .find_map(|v| env(v).filter(|s| !s.is_empty()).map(|s| (*v, s)));
-    let endpoint = from_env.or_else(|| profile_endpoint.map(|e| ("endpoint_url", e.to_string())));
-    let Some((var, url)) = endpoint else {
-        return Ok(());
-    };
-    let authority = url
-        .split_once("://")
-        .map_or(url.as_str(), |(_, r)| r)
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    if authority.contains('@') {
-        return Err(ConfigError::EndpointCredentials { var });
+        .filter_map(|v| env(v).filter(|s| !s.is_empty()).map(|s| (*v, s)))
+        .chain(profile_endpoint.map(|e| ("endpoint_url", e.to_string())));
+    for (var, url) in endpoints {
+        let authority = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, r)| r)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        if authority.contains('@') {
+            return Err(ConfigError::EndpointCredentials { var });
+        }
+        if url.to_ascii_lowercase().starts_with("http://") && !allow_http {
+            return Err(ConfigError::PlainHttp { var });
+        }
     }
-    if url.to_ascii_lowercase().starts_with("http://") && !allow_http {
-        return Err(ConfigError::PlainHttp { var });
+    Ok(())
+}
+
+/// Credentials go into request headers: a value with anything but visible ASCII would be
+/// refused deep in the HTTP client, so it is refused here, by name (never by value).
+pub(crate) fn check_credentials(
+    env: &dyn Fn(&str) -> Option<String>,
+    profile: &ProfileSettings,
+) -> Result<(), ConfigError> {
+    let values = [
+        ("AWS_ACCESS_KEY_ID", env("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", env("AWS_SECRET_ACCESS_KEY")),
+        ("AWS_SESSION_TOKEN", env("AWS_SESSION_TOKEN")),
+        ("AWS_SECURITY_TOKEN", env("AWS_SECURITY_TOKEN")),
+        ("aws_access_key_id", profile.access_key_id.clone()),
+        ("aws_secret_access_key", profile.secret_access_key.clone()),
+        ("aws_session_token", profile.session_token.clone()),
+    ];
+    for (name, value) in values {
+        if value.is_some_and(|v| !v.bytes().all(|b| b.is_ascii_graphic())) {
+            return Err(ConfigError::Credential { name });
+        }
     }
     Ok(())
 }

@@ -85,6 +85,21 @@ pub enum Fetched {
     Rejected(String),
 }
 
+/// Why a blob could not be fetched (a blob the store has but that is not as recorded is
+/// [`Fetched::Rejected`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The store failed: see [`Unavailable`].
+    #[error(transparent)]
+    Store(#[from] Unavailable),
+    /// The local file could not be written (a full disk, say): not the store's fault.
+    #[error("{}: {source}", path.display())]
+    Local {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Counters for the build's summary line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -109,6 +124,8 @@ pub struct RemoteCache {
     root: String,
     url: String,
     down: Mutex<Option<String>>,
+    /// Why pushes stopped (credentials that may read but not write): lookups go on.
+    writes_refused: Mutex<Option<String>>,
     bad_blobs: Mutex<BTreeSet<String>>,
     bad_records: Mutex<BTreeSet<String>>,
     hits: AtomicU64,
@@ -150,11 +167,13 @@ impl RemoteCache {
             Default::default()
         };
         config::check_endpoint(&env, profile.endpoint_url.as_deref())?;
+        config::check_credentials(&env, &profile)?;
         if let (Some(id), Some(secret)) = (profile.access_key_id, profile.secret_access_key) {
-            b = b
-                .with_access_key_id(id)
-                .with_secret_access_key(secret)
-                .with_token(profile.session_token.unwrap_or_default());
+            b = b.with_access_key_id(id).with_secret_access_key(secret);
+            // Long-term keys have no token; an empty one would be sent, and refused by S3.
+            if let Some(token) = profile.session_token.filter(|t| !t.is_empty()) {
+                b = b.with_token(token);
+            }
         }
         if env("AWS_REGION").is_none()
             && env("AWS_DEFAULT_REGION").is_none()
@@ -175,7 +194,10 @@ impl RemoteCache {
                 AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
                 "3s",
             )
-            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "300s")
+            // A whole request, body included: a 100 GB blob takes long on a slow link, so
+            // this bound is only there to end a request that never ends; a stall is caught
+            // by the read timeout below.
+            .with_config(AmazonS3ConfigKey::Client(ClientConfigKey::Timeout), "24h")
             .with_config(
                 AmazonS3ConfigKey::Client(ClientConfigKey::ReadTimeout),
                 "30s",
@@ -220,6 +242,7 @@ impl RemoteCache {
             root,
             url: url.display(),
             down: Mutex::new(None),
+            writes_refused: Mutex::new(None),
             bad_blobs: Mutex::default(),
             bad_records: Mutex::default(),
             hits: AtomicU64::new(0),
@@ -279,6 +302,30 @@ impl RemoteCache {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.fail(&e)),
             Err(_) => Err(self.fail_with(format!("no answer within {}s", PROBE_TIMEOUT.as_secs()))),
+        }
+    }
+
+    /// Why this build stopped pushing, once the store refused a write (read-only
+    /// credentials, say); lookups go on.
+    pub fn writes_refused(&self) -> Option<String> {
+        self.writes_refused.lock().ok()?.clone()
+    }
+
+    /// A failed write: refused access stops pushes only (the store may still be read), any
+    /// other failure stops the store.
+    fn fail_write(&self, cause: String) -> Unavailable {
+        if !cause.starts_with(ACCESS_DENIED) {
+            return self.fail_with(cause);
+        }
+        let cause = format!("writes refused: {cause}");
+        if let Ok(mut w) = self.writes_refused.lock()
+            && w.is_none()
+        {
+            *w = Some(cause.clone());
+        }
+        Unavailable {
+            url: self.url.clone(),
+            cause,
         }
     }
 
@@ -393,7 +440,7 @@ impl RemoteCache {
         file: &RecordFile,
         dest: &FsPath,
         moved: &dyn Fn(u64),
-    ) -> Result<Fetched, Unavailable> {
+    ) -> Result<Fetched, FetchError> {
         self.check()?;
         let reject = |why: String| {
             self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -413,7 +460,7 @@ impl RemoteCache {
             Err(object_store::Error::NotFound { .. }) => {
                 return reject(format!("blob {} is missing", file.sha256));
             }
-            Err(e) => return Err(self.fail(&e)),
+            Err(e) => return Err(self.fail(&e).into()),
         };
         if r.meta.size != file.size {
             return reject(format!(
@@ -421,17 +468,30 @@ impl RemoteCache {
                 r.meta.size, file.size
             ));
         }
+        let local = |path: &FsPath| {
+            let path = path.to_path_buf();
+            move |source| FetchError::Local { path, source }
+        };
         if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| self.fail_with(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(local(parent))?;
         }
-        let mut out = std::fs::File::create(dest)
-            .map_err(|e| self.fail_with(format!("{}: {e}", dest.display())))?;
+        // Never over a file already written: on a file system that ignores case (or
+        // normalises accents), two names of one record could be one file, and the second
+        // blob would replace the first after it was verified.
+        let mut out = match std::fs::File::create_new(dest) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return reject(
+                    "another file of the record has the same name on this file system".into(),
+                );
+            }
+            Err(e) => return Err(local(dest)(e)),
+        };
         let mut sha = sha2::Sha256::new();
         let mut crc = crc32fast::Hasher::new();
         let mut n = 0u64;
         let mut stream = r.into_stream();
-        let res: Result<Option<String>, Unavailable> = self.rt.block_on(async {
+        let res: Result<Option<String>, FetchError> = self.rt.block_on(async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.fail(&e))?;
                 n += chunk.len() as u64;
@@ -442,20 +502,25 @@ impl RemoteCache {
                 }
                 sha.update(&chunk);
                 crc.update(&chunk);
-                out.write_all(&chunk)
-                    .map_err(|e| self.fail_with(format!("{}: {e}", dest.display())))?;
+                out.write_all(&chunk).map_err(local(dest))?;
                 moved(n);
             }
             Ok(None)
         });
-        if let Some(why) = res? {
-            return reject(why);
+        // What was written of a refused blob is not left behind.
+        let refuse_written = |why: String| {
+            let _ = std::fs::remove_file(dest);
+            reject(why)
+        };
+        if let Some(why) = res.inspect_err(|_| {
+            let _ = std::fs::remove_file(dest);
+        })? {
+            return refuse_written(why);
         }
-        out.sync_all()
-            .map_err(|e| self.fail_with(format!("{}: {e}", dest.display())))?;
+        out.sync_all().map_err(local(dest))?;
         let got = hex(&sha.finalize());
         if n != file.size || got != file.sha256 {
-            return reject(format!(
+            return refuse_written(format!(
                 "{n} bytes with sha256 {got}, expected {} bytes with sha256 {}",
                 file.size, file.sha256
             ));
@@ -478,6 +543,12 @@ impl RemoteCache {
         moved: &dyn Fn(u64),
     ) -> Result<u64, Unavailable> {
         self.check()?;
+        if let Some(cause) = self.writes_refused() {
+            return Err(Unavailable {
+                url: self.url.clone(),
+                cause,
+            });
+        }
         // An entry rejected by this build is pushed whole: any of its blobs may be bad.
         let replace = self.is_bad_record(&record.kind, &record.key);
         let mut sent = 0u64;
@@ -499,7 +570,7 @@ impl RemoteCache {
             let base = sent;
             sent += self
                 .upload(&path, &local, f.size, &|n| moved(base + n))
-                .map_err(|cause| self.fail_with(cause))?;
+                .map_err(|cause| self.fail_write(cause))?;
             if let Ok(mut b) = self.bad_blobs.lock() {
                 b.remove(&f.sha256);
             }
@@ -531,13 +602,13 @@ impl RemoteCache {
                 match self.rt.block_on(self.store.head(&path)) {
                     Ok(_) => {}
                     Err(object_store::Error::NotFound { .. }) => {
-                        put(PutMode::Overwrite).map_err(|e| self.fail(&e))?;
+                        put(PutMode::Overwrite).map_err(|e| self.fail_write(cause(&e)))?;
                         self.pushed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => return Err(self.fail(&e)),
                 }
             }
-            Err(e) => return Err(self.fail(&e)),
+            Err(e) => return Err(self.fail_write(cause(&e))),
         }
         if let Ok(mut b) = self.bad_records.lock() {
             b.remove(&format!("{}/{}", record.kind, record.key));
@@ -613,6 +684,9 @@ fn part_size(size: u64, min_part: u64) -> u64 {
     }
 }
 
+/// The class of a store error that refused the credentials.
+const ACCESS_DENIED: &str = "access denied";
+
 /// One line about a store error: its class, then the store's own words (which name the
 /// endpoint, bucket and key, never credentials), shortened.
 fn cause(e: &object_store::Error) -> String {
@@ -621,15 +695,15 @@ fn cause(e: &object_store::Error) -> String {
     let detail: String = text.chars().take(240).collect();
     let class = match e {
         object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => "access denied",
+        | object_store::Error::Unauthenticated { .. } => ACCESS_DENIED,
         object_store::Error::NotFound { .. } => "not found",
         _ if text.contains("NoSuchBucket") => "the bucket does not exist",
-        _ if text.contains("403")
+        _ if text.contains("403 Forbidden")
             || text.contains("AccessDenied")
             || text.contains("InvalidAccessKeyId")
             || text.contains("SignatureDoesNotMatch") =>
         {
-            "access denied"
+            ACCESS_DENIED
         }
         _ if text.contains("error sending request") || text.contains("connect") => "cannot connect",
         _ if text.contains("timed out") || text.contains("timeout") => "timed out",
@@ -682,6 +756,102 @@ mod tests {
             files: recs,
             meta: serde_json::json!({"n": 1}),
         }
+    }
+
+    /// A store that may be read but refuses every write, as with read-only credentials.
+    #[derive(Debug)]
+    struct ReadOnly(Arc<InMemory>);
+
+    impl std::fmt::Display for ReadOnly {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "ReadOnly")
+        }
+    }
+
+    fn refused(path: &Path) -> object_store::Error {
+        object_store::Error::PermissionDenied {
+            path: path.to_string(),
+            source: "403 Forbidden: AccessDenied".into(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for ReadOnly {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            _: PutPayload,
+            _: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            Err(refused(location))
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            _: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            Err(refused(location))
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.0.get_opts(location, options).await
+        }
+        fn delete_stream(
+            &self,
+            locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<Path>> {
+            self.0.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>>
+        {
+            self.0.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.0.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            _: &Path,
+            _: object_store::CopyOptions,
+        ) -> object_store::Result<()> {
+            Err(refused(from))
+        }
+    }
+
+    #[test]
+    fn refused_writes_stop_pushes_but_not_lookups() {
+        let (writer, mem) = cache();
+        let d = tempfile::tempdir().unwrap();
+        let rec = entry(d.path(), &[("bundle.zip", b"hello")]);
+        writer.push(&rec, d.path(), &|_| {}).unwrap();
+        let url = CacheUrl::parse("s3://b/team").unwrap();
+        let reader = RemoteCache::with_store(Arc::new(ReadOnly(mem)), &url).unwrap();
+        let mut other = rec.clone();
+        other.key = "k2".into();
+        let e = reader.push(&other, d.path(), &|_| {}).unwrap_err();
+        assert!(e.cause.starts_with("writes refused: access denied"), "{e}");
+        assert!(reader.unavailable().is_none());
+        assert_eq!(reader.writes_refused(), Some(e.cause.clone()));
+        // The store is still read: the first entry is a hit.
+        assert!(matches!(
+            reader.lookup("package", "k1").unwrap(),
+            Lookup::Hit(_)
+        ));
+        // And no second write is tried.
+        assert_eq!(
+            reader.push(&other, d.path(), &|_| {}).unwrap_err().cause,
+            e.cause
+        );
     }
 
     #[test]

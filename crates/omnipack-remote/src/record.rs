@@ -61,16 +61,29 @@ impl Record {
                 r.kind, r.key
             ));
         }
+        // Compared without case: on the file systems that ignore it (macOS, Windows), two
+        // names that differ only in case are one file.
+        let folded: Vec<String> = r.files.iter().map(|f| f.path.to_lowercase()).collect();
         let mut seen = BTreeSet::new();
-        for f in &r.files {
+        for (f, name) in r.files.iter().zip(&folded) {
             if !safe_path(&f.path) {
                 return Err(format!("unsafe file path `{}`", f.path.escape_default()));
             }
-            if !seen.insert(f.path.as_str()) {
+            if !seen.insert(name.as_str()) {
                 return Err(format!("file `{}` listed twice", f.path));
             }
             if !is_sha256(&f.sha256) {
                 return Err(format!("file `{}`: sha256 is not 64 hex digits", f.path));
+            }
+        }
+        // A file may not also be a folder of another (`a` and `a/b`).
+        for name in &folded {
+            let mut folder = name.as_str();
+            while let Some((parent, _)) = folder.rsplit_once('/') {
+                if seen.contains(parent) {
+                    return Err(format!("`{parent}` is both a file and a folder"));
+                }
+                folder = parent;
             }
         }
         Ok(r)
@@ -141,6 +154,14 @@ mod tests {
             (
                 serde_json::json!([{"path": "a", "size": 1, "sha256": "ABC"}]),
                 "hex",
+            ),
+            (
+                serde_json::json!([{"path": "bundle.zip", "size": 1, "sha256": sha}, {"path": "BUNDLE.ZIP", "size": 1, "sha256": sha}]),
+                "twice",
+            ),
+            (
+                serde_json::json!([{"path": "pack/A", "size": 1, "sha256": sha}, {"path": "pack/a/b.json", "size": 1, "sha256": sha}]),
+                "both a file and a folder",
             ),
         ] {
             let e = Record::parse(&rec(files), "quantize", "k").unwrap_err();

@@ -27,15 +27,15 @@ pub(crate) struct Cached<T> {
 
 impl BuildContext<'_> {
     /// The cache entry of `kind` keyed by `material` (with the omnipack version): a valid
-    /// existing entry unless `--no-cache`; else `produce` fills a fresh work folder, which is
+    /// existing entry unless `--no-cache` (a remote one that `read` refuses is rebuilt); else `produce` fills a fresh work folder, which is
     /// committed as the entry (and deleted when `produce` fails). `read` turns the entry into
     /// the stage's value. A corrupt entry is reported, deleted and produced again.
-    pub(crate) fn cached<T, E: From<CacheError>>(
+    pub(crate) fn cached<T, E: From<CacheError> + std::fmt::Display>(
         &self,
         kind: CacheKind,
         material: &Value,
         produce: impl FnOnce(&Path) -> Result<Produced, E>,
-        read: impl FnOnce(&CacheEntry) -> Result<T, E>,
+        read: impl Fn(&CacheEntry) -> Result<T, E>,
     ) -> Result<Cached<T>, E> {
         let key = key_of(kind, material);
         if let Some(entry) = self.lookup(kind, &key) {
@@ -46,10 +46,17 @@ impl BuildContext<'_> {
             });
         }
         if let Some(entry) = self.remote_fetch(kind, &key)? {
-            return Ok(Cached {
-                value: read(&entry)?,
-                from_cache: true,
-            });
+            // Its files were verified against the record, but the record itself may not be
+            // what this stage writes: then the stage runs here, as for any refused entry.
+            match read(&entry) {
+                Ok(value) => {
+                    return Ok(Cached {
+                        value,
+                        from_cache: true,
+                    });
+                }
+                Err(e) => self.refuse_remote_entry(kind, &key, &e.to_string()),
+            }
         }
         let work = self.cache.work_dir(kind, &key)?;
         let produced = match produce(&work) {

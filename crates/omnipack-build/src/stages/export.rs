@@ -299,7 +299,7 @@ fn select_tensors(
                 meta: json!({"parameters": parameters}),
             })
         },
-        |_| Ok(selection),
+        |_| Ok(selection.clone()),
     )?;
     Ok(Ran {
         output: StageOutput::Tensors(c.value),

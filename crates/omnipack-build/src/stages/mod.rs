@@ -174,6 +174,8 @@ pub(crate) struct BuildContext<'a> {
     pub require_remote: bool,
     /// Whether the remote cache's failure was reported.
     pub remote_warned: std::sync::atomic::AtomicBool,
+    /// Whether refused pushes were reported.
+    pub remote_push_warned: std::sync::atomic::AtomicBool,
     /// Entries found in the remote cache whose files are downloaded when read.
     pub remote_deferred: DeferredEntries,
     /// What each stage that ran was given (to run it again when its deferred remote entry

@@ -131,7 +131,16 @@ pub(crate) fn run(
             let contents = local_contents(ctx, stage, contents)?;
             write_bundle(ctx, stage, p, &contents, &pack_manifest, work)
         },
-        |entry| read_entry(entry, p, files.clone(), weights_bytes, parameters, quality),
+        |entry| {
+            read_entry(
+                entry,
+                p,
+                files.clone(),
+                weights_bytes,
+                parameters,
+                quality.clone(),
+            )
+        },
     )?;
     Ok(Ran {
         output: StageOutput::Bundle(Arc::new(c.value)),

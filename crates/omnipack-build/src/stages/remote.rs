@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use omnipack_fs::remove_any;
 use omnipack_quant::FileDigest;
-use omnipack_remote::{Fetched, Lookup, Record, RecordFile, RemoteCache, Unavailable};
+use omnipack_remote::{FetchError, Fetched, Lookup, Record, RecordFile, RemoteCache, Unavailable};
 
 use crate::cache::{CacheEntry, CacheError, CacheKind, CachedFile, EntryRecord};
 use crate::digest_memo::FileStamp;
@@ -81,7 +81,10 @@ impl BuildContext<'_> {
         };
         let name = entry_name(kind, key);
         let work = self.cache.work_dir(kind, key)?;
-        let total: u64 = record.files.iter().map(|f| f.size).sum();
+        let total: u64 = record
+            .files
+            .iter()
+            .fold(0u64, |t, f| t.saturating_add(f.size));
         let mut files = Vec::with_capacity(record.files.len());
         let mut before = 0u64;
         let last = Cell::new(Instant::now());
@@ -106,9 +109,13 @@ impl BuildContext<'_> {
                     )));
                     return Ok(None);
                 }
-                Err(u) => {
+                Err(FetchError::Store(u)) => {
                     let _ = remove_any(&work);
                     return self.remote_unavailable(u).map(|()| None);
+                }
+                Err(FetchError::Local { path, source }) => {
+                    let _ = remove_any(&work);
+                    return Err(CacheError { path, source });
                 }
             }
             before += f.size;
@@ -242,7 +249,10 @@ impl BuildContext<'_> {
             meta: entry.record.meta.clone(),
         };
         let name = entry_name(kind, key);
-        let total: u64 = record.files.iter().map(|f| f.size).sum();
+        let total: u64 = record
+            .files
+            .iter()
+            .fold(0u64, |t, f| t.saturating_add(f.size));
         let last = Cell::new(Instant::now());
         let moved = |n: u64| self.transfer(&name, true, n, total, &last);
         match remote.push(&record, &entry.dir, &moved) {
@@ -255,8 +265,39 @@ impl BuildContext<'_> {
                 });
                 Ok(())
             }
+            // Refused writes (read-only credentials) leave the store readable: warn once,
+            // keep using its hits.
+            Err(u) if remote.unavailable().is_none() && !self.require_remote => {
+                if !self.remote_push_warned.swap(true, Ordering::Relaxed) {
+                    self.progress.event(Event::Warning(format!(
+                        "remote cache {}: {}; its entries are still used, but nothing this build makes is published",
+                        u.url, u.cause
+                    )));
+                }
+                Ok(())
+            }
             Err(u) => self.remote_unavailable(u),
         }
+    }
+
+    /// Refuses the entry `kind/key` found in the remote cache because its stage could not
+    /// use it (a record whose files or metadata are not what the stage wrote): a warning, the
+    /// local copy (or its deferred download) is dropped, and the entry is marked so that the
+    /// stage's push replaces it.
+    pub(crate) fn refuse_remote_entry(&self, kind: CacheKind, key: &str, why: &str) {
+        let Some(remote) = self.remote else {
+            return;
+        };
+        let dir = self.cache.entry_dir(kind, key);
+        if let Ok(mut p) = self.remote_deferred.lock() {
+            p.remove(&dir);
+        }
+        let _ = remove_any(&dir);
+        remote.reject_entry(kind.as_str(), key);
+        self.progress.event(Event::Warning(format!(
+            "remote cache: {}: not usable ({why}); rebuilding locally",
+            entry_name(kind, key)
+        )));
     }
 
     /// A progress event for a transfer, at most every [`REPORT_EVERY`].

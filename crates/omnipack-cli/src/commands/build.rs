@@ -132,6 +132,11 @@ pub fn run(args: BuildArgs) -> CommandResult {
                 );
                 ExitCode::SUCCESS
             }
+            // A stage id that is not in the plan is a usage error: nothing ran.
+            Err(e @ BuildError::UnknownStage { .. }) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
             Err(e) => {
                 report_failure(&e, loaded.as_ref());
                 eprintln!("error: --only failed; the remote cache has what was pushed before");
@@ -213,6 +218,9 @@ fn remote_line(r: Option<&omnipack_build::RemoteReport>) -> String {
         format_bytes(s.bytes_up)
     );
     match &r.unavailable {
+        None if let Some(why) = &r.writes_refused => {
+            format!(" ({} {moved}; nothing pushed: {why})", r.url)
+        }
         Some(why) => format!(
             " (built locally: remote cache {} unavailable: {why}; {moved})",
             r.url
