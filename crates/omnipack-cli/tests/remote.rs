@@ -292,6 +292,38 @@ fn build_with(dir: &Path, endpoint: &str, url: &str, out: &Path, more: &[&str]) 
     omnipack_s3(dir, endpoint, &args, &[])
 }
 
+/// A project built once with the remote cache `s3://<new bucket named after name>/c`: the
+/// project, the bucket, the URL and the output's files.
+fn published(
+    moto: &Moto,
+    name: &str,
+) -> (tempfile::TempDir, String, String, BTreeMap<String, Vec<u8>>) {
+    let p = project();
+    let bucket = moto.bucket(name);
+    let url = format!("s3://{bucket}/c");
+    let first = p.path().join("first");
+    let o = build_with(p.path(), &moto.endpoint(), &url, &first, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = tree(&first);
+    (p, bucket, url, reference)
+}
+
+/// A third machine (empty output and cache) takes every stage from the store, rejects
+/// nothing, and writes `reference`.
+fn assert_every_stage_remote(
+    p: &tempfile::TempDir,
+    moto: &Moto,
+    url: &str,
+    reference: &BTreeMap<String, Vec<u8>>,
+) {
+    let third = p.path().join("third");
+    let o = build_with(p.path(), &moto.endpoint(), url, &third, &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stdout(&o).contains(" 0 stages ran"), "{}", text(&o));
+    assert!(!stderr(&o).contains("rebuilding"), "{}", text(&o));
+    assert!(tree(&third) == *reference);
+}
+
 #[test]
 fn a_build_from_an_empty_machine_takes_every_stage_from_the_remote_cache() {
     let Some(moto) = Moto::start() else { return };
@@ -447,13 +479,7 @@ fn a_package_that_misses_downloads_only_the_weights_it_zips() {
 #[test]
 fn a_tampered_object_is_rebuilt_replaced_and_never_shipped() {
     let Some(moto) = Moto::start() else { return };
-    let p = project();
-    let bucket = moto.bucket("tamper");
-    let url = format!("s3://{bucket}/c");
-    let first = p.path().join("first");
-    let o = build_with(p.path(), &moto.endpoint(), &url, &first, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    let reference = tree(&first);
+    let (p, bucket, url, reference) = published(&moto, "tamper");
     // Flip one byte of every blob (same size), and make one record foreign.
     let keys = moto.keys(&bucket);
     let blobs: Vec<&String> = keys.keys().filter(|k| k.contains("/blobs/")).collect();
@@ -504,25 +530,14 @@ fn a_tampered_object_is_rebuilt_replaced_and_never_shipped() {
         tree(&second) == reference,
         "a tampered object reached the output"
     );
-    // The store was repaired: a third machine gets every stage from it, nothing rejected.
-    let third = p.path().join("third");
-    let o = build_with(p.path(), &moto.endpoint(), &url, &third, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(stdout(&o).contains(" 0 stages ran"), "{}", text(&o));
-    assert!(!stderr(&o).contains("rebuilding"), "{}", text(&o));
-    assert!(tree(&third) == reference);
+    // The store was repaired.
+    assert_every_stage_remote(&p, &moto, &url, &reference);
 }
 
 #[test]
 fn a_valid_record_the_stage_cannot_use_is_rebuilt_not_a_failure() {
     let Some(moto) = Moto::start() else { return };
-    let p = project();
-    let bucket = moto.bucket("unusable");
-    let url = format!("s3://{bucket}/c");
-    let first = p.path().join("first");
-    let o = build_with(p.path(), &moto.endpoint(), &url, &first, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    let reference = tree(&first);
+    let (p, bucket, url, reference) = published(&moto, "unusable");
     // Records that parse, for the right key, with verified blobs, but without the quality
     // every quantize stage records.
     let keys = moto.keys(&bucket);
@@ -547,12 +562,8 @@ fn a_valid_record_the_stage_cannot_use_is_rebuilt_not_a_failure() {
     assert!(err.contains("not usable"), "{err}");
     assert!(err.contains("rebuilding locally"), "{err}");
     assert!(tree(&second) == reference, "{}", text(&o));
-    // The pushes replaced them: a third machine takes every stage from the store.
-    let third = p.path().join("third");
-    let o = build_with(p.path(), &moto.endpoint(), &url, &third, &[]);
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(stdout(&o).contains(" 0 stages ran"), "{}", text(&o));
-    assert!(tree(&third) == reference);
+    // The pushes replaced them.
+    assert_every_stage_remote(&p, &moto, &url, &reference);
 }
 
 #[test]
