@@ -25,7 +25,7 @@ use object_store::{
     ClientConfigKey, ObjectStore, ObjectStoreExt as _, PutMode, PutOptions, PutPayload,
     RetryConfig, WriteMultipart,
 };
-use sha2::Digest as _;
+use omnipack_quant::{DigestWriter, FileDigest};
 
 pub mod config;
 pub mod record;
@@ -64,22 +64,11 @@ pub enum Lookup {
     Corrupt(String),
 }
 
-/// A blob written to disk and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchedFile {
-    /// Bytes written.
-    pub size: u64,
-    /// Their sha256 (equal to the record's).
-    pub sha256: String,
-    /// Their CRC-32.
-    pub crc32: u32,
-}
-
 /// The outcome of fetching one blob.
 #[derive(Debug)]
 pub enum Fetched {
-    /// Written and equal to the record.
-    Verified(FetchedFile),
+    /// Written and equal to the record: the digest of what was written.
+    Verified(FileDigest),
     /// Missing, truncated, or other bytes than recorded: why. The blob is replaced when the
     /// stage is pushed again.
     Rejected(String),
@@ -377,9 +366,7 @@ impl RemoteCache {
         });
         let corrupt = |why: String| {
             self.rejected.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut b) = self.bad_records.lock() {
-                b.insert(format!("{kind}/{key}"));
-            }
+            self.reject_entry(kind, key);
             Ok(Lookup::Corrupt(why))
         };
         match got {
@@ -478,7 +465,7 @@ impl RemoteCache {
         // Never over a file already written: on a file system that ignores case (or
         // normalises accents), two names of one record could be one file, and the second
         // blob would replace the first after it was verified.
-        let mut out = match std::fs::File::create_new(dest) {
+        let out = match std::fs::File::create_new(dest) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 return reject(
@@ -487,23 +474,18 @@ impl RemoteCache {
             }
             Err(e) => return Err(local(dest)(e)),
         };
-        let mut sha = sha2::Sha256::new();
-        let mut crc = crc32fast::Hasher::new();
-        let mut n = 0u64;
+        let mut out = DigestWriter::new(out);
         let mut stream = r.into_stream();
         let res: Result<Option<String>, FetchError> = self.rt.block_on(async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| self.fail(&e))?;
-                n += chunk.len() as u64;
                 self.bytes_down
                     .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                if n > file.size {
+                if out.written() + chunk.len() as u64 > file.size {
                     return Ok(Some(format!("more than the {} bytes recorded", file.size)));
                 }
-                sha.update(&chunk);
-                crc.update(&chunk);
                 out.write_all(&chunk).map_err(local(dest))?;
-                moved(n);
+                moved(out.written());
             }
             Ok(None)
         });
@@ -517,19 +499,15 @@ impl RemoteCache {
         })? {
             return refuse_written(why);
         }
+        let (got, out) = out.finish();
         out.sync_all().map_err(local(dest))?;
-        let got = hex(&sha.finalize());
-        if n != file.size || got != file.sha256 {
+        if got.size != file.size || got.sha256 != file.sha256 {
             return refuse_written(format!(
-                "{n} bytes with sha256 {got}, expected {} bytes with sha256 {}",
-                file.size, file.sha256
+                "{} bytes with sha256 {}, expected {} bytes with sha256 {}",
+                got.size, got.sha256, file.size, file.sha256
             ));
         }
-        Ok(Fetched::Verified(FetchedFile {
-            size: n,
-            sha256: got,
-            crc32: crc.finalize(),
-        }))
+        Ok(Fetched::Verified(got))
     }
 
     /// Publishes a stage's entry: every blob not already in the store (or found bad by this
@@ -712,20 +690,6 @@ fn cause(e: &object_store::Error) -> String {
     format!("{class} ({detail})")
 }
 
-/// Lowercase hex of bytes.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-/// sha256 of bytes, lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(&sha2::Sha256::digest(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,7 +710,7 @@ mod tests {
             recs.push(RecordFile {
                 path: p.to_string(),
                 size: bytes.len() as u64,
-                sha256: sha256_hex(bytes),
+                sha256: omnipack_quant::sha256_bytes(bytes),
             });
         }
         Record {
@@ -872,7 +836,10 @@ mod tests {
                 .collect()
                 .await
         });
-        assert!(paths.contains(&format!("team/v1/blobs/{}", sha256_hex(b"hello"))));
+        assert!(paths.contains(&format!(
+            "team/v1/blobs/{}",
+            omnipack_quant::sha256_bytes(b"hello")
+        )));
         assert!(paths.contains(&"team/v1/records/package/k1.json".to_string()));
         // Pushing again uploads nothing (blobs present, record created once).
         assert_eq!(c.push(&rec, d.path(), &|_| {}).unwrap(), 0);
@@ -886,7 +853,7 @@ mod tests {
             panic!("expected verified")
         };
         assert_eq!(f.size, 6);
-        assert_eq!(f.crc32, crc32fast::hash(b"world!"));
+        assert_eq!(f.crc32, FileDigest::of_bytes(b"world!").crc32);
         assert_eq!(std::fs::read(&dest).unwrap(), b"world!");
         let s = c.stats();
         assert_eq!((s.pushed, s.bytes_up), (1, 11));

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _};
-use omnipack_remote::{CacheUrl, Fetched, Record, RecordFile, RemoteCache, sha256_hex};
+use omnipack_quant::sha256_bytes;
+use omnipack_remote::{CacheUrl, Fetched, Record, RecordFile, RemoteCache};
 
 /// A moto S3 server on a free loopback port that accepts small multipart parts, stopped when
 /// dropped.
@@ -137,7 +138,7 @@ fn a_large_file_goes_up_in_parts_and_comes_back_streamed_and_verified() {
     let file = RecordFile {
         path: "weights.safetensors".into(),
         size: size as u64,
-        sha256: sha256_hex(&bytes),
+        sha256: sha256_bytes(&bytes),
     };
     let record = Record {
         cache_format: omnipack_remote::record::CACHE_FORMAT,

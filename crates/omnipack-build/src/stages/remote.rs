@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use omnipack_fs::remove_any;
-use omnipack_quant::FileDigest;
 use omnipack_remote::{FetchError, Fetched, Lookup, Record, RecordFile, RemoteCache, Unavailable};
 
 use crate::cache::{CacheEntry, CacheError, CacheKind, CachedFile, EntryRecord};
@@ -93,14 +92,7 @@ impl BuildContext<'_> {
                 self.transfer(&name, false, before + n, total, &last);
             };
             match remote.fetch(f, &work.join(&f.path), &moved) {
-                Ok(Fetched::Verified(d)) => files.push((
-                    f.path.clone(),
-                    Some(FileDigest {
-                        size: d.size,
-                        sha256: d.sha256,
-                        crc32: d.crc32,
-                    }),
-                )),
+                Ok(Fetched::Verified(d)) => files.push((f.path.clone(), Some(d))),
                 Ok(Fetched::Rejected(why)) => {
                     let _ = remove_any(&work);
                     remote.reject_entry(kind.as_str(), key);
