@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use crate::bundle_zip::{BUNDLE_JSON, DATA_ALIGNMENT, read_zip_entries, read_zip_entry};
 use crate::output::{APP_DIR, PRIVATE_DIR};
 use omnipack_fs::{is_safe_relative, walk_files};
-use omnipack_quant::{digest_file, sha256_bytes};
+use omnipack_quant::{digest_file, is_sha256, sha256_bytes};
 
 /// What `verify` found.
 #[derive(Debug, Clone, Default)]
@@ -70,13 +70,6 @@ fn link_on_path(out: &Path, rel: &str) -> Option<String> {
         }
     }
     None
-}
-
-/// A lowercase hex sha256.
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Verifies the output folder `out`.

@@ -23,6 +23,13 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// Whether `s` is a sha256 as omnipack writes them: 64 lowercase hex digits.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// sha256 of a byte slice, lowercase hex.
 pub fn sha256_bytes(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))

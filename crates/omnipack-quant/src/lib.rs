@@ -24,7 +24,8 @@ mod spec;
 mod writer;
 
 pub use digest::{
-    DigestWriter, Digester, FileDigest, HASH_CHUNK, digest_file, hex, sha256_bytes, sha256_file,
+    DigestWriter, Digester, FileDigest, HASH_CHUNK, digest_file, hex, is_sha256, sha256_bytes,
+    sha256_file,
 };
 pub use dtype::{Dtype, TensorInfo};
 pub use error::QuantError;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 
+use omnipack_quant::is_sha256;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -90,22 +91,13 @@ impl Record {
     }
 }
 
-/// A lowercase hex sha256.
-pub fn is_sha256(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// A relative `/`-separated path of plain names (no `.`, `..`, empty or hidden control
 /// characters, no backslash), and not the local cache's own `entry.json`.
 pub fn safe_path(p: &str) -> bool {
-    !p.is_empty()
+    omnipack_fs::is_normal_relative(p)
         && p != "entry.json"
         && p.len() <= 1024
-        && !p.contains('\\')
         && !p.chars().any(char::is_control)
-        && p.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
 }
 
 #[cfg(test)]

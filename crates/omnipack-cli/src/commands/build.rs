@@ -16,7 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use omnipack_build::{BuildError, BuildOptions, Event, Progress, StageError, StageFailure};
 use omnipack_manifest::diagnostic::{Diagnostic, render};
 use omnipack_manifest::{LoadedManifest, Severity};
-use omnipack_manifest::{format_bytes, format_signed_bytes};
+use omnipack_manifest::{counted, format_bytes, format_signed_bytes};
 use omnipack_plan::{Plan, PlanFailure};
 
 use super::CommandResult;
@@ -122,11 +122,10 @@ pub fn run(args: BuildArgs) -> CommandResult {
             Ok(report) => {
                 let ran = report.stages.iter().filter(|s| !s.cached).count();
                 println!(
-                    "ran --only {} in {:.2}s: {} stage{} ({ran} ran, {} from the cache){}",
+                    "ran --only {} in {:.2}s: {} ({ran} ran, {} from the cache){}",
                     args.only.join(" --only "),
                     t0.elapsed().as_secs_f64(),
-                    report.stages.len(),
-                    if report.stages.len() == 1 { "" } else { "s" },
+                    counted(report.stages.len(), "stage"),
                     report.stages.len() - ran,
                     remote_line(report.remote.as_ref()),
                 );
@@ -169,11 +168,7 @@ pub fn run(args: BuildArgs) -> CommandResult {
             Ok(ExitCode::SUCCESS)
         }
         Err(BuildError::Stages(failures)) => {
-            for f in &failures {
-                if let StageFailure::Failed { stage, error } = f {
-                    eprint!("{}", stage_failure(stage, error, loaded.as_ref()));
-                }
-            }
+            print_failed_stages(&failures, loaded.as_ref());
             let skipped: Vec<&str> = failures
                 .iter()
                 .filter(|f| matches!(f, StageFailure::NotRun { .. }))
@@ -208,12 +203,10 @@ fn remote_line(r: Option<&omnipack_build::RemoteReport>) -> String {
     };
     let s = &r.stats;
     let moved = format!(
-        "{} remote hit{}, {} pushed; {} file{} fetched, {} down, {} up",
-        s.hits,
-        if s.hits == 1 { "" } else { "s" },
+        "{}, {} pushed; {} fetched, {} down, {} up",
+        counted(s.hits as usize, "remote hit"),
         s.pushed,
-        s.blobs_fetched,
-        if s.blobs_fetched == 1 { "" } else { "s" },
+        counted(s.blobs_fetched as usize, "file"),
         format_bytes(s.bytes_down),
         format_bytes(s.bytes_up)
     );
@@ -232,14 +225,17 @@ fn remote_line(r: Option<&omnipack_build::RemoteReport>) -> String {
 /// Prints why an `--only` run failed.
 fn report_failure(e: &BuildError, loaded: Option<&LoadedManifest>) {
     match e {
-        BuildError::Stages(failures) => {
-            for f in failures {
-                if let StageFailure::Failed { stage, error } = f {
-                    eprint!("{}", stage_failure(stage, error, loaded));
-                }
-            }
-        }
+        BuildError::Stages(failures) => print_failed_stages(failures, loaded),
         e => eprintln!("error: {e}"),
+    }
+}
+
+/// Prints each stage that failed (not those skipped because of it).
+fn print_failed_stages(failures: &[StageFailure], loaded: Option<&LoadedManifest>) {
+    for f in failures {
+        if let StageFailure::Failed { stage, error } = f {
+            eprint!("{}", stage_failure(stage, error, loaded));
+        }
     }
 }
 
