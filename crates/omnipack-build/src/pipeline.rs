@@ -183,7 +183,7 @@ pub fn build_only(
         }
     };
     fs::create_dir_all(&cache_root).map_err(io_err(&cache_root))?;
-    let cache = Cache::new(cache_root);
+    let cache = prepared_cache(cache_root)?;
     let logs = cache.root().join("logs");
     fs::create_dir_all(&logs).map_err(io_err(&logs))?;
     let skip = vec![dir_identity(cache.root()).map_err(io_err(cache.root()))?];
@@ -392,6 +392,12 @@ fn open_cache(out: &Path, opts: &BuildOptions) -> Result<Cache, BuildError> {
     } else {
         fs::create_dir_all(&root).map_err(io_err(&root))?;
     }
+    prepared_cache(root)
+}
+
+/// The cache at `root` (an existing folder), its kind folders made real folders (see
+/// [`Cache::prepare`]).
+fn prepared_cache(root: PathBuf) -> Result<Cache, BuildError> {
     let cache = Cache::new(root);
     cache.prepare().map_err(|e| BuildError::Io {
         path: e.path.display().to_string(),
